@@ -1,0 +1,36 @@
+"""Errors that carry the file at fault and the fix, printed as one line, never a traceback."""
+
+from __future__ import annotations
+
+
+class QuantbenchError(Exception):
+    """A user-facing problem: ``path: what is wrong. Fix: what to do``."""
+
+    def __init__(self, path, problem: str, fix: str = ""):
+        self.path = str(path) if path is not None else ""
+        self.problem = problem
+        self.fix = fix
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        fix = f" Fix: {self.fix}" if self.fix else ""
+        return f"{where}{self.problem}.{fix}"
+
+
+class BadCheckpoint(QuantbenchError):
+    """A model directory that cannot be benchmarked as it is."""
+
+
+class BadHistory(QuantbenchError):
+    """A history file that cannot be read (corrupt, truncated, old schema)."""
+
+
+class Unsupported(Exception):
+    """This format/kernel cannot run here; the message says why. Stored as a state, not a crash."""
+
+    state = "unsupported"
+
+
+class OutOfMemory(Unsupported):
+    state = "oom"

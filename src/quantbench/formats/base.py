@@ -1,0 +1,171 @@
+"""The format interface and the registry every format module adds itself to.
+
+A *checkpoint kind* is what lies on disk (dense, awq-gemm, ct-w4a16, ...); a *format* is a
+checkpoint kind run by one runtime (awq-gemm through AutoAWQ's modules, awq-gemm-fused through
+AutoAWQ's fused layers, ...). Several formats can share one checkpoint kind.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import BadCheckpoint, QuantbenchError
+from ..measure import current_bytes, resident_weight_bytes, synchronize
+
+FORMATS: dict[str, "Format"] = {}
+BUILDERS: dict[str, Callable] = {}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    format: str
+    runtime: str
+    device: torch.device
+    dtype: torch.dtype
+    load_s: float
+    facts: dict = field(default_factory=dict)
+
+
+class Format:
+    """One way of running one checkpoint kind. Subclasses set the class attributes and load()."""
+
+    name: str = ""
+    checkpoint: str = ""          # checkpoint kind on disk
+    runtime: str = ""             # which library runs it
+    bits: int | None = None       # weight bits; None = 16-bit dense
+    dtype: torch.dtype = torch.float16
+    description: str = ""
+
+    @property
+    def min_cosine(self) -> float:
+        """Guard bound on logits vs the fp32 dense model (measured on random weights: int4 RTN ~0.966,
+        int8 ~0.9999, fp8 ~0.997, bf16 ~0.9999)."""
+        if self.bits is None:
+            return 0.999
+        return 0.95 if self.bits <= 4 else 0.995
+
+    def unsupported_reason(self, device: torch.device) -> str | None:
+        """Why this format cannot run on ``device`` here, or None. Checked before loading."""
+        return None
+
+    def load(self, ckpt_dir: Path, device: torch.device) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def kernel(self, model: torch.nn.Module, device: torch.device) -> str:
+        """Name of the code path that multiplies by the weights (the thing a slow fallback hides in)."""
+        return "torch.matmul"
+
+    def first_forward_facts(self, model: torch.nn.Module) -> dict:
+        """Format-specific facts read after the first forward (e.g. still packed or not)."""
+        return {}
+
+    def open(self, ckpt_dir: Path, device: torch.device) -> LoadedModel:
+        """Load, timed, with resident bytes after load; the first forward is run by the caller."""
+        reason = self.unsupported_reason(device)
+        if reason:
+            from ..errors import Unsupported
+            raise Unsupported(reason)
+        synchronize(device)
+        start = time.perf_counter()
+        model = self.load(Path(ckpt_dir), device)
+        model.eval()
+        synchronize(device)
+        load_s = time.perf_counter() - start
+        facts = {
+            "kernel": self.kernel(model, device),
+            "linear_classes": linear_classes(model),
+            "weight_bytes_after_load": resident_weight_bytes(model)["total"],
+            "device_bytes_after_load": current_bytes(device),
+            "disk_bytes": disk_bytes(ckpt_dir),
+        }
+        return LoadedModel(model, self.name, self.runtime, device, self.dtype, load_s, facts)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "checkpoint": self.checkpoint, "runtime": self.runtime,
+                "bits": self.bits, "dtype": str(self.dtype).replace("torch.", ""),
+                "min_cosine": self.min_cosine, "description": self.description}
+
+
+def register(cls):
+    """Class decorator: adds one instance to FORMATS under its name."""
+    instance = cls()
+    if instance.name in FORMATS:
+        raise RuntimeError(f"format {instance.name!r} registered twice")
+    FORMATS[instance.name] = instance
+    return cls
+
+
+def builder(checkpoint: str):
+    """Function decorator: the function that writes a checkpoint of this kind from the dense model."""
+    def wrap(fn):
+        BUILDERS[checkpoint] = fn
+        return fn
+    return wrap
+
+
+def get_format(name: str) -> Format:
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise QuantbenchError(None, f"unknown format {name!r}",
+                              f"use one of: {', '.join(FORMATS)} (or 'all')") from None
+
+
+def parse_formats(text: str) -> list[str]:
+    """'all' or a comma list -> validated format names, registry order for 'all'."""
+    names = list(FORMATS) if text.strip() == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    for name in names:
+        get_format(name)
+    return names
+
+
+def dtype_kwargs(dtype) -> dict:
+    """transformers 5 renamed torch_dtype to dtype; 4.x only knows torch_dtype."""
+    import transformers
+    return {"dtype": dtype} if int(transformers.__version__.split(".")[0]) >= 5 else {"torch_dtype": dtype}
+
+
+def from_pretrained_strict(ckpt_dir: Path, device: torch.device, dtype, **kwargs):
+    """AutoModelForCausalLM.from_pretrained, safetensors only, failing on missing/unexpected keys
+    (a broken checkpoint otherwise loads with warnings and random weights)."""
+    from transformers import AutoModelForCausalLM
+
+    model, info = AutoModelForCausalLM.from_pretrained(
+        str(ckpt_dir), device_map={"": str(device)}, use_safetensors=True, trust_remote_code=False,
+        output_loading_info=True, **dtype_kwargs(dtype), **kwargs)
+    check_loading_info(ckpt_dir, info)
+    return model
+
+
+IGNORABLE_MISSING = ("rotary_emb.inv_freq", "lm_head.weight")
+
+
+def check_loading_info(ckpt_dir, info: dict) -> None:
+    missing = [k for k in info.get("missing_keys", []) if not k.endswith(IGNORABLE_MISSING)]
+    unexpected = list(info.get("unexpected_keys", []))
+    mismatched = list(info.get("mismatched_keys", []))
+    if missing or unexpected or mismatched:
+        raise BadCheckpoint(ckpt_dir, f"weights do not match the model: missing {missing[:4]}, "
+                            f"unexpected {unexpected[:4]}, mismatched {[m[0] if isinstance(m, tuple) else m for m in mismatched[:4]]}",
+                            "rebuild the checkpoint, or check that config.json belongs to these weights")
+
+
+def linear_classes(model: torch.nn.Module) -> dict[str, int]:
+    """Count the module classes that sit where the decoder's projections are."""
+    counts: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if name.endswith(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                          "qkv_proj", "gate_up_proj")):
+            key = type(module).__name__
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def disk_bytes(ckpt_dir) -> int:
+    return sum(p.stat().st_size for p in Path(ckpt_dir).rglob("*") if p.is_file())

@@ -1,0 +1,119 @@
+"""Timers and memory trackers: one interface, a CUDA-event and a host implementation.
+
+GPU work is never timed with the host clock alone: the CUDA step timer records events on the
+stream and reads them after one synchronize, so marking a step adds no sync to the timed loop.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+def synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class HostStepTimer:
+    """Per-step wall times on the host clock (CPU devices, where work is synchronous)."""
+
+    def __init__(self):
+        self.marks: list[float] = []
+
+    def mark(self) -> None:
+        self.marks.append(time.perf_counter())
+
+    def intervals_s(self) -> list[float]:
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
+class CudaStepTimer:
+    """Per-step device times from CUDA events; read once, after the timed region."""
+
+    def __init__(self):
+        self.events: list[torch.cuda.Event] = []
+
+    def mark(self) -> None:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        self.events.append(event)
+
+    def intervals_s(self) -> list[float]:
+        if not self.events:
+            return []
+        self.events[-1].synchronize()
+        return [a.elapsed_time(b) / 1e3 for a, b in zip(self.events, self.events[1:])]
+
+
+def step_timer(device: torch.device | str):
+    return CudaStepTimer() if torch.device(device).type == "cuda" else HostStepTimer()
+
+
+class PeakMemory:
+    """Peak memory of one case: CUDA allocator peak on GPU, process peak RSS (VmHWM) on CPU.
+
+    On Linux, writing 5 to /proc/self/clear_refs resets VmHWM, so each case gets its own
+    peak instead of the process-lifetime maximum.
+    """
+
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
+
+    @property
+    def kind(self) -> str:
+        return "cuda_max_allocated" if self.device.type == "cuda" else "process_peak_rss"
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+        except OSError:
+            pass
+
+    def peak_bytes(self) -> int | None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return int(torch.cuda.max_memory_allocated(self.device))
+        return _proc_status_kb("VmHWM")
+
+
+def current_bytes(device: torch.device | str) -> int | None:
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.memory_allocated(device))
+    return _proc_status_kb("VmRSS")
+
+
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def resident_weight_bytes(model: torch.nn.Module) -> dict:
+    """Bytes held by parameters and buffers, each storage counted once, with a per-dtype split."""
+    seen: set[int] = set()
+    total, by_dtype = 0, {}
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.device.type == "meta":
+            continue
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() in seen:
+            continue
+        seen.add(storage.data_ptr())
+        total += storage.nbytes()
+        key = str(tensor.dtype).replace("torch.", "")
+        by_dtype[key] = by_dtype.get(key, 0) + storage.nbytes()
+    return {"total": total, "by_dtype": by_dtype}

@@ -1,0 +1,241 @@
+"""Synthetic checkpoints built from shape specs (cached, deterministic) and user checkpoints by path.
+
+Nothing is downloaded: weights are random from the spec's seed, the tokenizer is a word-level
+vocabulary built here, and calibration text is generated from a seeded RNG.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .environment import stack_versions
+from .errors import BadCheckpoint, QuantbenchError
+from .specs import ModelSpec, load_spec
+
+BUILDER_VERSION = 1  # bump when a builder's output changes, so caches rebuild
+REPO_ROOT = Path(__file__).resolve().parents[2]
+REFERENCE_FILE = "quantbench_reference.pt"
+FAKEQUANT_FILE = "quantbench_fakequant.pt"
+SPECIAL_TOKENS = {"[UNK]": 0, "t_eos": 1, "t_bos": 2, "t_pad": 3}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("QUANTBENCH_CACHE", REPO_ROOT / ".cache" / "quantbench"))
+
+
+# ----------------------------------------------------------------------------- local inputs
+def build_tokenizer(vocab_size: int):
+    """A word-level tokenizer over 't<i>' words: real tokenizer files, no download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = dict(SPECIAL_TOKENS)
+    vocab.update({f"t{i}": i for i in range(len(SPECIAL_TOKENS), vocab_size)})
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="t_eos",
+                                   bos_token="t_bos", pad_token="t_pad")
+
+
+def calibration_texts(vocab_size: int, samples: int = 64, words: int = 48, seed: int = 0) -> list[str]:
+    """Zipf-like word streams (frequent words recur, as in text), enough tokens for AWQ's blocks."""
+    gen = torch.Generator().manual_seed(seed)
+    ranks = torch.arange(1, vocab_size - len(SPECIAL_TOKENS) + 1, dtype=torch.float64)
+    weights = 1.0 / ranks
+    draws = torch.multinomial(weights, samples * words, replacement=True, generator=gen)
+    draws = (draws + len(SPECIAL_TOKENS)).view(samples, words)
+    return [" ".join(f"t{int(i)}" for i in row) for row in draws]
+
+
+def reference_ids(vocab_size: int) -> torch.Tensor:
+    """The fixed prompt of the correctness guard (2 x 32 tokens)."""
+    gen = torch.Generator().manual_seed(123)
+    return torch.randint(len(SPECIAL_TOKENS), min(vocab_size, 32000), (2, 32), generator=gen)
+
+
+# ----------------------------------------------------------------------------- cache keys
+def checkpoint_key(spec: ModelSpec, kind: str) -> str:
+    versions = stack_versions()
+    libs = ["transformers"] + (["autoawq"] if kind.startswith("awq") else []) + \
+        (["compressed-tensors"] if kind.startswith("ct") else [])
+    payload = json.dumps({"spec": spec.digest(), "kind": kind, "builder": BUILDER_VERSION,
+                          "libs": {lib: versions.get(lib) for lib in libs}}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def checkpoint_dir(spec: ModelSpec, kind: str) -> Path:
+    return cache_root() / spec.name / f"{kind}-{checkpoint_key(spec, kind)}"
+
+
+def is_built(path: Path) -> bool:
+    return (path / ".complete").is_file()
+
+
+def _build_into(final: Path, build) -> dict:
+    """Build in a temp folder beside ``final`` and rename: a crash never leaves a half checkpoint."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        facts = build(tmp) or {}
+        (tmp / ".complete").write_text(json.dumps(facts, default=str))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        return facts
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_dense(spec: ModelSpec, out: Path, device: torch.device) -> dict:
+    """Random fp16 weights from the spec's seed, safetensors + config + tokenizer + fp32 reference."""
+    from transformers import AutoModelForCausalLM
+
+    from .formats.base import dtype_kwargs
+    from .workloads import logits
+
+    torch.manual_seed(spec.seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(spec.to_hf_config(), **dtype_kwargs(torch.float32))
+    model.eval()
+    ids = reference_ids(spec.vocab_size)
+    ref = logits(model, ids.to(device))  # fp32 reference, before rounding to fp16
+    model.to(torch.float16).save_pretrained(str(out), safe_serialization=True)
+    build_tokenizer(spec.vocab_size).save_pretrained(str(out))
+    torch.save({"ids": ids, "logits": ref}, out / REFERENCE_FILE)
+    return {"parameters": sum(p.numel() for p in model.parameters())}
+
+
+def ensure_checkpoint(spec: ModelSpec, kind: str, device: torch.device | str = "cpu",
+                      force: bool = False) -> Path:
+    """Path of the built checkpoint of this kind for the spec, building it (and the dense base) if needed."""
+    from .formats import BUILDERS
+
+    device = torch.device(device)
+    dense = checkpoint_dir(spec, "dense")
+    if force or not is_built(dense):
+        _build_into(dense, lambda tmp: build_dense(spec, tmp, device))
+    if kind == "dense":
+        return dense
+    if kind not in BUILDERS:
+        raise QuantbenchError(None, f"no builder for checkpoint kind {kind!r}",
+                              f"use one of: dense, {', '.join(BUILDERS)}")
+    out = checkpoint_dir(spec, kind)
+    if force or not is_built(out):
+        reference = torch.load(dense / REFERENCE_FILE)
+        texts = calibration_texts(spec.vocab_size, seed=spec.seed)
+        _build_into(out, lambda tmp: BUILDERS[kind](spec, dense, tmp, device, reference, texts))
+    return out
+
+
+def build_fixtures(model: str, format_names: list[str], device: torch.device | str = "cpu",
+                   force: bool = False, progress: bool = True) -> dict[str, Path]:
+    """Materialize every checkpoint kind the formats need; returns {kind: path}."""
+    from tqdm import tqdm
+
+    from .formats import get_format
+
+    spec = load_spec(model)
+    kinds = ["dense"] + sorted({get_format(f).checkpoint for f in format_names} - {"dense"})
+    built = {}
+    for kind in tqdm(kinds, desc=f"fixtures {spec.name}", disable=not progress, unit="ckpt"):
+        built[kind] = ensure_checkpoint(spec, kind, device, force=force)
+    return built
+
+
+# ----------------------------------------------------------------------------- user checkpoints
+@dataclass(frozen=True)
+class DetectedCheckpoint:
+    path: Path
+    kind: str                  # checkpoint kind, as the builders name them
+    formats: tuple[str, ...]   # formats that can run it
+    quant_method: str | None
+
+
+FORMATS_BY_KIND = {
+    "dense": ("bf16", "fp16"),
+    "awq-gemm": ("awq-gemm", "awq-gemm-fused", "awq-gemm-hf"),
+    "awq-gemv": ("awq-gemv",),
+    "ct-w4a16": ("ct-w4a16", "ct-w4a16-dequant"),
+    "ct-w8a16": ("ct-w8a16",),
+    "ct-fp8": ("ct-fp8",),
+}
+
+
+def validate_safetensors(path: Path) -> None:
+    """Header and size checks: a truncated file is named here, not deep inside a loader."""
+    size = path.stat().st_size
+    fix = "re-copy or re-download the file; it is incomplete or not safetensors"
+    with path.open("rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise BadCheckpoint(path, "truncated safetensors file (no header)", fix)
+        header_len = struct.unpack("<Q", head)[0]
+        if header_len > size - 8:
+            raise BadCheckpoint(path, "truncated safetensors file (header runs past the end)", fix)
+        try:
+            header = json.loads(fh.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise BadCheckpoint(path, "corrupt safetensors header", fix) from None
+    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end > size:
+        raise BadCheckpoint(path, f"truncated safetensors file ({size} bytes, header says "
+                            f"{8 + header_len + end})", fix)
+
+
+def detect_checkpoint(path: str | Path) -> DetectedCheckpoint:
+    """Read config.json's quantization_config and say which formats can run this directory."""
+    path = Path(path)
+    config_path = path / "config.json"
+    if not path.is_dir():
+        raise BadCheckpoint(path, "not a directory", "pass the folder that holds config.json and *.safetensors")
+    if not config_path.is_file():
+        raise BadCheckpoint(config_path, "missing config.json",
+                            "pass a transformers checkpoint folder (config.json + *.safetensors)")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BadCheckpoint(config_path, f"config.json is not valid JSON ({exc.msg}, line {exc.lineno})",
+                            "repair or regenerate config.json") from None
+    shards = sorted(path.glob("*.safetensors"))
+    if not shards:
+        raise BadCheckpoint(path, "no *.safetensors weights (quantbench loads safetensors only)",
+                            "convert the weights with save_pretrained(safe_serialization=True)")
+    for shard in shards:
+        validate_safetensors(shard)
+    qc = config.get("quantization_config")
+    if not qc:
+        return DetectedCheckpoint(path, "dense", FORMATS_BY_KIND["dense"], None)
+    method = str(qc.get("quant_method", "")).lower()
+    if method == "awq":
+        from .formats.autoawq import read_awq_config
+        read_awq_config(path)
+        version = str(qc.get("version", "gemm")).lower()
+        if version not in ("gemm", "gemv"):
+            raise BadCheckpoint(config_path, f"unsupported AWQ version {version!r}",
+                                "quantbench runs AWQ 'gemm' and 'gemv' checkpoints")
+        kind = f"awq-{version}"
+    elif method == "compressed-tensors":
+        from .formats.compressed_tensors import read_ct_weights_args
+        weights = read_ct_weights_args(path)
+        if weights.get("type") == "float" and weights.get("num_bits") == 8:
+            kind = "ct-fp8"
+        elif weights.get("type", "int") == "int" and weights.get("num_bits") == 4:
+            kind = "ct-w4a16"
+        elif weights.get("type", "int") == "int" and weights.get("num_bits") == 8:
+            kind = "ct-w8a16"
+        else:
+            raise BadCheckpoint(config_path, f"unsupported compressed-tensors weights {weights}",
+                                "quantbench runs int4, int8 and fp8 weight schemes")
+    else:
+        raise BadCheckpoint(config_path, f"unknown quant_method {qc.get('quant_method')!r}",
+                            "quantbench detects 'awq' and 'compressed-tensors' (or none for dense)")
+    return DetectedCheckpoint(path, kind, FORMATS_BY_KIND[kind], method)

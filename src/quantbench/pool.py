@@ -1,0 +1,134 @@
+"""Model sources and the one-model-at-a-time pool the benchmarks draw from.
+
+Loading is expensive, so a loaded model is reused by every case of the same (source, format),
+and dropped before the next one loads: one model resident at a time keeps memory figures honest.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import guard
+from .errors import BadCheckpoint, OutOfMemory, Unsupported
+from .formats import LoadedModel, get_format
+from .measure import current_bytes, resident_weight_bytes
+from .models import FAKEQUANT_FILE, REFERENCE_FILE, checkpoint_dir, detect_checkpoint, ensure_checkpoint
+from .specs import load_spec
+from .workloads import logits
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A spec name (synthetic, built on demand) or a user checkpoint directory."""
+
+    label: str
+    spec: str | None = None
+    path: str | None = None
+
+    @classmethod
+    def from_spec(cls, name: str) -> "ModelSource":
+        load_spec(name)
+        return cls(label=name, spec=name)
+
+    @classmethod
+    def from_dir(cls, path: str) -> "ModelSource":
+        return cls(label=f"dir:{Path(path).name}", path=str(Path(path).resolve()))
+
+    def formats(self) -> tuple[str, ...] | None:
+        """Formats a user directory can run (None for specs: every format applies)."""
+        if self.path is None:
+            return None
+        return detect_checkpoint(self.path).formats
+
+    def vocab_size(self) -> int:
+        if self.spec:
+            return load_spec(self.spec).vocab_size
+        import json
+        return int(json.loads((Path(self.path) / "config.json").read_text())["vocab_size"])
+
+    def checkpoint(self, format_name: str, device: torch.device) -> Path:
+        if self.path is not None:
+            detect_checkpoint(self.path)
+            return Path(self.path)
+        return ensure_checkpoint(load_spec(self.spec), get_format(format_name).checkpoint, device)
+
+    def references(self, format_name: str, ckpt: Path) -> tuple[dict | None, dict | None]:
+        dense_ref = fake_ref = None
+        if self.spec is not None:
+            dense_ref = torch.load(checkpoint_dir(load_spec(self.spec), "dense") / REFERENCE_FILE)
+        if (ckpt / FAKEQUANT_FILE).is_file():
+            fake_ref = torch.load(ckpt / FAKEQUANT_FILE)
+        return dense_ref, fake_ref
+
+
+@dataclass
+class Prepared:
+    loaded: LoadedModel
+    guard: guard.GuardResult
+    facts: dict = field(default_factory=dict)
+
+
+class ModelPool:
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.key: tuple | None = None
+        self.current: Prepared | None = None
+        self.failures: dict[tuple, BaseException] = {}
+
+    def get(self, source: ModelSource, format_name: str) -> Prepared:
+        key = (source, format_name)
+        if key in self.failures:
+            raise self.failures[key]
+        if self.key == key and self.current is not None:
+            return self.current
+        self.release()
+        try:
+            self.current = self._prepare(source, format_name)
+        except torch.cuda.OutOfMemoryError as exc:
+            self.release()
+            self.failures[key] = OutOfMemory(f"CUDA out of memory while loading: {str(exc)[:200]}")
+            raise self.failures[key] from None
+        except (Unsupported, BadCheckpoint) as exc:
+            self.release()
+            self.failures[key] = exc
+            raise
+        self.key = key
+        return self.current
+
+    def release(self) -> None:
+        self.key, self.current = None, None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _prepare(self, source: ModelSource, format_name: str) -> Prepared:
+        fmt = get_format(format_name)
+        allowed = source.formats()
+        if allowed is not None and format_name not in allowed:
+            raise Unsupported(f"{source.path} holds a {detect_checkpoint(source.path).kind} checkpoint; "
+                              f"{format_name} does not run it (use {', '.join(allowed)})")
+        reason = fmt.unsupported_reason(self.device)
+        if reason:
+            raise Unsupported(reason)
+        ckpt = source.checkpoint(format_name, self.device)
+        loaded = fmt.open(ckpt, self.device)
+        dense_ref, fake_ref = source.references(format_name, ckpt)
+        ids = (dense_ref or fake_ref or {}).get("ids")
+        if ids is None:
+            from .models import reference_ids
+            ids = reference_ids(source.vocab_size())
+        got = logits(loaded.model, ids.to(self.device))  # also the first forward
+        loaded.facts["weight_bytes_after_first_forward"] = resident_weight_bytes(loaded.model)["total"]
+        loaded.facts["device_bytes_after_first_forward"] = current_bytes(self.device)
+        loaded.facts.update(fmt.first_forward_facts(loaded.model))
+        note = "" if dense_ref is not None else "user checkpoint: no dense reference, kernel checked for finite output"
+        result = guard.evaluate(got, dense_ref["logits"] if dense_ref else None, fmt.min_cosine,
+                                fake_ref["logits"] if fake_ref else None, note=note)
+        if dense_ref is None and not torch.isfinite(got).all():
+            result = guard.GuardResult(None, None, fmt.min_cosine, None, "non-finite logits")
+            object.__setattr__(result, "cosine_vs_dense", float("nan"))
+        return Prepared(loaded, result, facts={"checkpoint": str(ckpt)})
