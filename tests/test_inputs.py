@@ -1,0 +1,81 @@
+"""Bad inputs give one clear line naming the file and the fix."""
+
+import json
+import shutil
+
+import pytest
+
+from quantbench.errors import BadCheckpoint, QuantbenchError
+from quantbench.formats import parse_formats
+from quantbench.models import detect_checkpoint
+
+from .conftest import run_cli, run_pytest
+
+
+@pytest.fixture
+def awq_copy(tiny_checkpoints, tmp_path):
+    return shutil.copytree(tiny_checkpoints["awq-gemm"], tmp_path / "awq")
+
+
+def _edit_config(path, fn):
+    cfg = json.loads((path / "config.json").read_text())
+    fn(cfg)
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+def test_detects_every_kind(tiny_checkpoints):
+    for kind, path in tiny_checkpoints.items():
+        assert detect_checkpoint(path).kind == kind
+
+
+def test_missing_config(awq_copy):
+    (awq_copy / "config.json").unlink()
+    with pytest.raises(BadCheckpoint, match=r"awq/config\.json: missing config\.json\. Fix: pass a transformers"):
+        detect_checkpoint(awq_copy)
+
+
+def test_unknown_quant_method(awq_copy):
+    _edit_config(awq_copy, lambda c: c["quantization_config"].update(quant_method="exl9"))
+    with pytest.raises(BadCheckpoint, match=r"config\.json: unknown quant_method 'exl9'\. Fix: quantbench detects"):
+        detect_checkpoint(awq_copy)
+
+
+def test_truncated_safetensors(awq_copy):
+    shard = next(awq_copy.glob("*.safetensors"))
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadCheckpoint, match=r"model\.safetensors: truncated safetensors file .* Fix: re-copy"):
+        detect_checkpoint(awq_copy)
+
+
+def test_unsupported_group_size(awq_copy):
+    _edit_config(awq_copy, lambda c: c["quantization_config"].update(group_size=96))
+    with pytest.raises(BadCheckpoint, match=r"unsupported AWQ group_size 96\. Fix: AutoAWQ kernels take group_size"):
+        detect_checkpoint(awq_copy)
+
+
+def test_unknown_format_name():
+    with pytest.raises(QuantbenchError, match=r"unknown format 'awq-gemx'\. Fix: use one of: bf16, fp16"):
+        parse_formats("bf16,awq-gemx")
+
+
+def test_cli_prints_one_line_and_exits_2(awq_copy):
+    (awq_copy / "config.json").unlink()
+    result = run_cli("inspect", str(awq_copy))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "missing config.json" in result.stderr
+
+
+def test_unknown_format_on_the_bench_command_line_is_a_usage_error():
+    result = run_pytest("benchmarks/test_generation.py", "--qb-formats", "nope", "--collect-only", "-q")
+    assert result.returncode == 4
+    assert "unknown format 'nope'. Fix: use one of:" in result.stderr
+
+
+def test_a_bad_model_dir_fails_its_case_and_the_run_goes_on(awq_copy, tmp_path):
+    _edit_config(awq_copy, lambda c: c["quantization_config"].update(group_size=96))
+    result = run_pytest("benchmarks/test_generation.py", "--qb-models", "tiny", "--model-dir", str(awq_copy),
+                        "--qb-formats", "bf16", "--qb-batch", "1", "--qb-prompt", "8", "--qb-new-tokens", "2",
+                        "--qb-rounds", "1", "--benchmark-disable", "-q")
+    assert "unsupported AWQ group_size 96" in result.stdout
+    assert "1 failed, 2 passed" in result.stdout, result.stdout[-2000:]
