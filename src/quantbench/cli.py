@@ -60,6 +60,55 @@ def cmd_inspect(args) -> int:
     return status
 
 
+def _thresholds(args):
+    from .gate import load_thresholds
+    from .models import REPO_ROOT
+    return load_thresholds(args.thresholds or REPO_ROOT / "fixtures" / "thresholds.toml")
+
+
+def cmd_gate(args) -> int:
+    from pathlib import Path
+
+    from . import gating, history
+    current_path = Path(args.current) if args.current != "latest" else history.latest_run(args.history)
+    current = history.load_run(current_path)
+    baseline_path = gating.resolve_baseline(args.baseline, Path(args.history), current, current_path)
+    baseline = history.load_run(baseline_path)
+    fail_on = tuple(s.strip() for s in args.fail_on.split(",") if s.strip())
+    result = gating.run_gate(current, baseline, _thresholds(args), fail_on, args.allow_incomparable)
+    print(f"quantbench gate: current {current_path}\n                 baseline {baseline_path}")
+    print(result.table())
+    for decision in result.decisions:
+        if decision.state == "regressed":
+            print("REGRESSED " + decision.message())
+    if args.markdown:
+        Path(args.markdown).write_text(result.markdown())
+    print("quantbench gate: " + ("FAILED" if result.exit_code else "passed") + f" {result.counts()}")
+    return result.exit_code
+
+
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    from . import export, history
+    payload = history.load_run(args.current)
+    for path in export.write_github_action_benchmark(payload, _thresholds(args), Path(args.out_dir)):
+        print(path)
+    return 0
+
+
+def cmd_history_list(args) -> int:
+    from . import history
+    frame = history.load_frame(history.run_files(args.history))
+    if frame.empty:
+        print(f"no history under {args.history}")
+        return 0
+    table = frame.groupby(["signature", "file"], dropna=False).agg(
+        cases=("name", "count"), commit=("commit", "first"), datetime=("datetime", "first")).reset_index()
+    print(table.to_string(index=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,12 +128,27 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("path", nargs="+")
     inspect.set_defaults(func=cmd_inspect)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    gate = sub.add_parser("gate", help="fail when the current run regressed against a baseline")
+    gate.add_argument("--current", required=True, help="history file of this run, or 'latest'")
+    gate.add_argument("--baseline", required=True, help="history file, or 'latest' (same machine signature)")
+    gate.add_argument("--history", default="history", help="history root for 'latest' (default: history)")
+    gate.add_argument("--thresholds", default=None, help="default: fixtures/thresholds.toml")
+    gate.add_argument("--fail-on", default="regressed", help="states that fail, comma-separated")
+    gate.add_argument("--allow-incomparable", action="store_true",
+                      help="compare runs from different machines/stacks anyway (labelled in the output)")
+    gate.add_argument("--markdown", default=None, help="write a Markdown summary (for a PR comment) here")
+    gate.set_defaults(func=cmd_gate)
+
+    exp = sub.add_parser("export", help="github-action-benchmark JSON (customBiggerIsBetter/SmallerIsBetter)")
+    exp.add_argument("--current", required=True, help="history file")
+    exp.add_argument("--out-dir", required=True)
+    exp.add_argument("--thresholds", default=None)
+    exp.set_defaults(func=cmd_export)
+
+    hist = sub.add_parser("history", help="list stored runs")
+    hist.add_argument("--history", default="history")
+    hist.set_defaults(func=cmd_history_list)
     return parser
-
-
-_EXTRA_COMMANDS: list = []
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,12 +7,15 @@ works as well as the nox sessions.
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from .cases import CPU_DEFAULTS, GPU_DEFAULTS, build_cases, parse_int_list
+from .history import SCHEMA_VERSION
 
-SCHEMA_VERSION = 1
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def pytest_addoption(parser):
@@ -28,6 +31,14 @@ def pytest_addoption(parser):
     group.addoption("--qb-device", default="auto", choices=("auto", "cpu", "cuda"))
     group.addoption("--qb-inject-slowdown", type=float, default=0.0,
                     help="TEST ONLY: stretch every timed region by this fraction (e.g. 0.10)")
+    group.addoption("--qb-history", default=None, metavar="DIR",
+                    help="store this run atomically under DIR/<machine signature>/")
+    group.addoption("--qb-gate", default=None, metavar="BASELINE",
+                    help="after the run, gate it against BASELINE (a history file, or 'latest' in --qb-history)")
+    group.addoption("--qb-thresholds", default=None, metavar="TOML", help="default: fixtures/thresholds.toml")
+    group.addoption("--qb-gate-fail-on", default="regressed",
+                    help="gate states that fail the run, comma-separated (e.g. regressed,missing)")
+    group.addoption("--qb-gate-summary", default=None, metavar="PATH", help="write the gate's Markdown summary here")
 
 
 def _device(config):
@@ -61,6 +72,17 @@ def pytest_configure(config):
     config._qb_states = StateRecorder()
     from . import environment
     config._qb_telemetry_start = environment.gpu_telemetry()
+    config._qb_gate_result = None
+    if (config.getoption("qb_history") or config.getoption("qb_gate")) and not config.getoption("benchmark_json"):
+        # History and gate read the JSON pytest-benchmark writes (it includes every round time).
+        config.option.benchmark_json = Path(tempfile.mkdtemp(prefix="quantbench-")) / "run.json"
+    if config.getoption("qb_gate"):
+        from .gate import load_thresholds
+        try:
+            config._qb_thresholds = load_thresholds(config.getoption("qb_thresholds")
+                                                    or REPO_ROOT / "fixtures" / "thresholds.toml")
+        except QuantbenchError as exc:
+            raise pytest.UsageError(exc.line()) from None
 
 
 def _sources(config):
@@ -143,4 +165,52 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         "states": config._qb_states.records,
         "telemetry_end": end,
         "throttled": any(t.get("throttled") for t in start + end),
+        "args": list(config.invocation_params.args),
     }
+    from . import gating, history
+    from .errors import QuantbenchError
+    root = config.getoption("qb_history")
+    saved = history.save_run(Path(root), output_json) if root else None
+    if saved:
+        config._qb_saved = saved
+    baseline = config.getoption("qb_gate")
+    if baseline:
+        try:
+            path = gating.resolve_baseline(baseline, Path(root or "history"), output_json, saved)
+            fail_on = tuple(s.strip() for s in config.getoption("qb_gate_fail_on").split(",") if s.strip())
+            result = gating.run_gate(output_json, history.load_run(path), config._qb_thresholds, fail_on)
+            config._qb_gate_result = (path, result)
+        except QuantbenchError as exc:
+            config._qb_gate_result = (None, exc)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    gate = getattr(session.config, "_qb_gate_result", None)
+    if gate is None:
+        return
+    path, result = gate
+    summary = session.config.getoption("qb_gate_summary")
+    if isinstance(result, Exception) or result.exit_code:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if summary and not isinstance(result, Exception):
+        Path(summary).write_text(result.markdown())
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    saved = getattr(config, "_qb_saved", None)
+    if saved:
+        terminalreporter.write_line(f"quantbench: history saved to {saved}")
+    gate = getattr(config, "_qb_gate_result", None)
+    if gate is None:
+        return
+    path, result = gate
+    if isinstance(result, Exception):
+        terminalreporter.write_line(f"quantbench gate: error: {result.line()}", red=True)
+        return
+    terminalreporter.section(f"quantbench gate vs {path}")
+    terminalreporter.write_line(result.table())
+    bad = [d for d in result.decisions if d.state == "regressed"]
+    for d in bad:
+        terminalreporter.write_line("REGRESSED " + d.message(), red=True)
+    terminalreporter.write_line("quantbench gate: " + ("FAILED" if result.exit_code else "passed") + " "
+                                + str(result.counts()), red=bool(result.exit_code), green=not result.exit_code)

@@ -135,8 +135,13 @@ def run_case(benchmark, case: Case, pool: ModelPool, options: RunOptions, states
     if case.phase == "prefill":
         info["prefill_tokens_per_s"] = case.batch * case.prompt_len / median
         info["ttft_s"] = median
+        # How history/gate turn each stored round time into the metric (value = work / time).
+        info["rate_metrics"] = {"prefill_tokens_per_s": case.batch * case.prompt_len}
+        info["time_metrics"] = ["ttft_s"]
     else:
         info["decode_tokens_per_s"] = case.batch * case.new_tokens / median
+        info["rate_metrics"] = {"decode_tokens_per_s": case.batch * case.new_tokens}
+        info["time_metrics"] = []
         info["token_latency_s"] = percentiles(step_times)
         weight_bytes = loaded.facts.get("weight_bytes_after_first_forward") or 0
         # Every decode step reads every weight once (gpt-fast's "achieved bandwidth").

@@ -1,0 +1,183 @@
+"""The regression gate's decision core: pure functions on plain numbers (no I/O, no torch).
+
+Noise awareness (after asv): a case regresses only if (1) its median moved past the metric's
+threshold in the bad direction AND (2) the per-round samples differ beyond noise by a one-sided
+Mann-Whitney U test (scipy). Mann-Whitney because round times are skewed and outlier-prone
+(GC, clock changes), it needs no normality, and it is exact for the small round counts a
+benchmark affords; with fewer than ``min_rounds`` rounds on a side it cannot reach
+significance, so the ratio alone decides and the decision says so.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from statistics import median
+
+from scipy.stats import mannwhitneyu
+
+from .errors import QuantbenchError
+
+STATES = ("regressed", "improved", "unchanged", "new", "missing", "unsupported", "oom", "invalid-input",
+          "guard-failed", "no-baseline", "incomparable")
+DEFAULT_FAIL_ON = ("regressed",)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    direction: str = "higher"      # "higher" or "lower" is better
+    max_regression: float = 0.05   # fraction past which a significant change counts
+    alpha: float = 0.05            # significance level of the Mann-Whitney test
+    min_rounds: int = 3
+
+    def __post_init__(self):
+        if self.direction not in ("higher", "lower"):
+            raise ValueError(f"direction must be 'higher' or 'lower', got {self.direction!r}")
+        if not 0 < self.max_regression < 1:
+            raise ValueError("max_regression must be a fraction in (0, 1)")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One case's value of one metric in one run: the median and the per-round values."""
+    value: float
+    rounds: tuple[float, ...] = ()
+    state: str = "ok"              # ok, unsupported, oom, ...
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    case: str
+    metric: str
+    state: str
+    ratio: float | None = None
+    p_value: float | None = None
+    baseline: float | None = None
+    current: float | None = None
+    threshold: float | None = None
+    note: str = ""
+
+    def message(self) -> str:
+        if self.ratio is None:
+            return f"{self.case} [{self.metric}]: {self.state}" + (f" ({self.note})" if self.note else "")
+        p = f", p={self.p_value:.3g}" if self.p_value is not None else ""
+        return (f"{self.case} [{self.metric}]: {self.state}, ratio {self.ratio:.3f} "
+                f"(current {self.current:.4g} vs baseline {self.baseline:.4g}, threshold "
+                f"{self.threshold:.0%}{p})" + (f"; {self.note}" if self.note else ""))
+
+
+def _change(current: float, baseline: float, direction: str) -> float:
+    """Signed relative change where negative is worse, whatever the metric's direction."""
+    ratio = current / baseline
+    return ratio - 1.0 if direction == "higher" else 1.0 - ratio
+
+
+def decide(case: str, metric: str, current: Sample | None, baseline: Sample | None,
+           threshold: Threshold) -> Decision:
+    """Classify one (case, metric) pair. Pure: same inputs, same decision."""
+    if baseline is None and current is None:
+        return Decision(case, metric, "missing", note="in neither run")
+    if baseline is None:
+        return Decision(case, metric, "new", current=current.value if current.state == "ok" else None)
+    if current is None:
+        return Decision(case, metric, "missing", baseline=baseline.value, note="in the baseline, not in this run")
+    if current.state != "ok":
+        return Decision(case, metric, current.state, note=current.reason)
+    if baseline.state != "ok":
+        return Decision(case, metric, "new", current=current.value,
+                        note=f"baseline was {baseline.state}: {baseline.reason}")
+    if not (baseline.value > 0 and math.isfinite(baseline.value) and math.isfinite(current.value)):
+        return Decision(case, metric, "incomparable", note="baseline value is zero or not finite")
+    ratio = current.value / baseline.value
+    change = _change(current.value, baseline.value, threshold.direction)
+    enough = min(len(current.rounds), len(baseline.rounds)) >= threshold.min_rounds
+    p_value = None
+    if enough:
+        worse = "less" if threshold.direction == "higher" else "greater"
+        better = "greater" if threshold.direction == "higher" else "less"
+        alternative = worse if change < 0 else better
+        p_value = float(mannwhitneyu(current.rounds, baseline.rounds, alternative=alternative).pvalue)
+    significant = p_value is not None and p_value < threshold.alpha
+    note = "" if enough else f"fewer than {threshold.min_rounds} rounds: decided on the ratio alone"
+    if change <= -threshold.max_regression and (significant or not enough):
+        state = "regressed"
+    elif change >= threshold.max_regression and (significant or not enough):
+        state = "improved"
+    else:
+        state = "unchanged"
+        if abs(change) >= threshold.max_regression:
+            note = "past the threshold but within noise (not significant)"
+    return Decision(case, metric, state, ratio, p_value, baseline.value, current.value,
+                    threshold.max_regression, note)
+
+
+# ----------------------------------------------------------------------------- thresholds
+@dataclass(frozen=True)
+class Thresholds:
+    metrics: dict[str, Threshold]
+    overrides: tuple[tuple[str, str | None, dict], ...] = ()   # (case pattern, metric or None, fields)
+    fallback: Threshold = field(default_factory=Threshold)
+
+    def for_case(self, case: str, metric: str) -> Threshold:
+        base = self.metrics.get(metric, self.fallback)
+        for pattern, only_metric, fields in self.overrides:
+            if fnmatch.fnmatchcase(case, pattern) and only_metric in (None, metric):
+                base = replace(base, **fields)
+        return base
+
+
+def parse_thresholds(text: str, source: str = "<thresholds>") -> Thresholds:
+    """fixtures/thresholds.toml -> Thresholds; a bad file names itself and the field."""
+    try:
+        data = tomllib.loads(text)
+        defaults = data.get("defaults", {})
+        metrics = {name: Threshold(**{**defaults, **fields}) for name, fields in data.get("metrics", {}).items()}
+        overrides = []
+        for item in data.get("overrides", []):
+            item = dict(item)
+            pattern, metric = item.pop("pattern"), item.pop("metric", None)
+            overrides.append((pattern, metric, item))
+            Threshold(**{**defaults, **item})  # validate the fields now, not at first use
+        return Thresholds(metrics, tuple(overrides), Threshold(**defaults))
+    except (tomllib.TOMLDecodeError, TypeError, ValueError, KeyError) as exc:
+        raise QuantbenchError(source, f"invalid thresholds file ({exc})",
+                              "compare it with fixtures/thresholds.toml") from None
+
+
+def load_thresholds(path: Path) -> Thresholds:
+    path = Path(path)
+    if not path.is_file():
+        raise QuantbenchError(path, "no such thresholds file", "pass --thresholds fixtures/thresholds.toml")
+    return parse_thresholds(path.read_text(), str(path))
+
+
+# ----------------------------------------------------------------------------- whole runs
+def compare_runs(current: dict[tuple[str, str], Sample], baseline: dict[tuple[str, str], Sample],
+                 thresholds: Thresholds) -> list[Decision]:
+    """Decide every (case, metric) in either run, sorted worst-first by state."""
+    keys = sorted(set(current) | set(baseline))
+    decisions = [decide(case, metric, current.get((case, metric)), baseline.get((case, metric)),
+                        thresholds.for_case(case, metric)) for case, metric in keys]
+    order = {s: i for i, s in enumerate(STATES)}
+    return sorted(decisions, key=lambda d: (order.get(d.state, 99), d.case, d.metric))
+
+
+def machine_differences(current: dict, baseline: dict, fields: tuple[str, ...]) -> list[str]:
+    """Fields that differ between two environment dicts (flattened keys)."""
+    return [f"{key}: {baseline.get(key)} -> {current.get(key)}" for key in fields
+            if current.get(key) != baseline.get(key)]
+
+
+def exit_code(decisions: list[Decision], fail_on: tuple[str, ...] = DEFAULT_FAIL_ON) -> int:
+    return 1 if any(d.state in fail_on for d in decisions) else 0
+
+
+def significance_rates(pairs, threshold: Threshold) -> float:
+    """Share of (current, baseline) round tuples the gate calls 'regressed' (for noise studies)."""
+    hits = sum(decide("c", "m", Sample(median(c), tuple(c)), Sample(median(b), tuple(b)), threshold).state
+               == "regressed" for c, b in pairs)
+    return hits / max(1, len(pairs))

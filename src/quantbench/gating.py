@@ -1,0 +1,86 @@
+"""The gate's thin shell: history files in, decisions, a terminal table and a Markdown summary out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from . import gate, history
+from .errors import BadHistory
+
+
+@dataclass
+class GateResult:
+    decisions: list[gate.Decision]
+    exit_code: int
+    machine_note: str
+
+    def frame(self) -> pd.DataFrame:
+        rows = [{"state": d.state, "case": d.case, "metric": d.metric,
+                 "ratio": round(d.ratio, 4) if d.ratio is not None else None,
+                 "p_value": round(d.p_value, 4) if d.p_value is not None else None,
+                 "baseline": d.baseline, "current": d.current, "note": d.note} for d in self.decisions]
+        return pd.DataFrame(rows, columns=["state", "case", "metric", "ratio", "p_value", "baseline", "current",
+                                           "note"])
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for d in self.decisions:
+            counts[d.state] = counts.get(d.state, 0) + 1
+        return counts
+
+    def markdown(self) -> str:
+        verdict = "❌ performance regression" if self.exit_code else "✅ no performance regression"
+        lines = [f"## quantbench gate: {verdict}", ""]
+        lines.append(", ".join(f"**{n}** {s}" for s, n in sorted(self.counts().items())))
+        if self.machine_note:
+            lines += ["", f"> {self.machine_note}"]
+        notable = self.frame()
+        notable = notable[notable["state"] != "unchanged"]
+        if len(notable):
+            lines += ["", notable.to_markdown(index=False, floatfmt=".4g")]
+        return "\n".join(lines) + "\n"
+
+    def table(self) -> str:
+        return self.frame().to_string(index=False, max_colwidth=60)
+
+
+def run_gate(current: dict, baseline: dict, thresholds: gate.Thresholds,
+             fail_on: tuple[str, ...] = gate.DEFAULT_FAIL_ON, allow_incomparable: bool = False) -> GateResult:
+    """Compare two loaded runs. A baseline from another machine/stack is never compared silently."""
+    cur_env, base_env = history.environment_fields(current), history.environment_fields(baseline)
+    diffs = gate.machine_differences(cur_env, base_env, history.COMPARABILITY_FIELDS)
+    cur_samples, base_samples = history.samples(current), history.samples(baseline)
+    note = ""
+    if diffs and not allow_incomparable:
+        note = "incomparable machines: " + "; ".join(diffs)
+        keys = sorted({k[0] for k in cur_samples} | {k[0] for k in base_samples})
+        decisions = [gate.Decision(case, "*", "incomparable", note=note) for case in keys]
+        return GateResult(decisions, gate.exit_code(decisions, fail_on), note)
+    if diffs:
+        note = "compared across different machines/stacks (--allow-incomparable): " + "; ".join(diffs)
+    # A stated case ("unsupported", "oom") applies to all its metrics; give it each metric the other side has.
+    stated = {case: s for (case, metric), s in cur_samples.items() if metric == "*"}
+    for (case, metric) in list(base_samples):
+        if case in stated and metric != "*":
+            cur_samples[(case, metric)] = stated[case]
+    cur_samples = {k: v for k, v in cur_samples.items() if k[1] != "*" or not any(
+        b[0] == k[0] for b in base_samples)}
+    base_samples = {k: v for k, v in base_samples.items() if k[1] != "*"}
+    decisions = gate.compare_runs(cur_samples, base_samples, thresholds)
+    return GateResult(decisions, gate.exit_code(decisions, fail_on), note)
+
+
+def resolve_baseline(baseline: str, history_root: Path, current: dict, current_path: Path | None) -> Path:
+    """'latest' = newest file in the current run's signature folder other than the current run itself."""
+    if baseline != "latest":
+        return Path(baseline)
+    sig = history.signature(current)
+    files = [p for p in history.run_files(history_root, sig)
+             if current_path is None or p.resolve() != Path(current_path).resolve()]
+    if not files:
+        raise BadHistory(Path(history_root) / sig, "no baseline run for this machine signature (empty baseline folder)",
+                         "run the benchmark with --qb-history on the baseline first, or pass --baseline PATH")
+    return files[-1]

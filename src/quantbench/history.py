@@ -1,0 +1,218 @@
+"""Schema-versioned run history: pytest-benchmark JSON files, one folder per machine signature.
+
+Files stay plain pytest-benchmark JSON (``pytest-benchmark compare`` reads them); quantbench adds
+``machine_info.quantbench`` (environment, signature, git) and a top-level ``quantbench`` section
+(schema version, states of cases that produced no number, telemetry). No torch import here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import BadHistory
+
+SCHEMA_VERSION = 1
+MIGRATE_FIX = "re-run the benchmark with this quantbench to write a current file (older files are kept as they are)"
+
+
+# ----------------------------------------------------------------------------- writing
+def write_atomic(path: Path, payload: dict) -> Path:
+    """Write JSON to a temp file in the same folder, fsync, then rename: readers see all or nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(payload, fh, indent=1, default=str)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def run_filename(payload: dict) -> str:
+    """Sortable by time, unique across concurrent writers (uuid), and says which commit."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    commit = ((payload.get("commit_info") or {}).get("id") or "nocommit")[:8]
+    return f"{stamp}_{commit}_{uuid.uuid4().hex[:8]}.json"
+
+
+def signature(payload: dict) -> str:
+    return ((payload.get("machine_info") or {}).get("quantbench") or {}).get("signature") or "unknown"
+
+
+def save_run(root: Path, payload: dict) -> Path:
+    """Store one run under root/<signature>/ and return its path. Never overwrites."""
+    return write_atomic(Path(root) / signature(payload) / run_filename(payload), payload)
+
+
+# ----------------------------------------------------------------------------- reading
+def load_run(path: Path) -> dict:
+    """Read and validate one history file; every failure is a BadHistory naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise BadHistory(path, "no such history file", "check the path (quantbench history list shows files)") from None
+    except UnicodeDecodeError:
+        raise BadHistory(path, "not a text file", "pass a pytest-benchmark JSON file written by quantbench") from None
+    if not text.strip():
+        raise BadHistory(path, "empty file", "delete it; it holds no run")
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}"
+        if exc.pos >= len(text.rstrip()) - 1:
+            raise BadHistory(path, f"truncated JSON (ends early at {where})",
+                             "the run that wrote it was interrupted; delete it or restore it from CI artifacts") from None
+        raise BadHistory(path, f"corrupt JSON ({exc.msg} at {where})",
+                         "delete it or restore it from CI artifacts") from None
+    if not isinstance(payload, dict) or "benchmarks" not in payload:
+        raise BadHistory(path, "not a pytest-benchmark JSON file (no 'benchmarks' list)",
+                         "pass a file written by pytest --benchmark-json or quantbench --qb-history")
+    section = payload.get("quantbench")
+    version = section.get("schema_version") if isinstance(section, dict) else None
+    if version is None:
+        raise BadHistory(path, "no quantbench schema version (written by plain pytest-benchmark or a "
+                         "pre-release quantbench)", MIGRATE_FIX)
+    if version < SCHEMA_VERSION:
+        raise BadHistory(path, f"old schema version {version} (this quantbench reads {SCHEMA_VERSION})", MIGRATE_FIX)
+    if version > SCHEMA_VERSION:
+        raise BadHistory(path, f"schema version {version} is newer than this quantbench ({SCHEMA_VERSION})",
+                         "upgrade quantbench")
+    return payload
+
+
+def run_files(root: Path, signature_name: str | None = None) -> list[Path]:
+    root = Path(root)
+    pattern = f"{signature_name}/*.json" if signature_name else "*/*.json"
+    return sorted(p for p in root.glob(pattern) if not p.name.startswith("."))
+
+
+def latest_run(root: Path, signature_name: str | None = None) -> Path:
+    files = run_files(root, signature_name)
+    if not files:
+        where = Path(root) / signature_name if signature_name else Path(root)
+        raise BadHistory(where, "no history files (empty baseline folder)",
+                         "run the benchmark with --qb-history on the baseline first, or pass --baseline PATH")
+    return files[-1]
+
+
+# ----------------------------------------------------------------------------- frames
+CASE_COLUMNS = ["model", "format", "batch", "prompt_len", "new_tokens", "phase", "kernel_name", "K", "N", "M"]
+
+
+def per_round_values(bench: dict, metric: str) -> list[float]:
+    """Per-round values of a metric: rate metrics are work / round time, time metrics the times."""
+    info = bench.get("extra_info") or {}
+    data = (bench.get("stats") or {}).get("data") or []
+    rates = info.get("rate_metrics") or {}
+    if metric in rates:
+        return [rates[metric] / t for t in data if t > 0]
+    if metric in (info.get("time_metrics") or []):
+        return list(data)
+    return []
+
+
+def run_frame(payload: dict, path: Path | None = None) -> pd.DataFrame:
+    """One row per case (measured or stated) of one run."""
+    machine = (payload.get("machine_info") or {}).get("quantbench") or {}
+    device = machine.get("device") or {}
+    versions = machine.get("versions") or {}
+    common = {
+        "file": str(path) if path else None,
+        "signature": machine.get("signature"),
+        "datetime": payload.get("datetime"),
+        "commit": (payload.get("commit_info") or {}).get("id"),
+        "dirty": (payload.get("commit_info") or {}).get("dirty"),
+        "device": device.get("gpu") or device.get("cpu"),
+        "stack": versions.get("stack"),
+        "throttled": (payload.get("quantbench") or {}).get("throttled"),
+    }
+    rows = []
+    for bench in payload.get("benchmarks", []):
+        info = dict(bench.get("extra_info") or {})
+        stats = bench.get("stats") or {}
+        row = {**common, "name": bench.get("name"), "group": bench.get("group"), "state": info.get("state", "ok"),
+               "median_s": stats.get("median"), "iqr_s": stats.get("iqr"), "stddev_s": stats.get("stddev"),
+               "mean_s": stats.get("mean"), "rounds": stats.get("rounds"), "round_times_s": stats.get("data")}
+        for key, value in info.items():
+            if not isinstance(value, (dict, list)):
+                row[key] = value
+        for key, value in (info.get("token_latency_s") or {}).items():
+            row[f"token_latency_{key}_s"] = value
+        row["metrics"] = sorted(set(info.get("rate_metrics") or {}) | set(info.get("time_metrics") or [])
+                                | {k for k in ("peak_memory_bytes",) if k in info})
+        row["_bench"] = bench
+        rows.append(row)
+    for state in (payload.get("quantbench") or {}).get("states", []):
+        name = state.get("nodeid", "").split("::")[-1] or state.get("case")
+        rows.append({**common, "name": name, **{k: v for k, v in state.items() if k != "nodeid"}})
+    return pd.DataFrame(rows)
+
+
+def load_frame(paths) -> pd.DataFrame:
+    """Many history files -> one DataFrame (bad files raise BadHistory naming the file)."""
+    frames = [run_frame(load_run(p), p) for p in paths]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def filter_frame(frame: pd.DataFrame, **equals) -> pd.DataFrame:
+    """``filter_frame(df, signature=..., model='tiny', format='bf16', batch=1)``; a metric= keeps rows
+    that carry that metric."""
+    metric = equals.pop("metric", None)
+    mask = pd.Series(True, index=frame.index)
+    for column, value in equals.items():
+        if value is not None:
+            mask &= frame[column] == value
+    if metric is not None:
+        mask &= frame["metrics"].apply(lambda ms: isinstance(ms, list) and metric in ms)
+    return frame[mask]
+
+
+# ----------------------------------------------------------------------------- gate inputs
+def samples(payload: dict) -> dict:
+    """(case name, metric) -> gate.Sample for every measured metric and every stated case."""
+    from statistics import median
+
+    from .gate import Sample
+
+    out = {}
+    for bench in payload.get("benchmarks", []):
+        info = bench.get("extra_info") or {}
+        metrics = list(info.get("rate_metrics") or {}) + list(info.get("time_metrics") or [])
+        for metric in metrics:
+            rounds = per_round_values(bench, metric)
+            value = median(rounds) if rounds else info.get(metric)
+            if value is not None:
+                out[(bench["name"], metric)] = Sample(float(value), tuple(rounds))
+        if info.get("peak_memory_bytes"):
+            out[(bench["name"], "peak_memory_bytes")] = Sample(float(info["peak_memory_bytes"]))
+    for state in (payload.get("quantbench") or {}).get("states", []):
+        name = state.get("nodeid", "").split("::")[-1] or state.get("case")
+        out[(name, "*")] = Sample(float("nan"), (), state.get("state", "unsupported"), state.get("reason", ""))
+    return out
+
+
+COMPARABILITY_FIELDS = ("device.gpu", "device.gpu_count", "device.driver", "device.cuda", "device.cpu",
+                        "versions.torch", "versions.transformers", "versions.autoawq",
+                        "versions.compressed-tensors", "versions.triton", "versions.awq_ext")
+
+
+def environment_fields(payload: dict) -> dict:
+    machine = (payload.get("machine_info") or {}).get("quantbench") or {}
+    flat = {}
+    for section in ("device", "versions"):
+        for key, value in (machine.get(section) or {}).items():
+            flat[f"{section}.{key}"] = value
+    return flat
