@@ -72,11 +72,19 @@ def cmd_gate(args) -> int:
     from . import gating, history
     current_path = Path(args.current) if args.current != "latest" else history.latest_run(args.history)
     current = history.load_run(current_path)
-    baseline_path = gating.resolve_baseline(args.baseline, Path(args.history), current, current_path)
-    baseline = history.load_run(baseline_path)
+    baseline_paths = gating.resolve_baselines(args.baseline, Path(args.history), current, current_path,
+                                              args.baseline_runs)
+    baselines = [history.load_run(p) for p in baseline_paths]
     fail_on = tuple(s.strip() for s in args.fail_on.split(",") if s.strip())
-    result = gating.run_gate(current, baseline, _thresholds(args), fail_on, args.allow_incomparable)
-    print(f"quantbench gate: current {current_path}\n                 baseline {baseline_path}")
+    thresholds = _thresholds(args)
+    result = gating.run_gate(current, baselines, thresholds, fail_on, args.allow_incomparable)
+    for attempt in range(args.confirm_rerun):
+        if not result.exit_code:
+            break
+        result = _confirm_by_rerun(result, current, baselines, thresholds, fail_on)
+    print(f"quantbench gate: current  {current_path}")
+    for path in baseline_paths:
+        print(f"                 baseline {path}")
     print(result.table())
     for decision in result.decisions:
         if decision.state == "regressed":
@@ -85,6 +93,27 @@ def cmd_gate(args) -> int:
         Path(args.markdown).write_text(result.markdown())
     print("quantbench gate: " + ("FAILED" if result.exit_code else "passed") + f" {result.counts()}")
     return result.exit_code
+
+
+def _confirm_by_rerun(result, current, baselines, thresholds, fail_on):
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from . import gating, history
+    from .gate import SUITE
+    names = sorted({d.case for d in result.decisions if d.state == "regressed" and d.case != SUITE})
+    nodeids = [b["fullname"] for b in current.get("benchmarks", []) if b["name"] in names]
+    if not nodeids:
+        return result
+    out = Path(tempfile.mkdtemp(prefix="quantbench-rerun-")) / "rerun.json"
+    args = gating.rerun_args(current, nodeids, out)
+    print(f"quantbench gate: re-running {len(nodeids)} regressed case(s) to confirm")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args])
+    if proc.returncode not in (0, 1) or not out.is_file():
+        print("quantbench gate: the confirm rerun did not produce results; keeping the first decision")
+        return result
+    return gating.confirm(result, history.load_run(out), baselines, thresholds, fail_on)
 
 
 def cmd_export(args) -> int:
@@ -130,12 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     gate = sub.add_parser("gate", help="fail when the current run regressed against a baseline")
     gate.add_argument("--current", required=True, help="history file of this run, or 'latest'")
-    gate.add_argument("--baseline", required=True, help="history file, or 'latest' (same machine signature)")
+    gate.add_argument("--baseline", required=True,
+                      help="history file(s), comma-separated, or 'latest' (same machine signature)")
     gate.add_argument("--history", default="history", help="history root for 'latest' (default: history)")
     gate.add_argument("--thresholds", default=None, help="default: fixtures/thresholds.toml")
     gate.add_argument("--fail-on", default="regressed", help="states that fail, comma-separated")
     gate.add_argument("--allow-incomparable", action="store_true",
                       help="compare runs from different machines/stacks anyway (labelled in the output)")
+    gate.add_argument("--baseline-runs", type=int, default=3,
+                      help="with --baseline latest: how many newest runs form the baseline (default 3)")
+    gate.add_argument("--confirm-rerun", type=int, default=0, metavar="N",
+                      help="re-run only the regressed cases up to N times; each rerun must regress again")
     gate.add_argument("--markdown", default=None, help="write a Markdown summary (for a PR comment) here")
     gate.set_defaults(func=cmd_gate)
 

@@ -10,14 +10,14 @@ significance, so the ratio alone decides and the decision says so.
 
 from __future__ import annotations
 
-import fnmatch
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import median
 
-from scipy.stats import mannwhitneyu
+from scipy.stats import binomtest, mannwhitneyu
 
 from .errors import QuantbenchError
 
@@ -125,9 +125,16 @@ class Thresholds:
     def for_case(self, case: str, metric: str) -> Threshold:
         base = self.metrics.get(metric, self.fallback)
         for pattern, only_metric, fields in self.overrides:
-            if fnmatch.fnmatchcase(case, pattern) and only_metric in (None, metric):
+            if wildcard_match(pattern, case) and only_metric in (None, metric):
                 base = replace(base, **fields)
         return base
+
+
+def wildcard_match(pattern: str, name: str) -> bool:
+    """'*' and '?' wildcards, everything else literal: case names contain '[' and ']', which
+    fnmatch would read as a character class."""
+    regex = re.escape(pattern).replace(r"\*", ".*").replace(r"\?", ".")
+    return re.fullmatch(regex, name) is not None
 
 
 def parse_thresholds(text: str, source: str = "<thresholds>") -> Thresholds:
@@ -156,12 +163,43 @@ def load_thresholds(path: Path) -> Thresholds:
 
 
 # ----------------------------------------------------------------------------- whole runs
+SUITE = "suite (median of case ratios)"
+MIN_CASES_FOR_SUITE = 4
+
+
+def decide_suite(metric: str, decisions: list[Decision], threshold: Threshold) -> Decision | None:
+    """One decision over all cases of a metric: the median of the case ratios, and an exact sign
+    test on how many cases got worse. A library upgrade that slows everything a little is caught
+    here even where each case alone is within its noise; a burst that slows a few cases moves
+    neither the median nor the sign count much (means and rank tests are pulled by such outliers)."""
+    ratios = sorted(d.ratio for d in decisions if d.metric == metric and d.ratio and d.ratio > 0)
+    if len(ratios) < MIN_CASES_FOR_SUITE:
+        return None
+    mid = len(ratios) // 2
+    ratio = ratios[mid] if len(ratios) % 2 else math.sqrt(ratios[mid - 1] * ratios[mid])
+    change = _change(ratio, 1.0, threshold.direction)
+    worse = sum(_change(r, 1.0, threshold.direction) < 0 for r in ratios)
+    better = sum(_change(r, 1.0, threshold.direction) > 0 for r in ratios)
+    moved = worse if change < 0 else better
+    p_value = float(binomtest(moved, worse + better, 0.5, alternative="greater").pvalue) if worse + better else 1.0
+    significant = p_value < threshold.alpha
+    state = ("regressed" if change <= -threshold.max_regression and significant else
+             "improved" if change >= threshold.max_regression and significant else "unchanged")
+    return Decision(SUITE, metric, state, ratio, p_value, 1.0, ratio, threshold.max_regression,
+                    f"{worse} of {len(ratios)} cases worse")
+
+
 def compare_runs(current: dict[tuple[str, str], Sample], baseline: dict[tuple[str, str], Sample],
                  thresholds: Thresholds) -> list[Decision]:
-    """Decide every (case, metric) in either run, sorted worst-first by state."""
+    """Decide every (case, metric) in either run, plus one suite-level decision per metric,
+    sorted worst-first by state."""
     keys = sorted(set(current) | set(baseline))
     decisions = [decide(case, metric, current.get((case, metric)), baseline.get((case, metric)),
                         thresholds.for_case(case, metric)) for case, metric in keys]
+    for metric in sorted({d.metric for d in decisions}):
+        suite = decide_suite(metric, decisions, thresholds.metrics.get(metric, thresholds.fallback))
+        if suite is not None:
+            decisions.append(suite)
     order = {s: i for i, s in enumerate(STATES)}
     return sorted(decisions, key=lambda d: (order.get(d.state, 99), d.case, d.metric))
 

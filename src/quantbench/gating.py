@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -47,12 +47,20 @@ class GateResult:
         return self.frame().to_string(index=False, max_colwidth=60)
 
 
-def run_gate(current: dict, baseline: dict, thresholds: gate.Thresholds,
+def run_gate(current: dict, baselines: list[dict], thresholds: gate.Thresholds,
              fail_on: tuple[str, ...] = gate.DEFAULT_FAIL_ON, allow_incomparable: bool = False) -> GateResult:
-    """Compare two loaded runs. A baseline from another machine/stack is never compared silently."""
-    cur_env, base_env = history.environment_fields(current), history.environment_fields(baseline)
-    diffs = gate.machine_differences(cur_env, base_env, history.COMPARABILITY_FIELDS)
-    cur_samples, base_samples = history.samples(current), history.samples(baseline)
+    """Compare a run with one or more baseline runs. A baseline from another machine/stack is never
+    compared silently."""
+    if isinstance(baselines, dict):
+        baselines = [baselines]
+    cur_env = history.environment_fields(current)
+    diffs = []
+    for baseline in baselines:
+        for diff in gate.machine_differences(cur_env, history.environment_fields(baseline),
+                                             history.COMPARABILITY_FIELDS):
+            if diff not in diffs:
+                diffs.append(diff)
+    cur_samples, base_samples = history.samples(current), history.merged_samples(baselines)
     note = ""
     if diffs and not allow_incomparable:
         note = "incomparable machines: " + "; ".join(diffs)
@@ -73,14 +81,56 @@ def run_gate(current: dict, baseline: dict, thresholds: gate.Thresholds,
     return GateResult(decisions, gate.exit_code(decisions, fail_on), note)
 
 
-def resolve_baseline(baseline: str, history_root: Path, current: dict, current_path: Path | None) -> Path:
-    """'latest' = newest file in the current run's signature folder other than the current run itself."""
+def resolve_baselines(baseline: str, history_root: Path, current: dict, current_path: Path | None,
+                      runs: int = 3) -> list[Path]:
+    """'latest' = the newest ``runs`` files in the current run's signature folder, the current run excluded."""
     if baseline != "latest":
-        return Path(baseline)
+        return [Path(p) for p in baseline.split(",")]
     sig = history.signature(current)
     files = [p for p in history.run_files(history_root, sig)
              if current_path is None or p.resolve() != Path(current_path).resolve()]
     if not files:
         raise BadHistory(Path(history_root) / sig, "no baseline run for this machine signature (empty baseline folder)",
                          "run the benchmark with --qb-history on the baseline first, or pass --baseline PATH")
-    return files[-1]
+    return files[-runs:]
+
+
+def rerun_args(current: dict, nodeids: list[str], out_json: Path) -> list[str]:
+    """pytest arguments that repeat only ``nodeids`` with the original run's options."""
+    original = list((current.get("quantbench") or {}).get("args") or [])
+    dropped_with_value = {"-k", "-m", "--benchmark-json", "--qb-history", "--qb-gate", "--qb-gate-summary"}
+    kept, skip_next = [], False
+    for arg in original:
+        if skip_next:
+            skip_next = False
+            continue
+        if arg in dropped_with_value:
+            skip_next = True
+            continue
+        if arg.split("=", 1)[0] in dropped_with_value:
+            continue
+        if not arg.startswith("-") and ("::" in arg or Path(arg.split("::")[0]).exists()):
+            continue  # a test path or node id: replaced by the regressed node ids
+        kept.append(arg)
+    return [*nodeids, *kept, f"--benchmark-json={out_json}"]
+
+
+def confirm(result: GateResult, rerun: dict, baselines: list[dict], thresholds: gate.Thresholds,
+            fail_on: tuple[str, ...]) -> GateResult:
+    """A regression stands only if the rerun of that case regresses too (run-level noise is independent)."""
+    rerun_samples, base_samples = history.samples(rerun), history.merged_samples(baselines)
+    confirmed = []
+    for d in result.decisions:
+        if d.state != "regressed" or d.case == gate.SUITE:  # the suite decision is robust to one slow case
+            confirmed.append(d)
+            continue
+        again = gate.decide(d.case, d.metric, rerun_samples.get((d.case, d.metric)),
+                            base_samples.get((d.case, d.metric)), thresholds.for_case(d.case, d.metric))
+        if again.state == "regressed":
+            confirmed.append(replace(d, note=(d.note + "; " if d.note else "") +
+                                          f"confirmed by rerun (ratio {again.ratio:.3f})"))
+        else:
+            confirmed.append(replace(d, state="unchanged", note=f"not reproduced on rerun "
+                                          f"(first ratio {d.ratio:.3f}, rerun {again.state}"
+                                          + (f" {again.ratio:.3f}" if again.ratio else "") + ")"))
+    return GateResult(confirmed, gate.exit_code(confirmed, fail_on), result.machine_note)

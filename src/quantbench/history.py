@@ -72,7 +72,7 @@ def load_run(path: Path) -> dict:
         payload = json.loads(text)
     except json.JSONDecodeError as exc:
         where = f"line {exc.lineno}, column {exc.colno}"
-        if exc.pos >= len(text.rstrip()) - 1:
+        if exc.pos >= len(text.rstrip()):  # the parser ran off the end: the file stops early
             raise BadHistory(path, f"truncated JSON (ends early at {where})",
                              "the run that wrote it was interrupted; delete it or restore it from CI artifacts") from None
         raise BadHistory(path, f"corrupt JSON ({exc.msg} at {where})",
@@ -216,3 +216,22 @@ def environment_fields(payload: dict) -> dict:
         for key, value in (machine.get(section) or {}).items():
             flat[f"{section}.{key}"] = value
     return flat
+
+
+def merged_samples(payloads: list[dict]) -> dict:
+    """Several baseline runs -> one Sample per key: the median of the run medians (robust to one
+    slow run) and the pooled rounds (so the significance test sees run-to-run spread too)."""
+    from statistics import median
+
+    from .gate import Sample
+
+    per_run = [samples(p) for p in payloads]
+    merged = {}
+    for key in sorted(set().union(*per_run)) if per_run else []:
+        got = [s[key] for s in per_run if key in s]
+        ok = [g for g in got if g.state == "ok"]
+        if not ok:
+            merged[key] = got[-1]
+            continue
+        merged[key] = Sample(float(median(g.value for g in ok)), tuple(v for g in ok for v in g.rounds))
+    return merged

@@ -31,6 +31,8 @@ def pytest_addoption(parser):
     group.addoption("--qb-device", default="auto", choices=("auto", "cpu", "cuda"))
     group.addoption("--qb-inject-slowdown", type=float, default=0.0,
                     help="TEST ONLY: stretch every timed region by this fraction (e.g. 0.10)")
+    group.addoption("--qb-threads", type=int, default=None,
+                    help="torch CPU threads (default on CPU: 1, for run-to-run stability over peak speed)")
     group.addoption("--qb-history", default=None, metavar="DIR",
                     help="store this run atomically under DIR/<machine signature>/")
     group.addoption("--qb-gate", default=None, metavar="BASELINE",
@@ -70,6 +72,12 @@ def pytest_configure(config):
         raise pytest.UsageError(str(exc)) from None
     from .runner import StateRecorder
     config._qb_states = StateRecorder()
+    threads = config.getoption("qb_threads") or (None if _device(config).type == "cuda" else 1)
+    if threads:
+        import torch
+        # Measured on a 2-core CI VM: 2 threads gave 22-28 ms medians across processes for the
+        # same decode case (CV up to 0.2), 1 thread 24.2-25.6 ms. Stability beats peak speed here.
+        torch.set_num_threads(threads)
     from . import environment
     config._qb_telemetry_start = environment.gpu_telemetry()
     config._qb_gate_result = None
@@ -140,7 +148,7 @@ def qb_pool(qb_device):
 def qb_options(pytestconfig, qb_device):
     from .runner import RunOptions
     rounds = pytestconfig.getoption("qb_rounds") or _defaults(pytestconfig)["rounds"]
-    return RunOptions(device=qb_device, rounds=rounds,
+    return RunOptions(device=qb_device, rounds=rounds, warmup_rounds=_defaults(pytestconfig)["warmup"],
                       inject_slowdown=pytestconfig.getoption("qb_inject_slowdown"))
 
 
@@ -176,10 +184,11 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     baseline = config.getoption("qb_gate")
     if baseline:
         try:
-            path = gating.resolve_baseline(baseline, Path(root or "history"), output_json, saved)
+            paths = gating.resolve_baselines(baseline, Path(root or "history"), output_json, saved)
             fail_on = tuple(s.strip() for s in config.getoption("qb_gate_fail_on").split(",") if s.strip())
-            result = gating.run_gate(output_json, history.load_run(path), config._qb_thresholds, fail_on)
-            config._qb_gate_result = (path, result)
+            result = gating.run_gate(output_json, [history.load_run(p) for p in paths], config._qb_thresholds,
+                                     fail_on)
+            config._qb_gate_result = (", ".join(map(str, paths)), result)
         except QuantbenchError as exc:
             config._qb_gate_result = (None, exc)
 

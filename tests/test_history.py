@@ -1,0 +1,123 @@
+"""History files: atomic, concurrent-safe writes; clear errors for every bad file, files untouched."""
+
+import hashlib
+import json
+import multiprocessing
+import os
+
+import pytest
+
+from quantbench import gating, history
+from quantbench.errors import BadHistory
+
+
+def payload(signature="sig-a", gpu="H100", value=0.01, n=5, torch="2.11"):
+    return {
+        "machine_info": {"quantbench": {"signature": signature, "device": {"gpu": gpu, "cpu": "x"},
+                                        "versions": {"torch": torch, "transformers": "5.17.0"}}},
+        "commit_info": {"id": "abc1234567", "dirty": False},
+        "datetime": "2026-11-22T00:00:00",
+        "benchmarks": [{"name": "test_generation[tiny-bf16-b1-p32-decode]",
+                        "fullname": "benchmarks/test_generation.py::test_generation[tiny-bf16-b1-p32-decode]",
+                        "stats": {"median": value, "data": [value * (1 + 0.001 * i) for i in range(n)],
+                                  "rounds": n},
+                        "extra_info": {"model": "tiny", "format": "bf16", "phase": "decode", "batch": 1,
+                                       "rate_metrics": {"decode_tokens_per_s": 32}, "time_metrics": [],
+                                       "peak_memory_bytes": 1000}}],
+        "quantbench": {"schema_version": history.SCHEMA_VERSION, "states": [
+            {"case": "tiny-awq-gemv-b1-p32-decode", "nodeid": "b.py::test_generation[tiny-awq-gemv-b1-p32-decode]",
+             "state": "unsupported", "reason": "needs awq_ext", "format": "awq-gemv"}]},
+    }
+
+
+def test_save_and_load_round_trip(tmp_path):
+    path = history.save_run(tmp_path, payload())
+    assert path.parent.name == "sig-a" and history.load_run(path)["commit_info"]["id"] == "abc1234567"
+    frame = history.load_frame([path])
+    assert set(frame["state"]) == {"ok", "unsupported"}
+    ok = history.filter_frame(frame, format="bf16", metric="decode_tokens_per_s")
+    assert len(ok) == 1 and ok.iloc[0]["median_s"] == 0.01
+
+
+def _writer(args):
+    root, i = args
+    return str(history.save_run(root, payload(value=0.01 + i * 1e-4)))
+
+
+def test_concurrent_writers_never_lose_or_corrupt(tmp_path):
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        paths = pool.map(_writer, [(str(tmp_path), i) for i in range(24)])
+    assert len(set(paths)) == 24
+    files = history.run_files(tmp_path, "sig-a")
+    assert len(files) == 24 and all(history.load_run(f) for f in files)
+    assert not [p for p in (tmp_path / "sig-a").iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError):
+        history.write_atomic(tmp_path / "x.json", {"a": 1})
+    assert list(tmp_path.iterdir()) == []
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"benchmarks": [1, 2', "truncated JSON"),
+    ('{"benchmarks": [}', "corrupt JSON"),
+    ("", "empty file"),
+    ('{"benchmarks": [], "quantbench": {"schema_version": 0}}', "old schema version 0"),
+    ('{"benchmarks": [], "machine_info": {}}', "no quantbench schema version"),
+    ('[1, 2, 3]', "not a pytest-benchmark JSON file"),
+])
+def test_bad_files_are_named_and_left_unchanged(tmp_path, content, message):
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    before = _digest(bad)
+    with pytest.raises(BadHistory) as info:
+        history.load_run(bad)
+    assert str(bad) in info.value.line() and message in info.value.line() and "Fix:" in info.value.line()
+    assert _digest(bad) == before
+
+
+def test_empty_baseline_folder(tmp_path):
+    with pytest.raises(BadHistory, match="empty baseline folder"):
+        gating.resolve_baselines("latest", tmp_path, payload(), None)
+
+
+def test_baseline_from_another_machine_is_never_compared_silently():
+    result = gating.run_gate(payload(), [payload(gpu="A100", torch="2.9")], _thresholds())
+    assert {d.state for d in result.decisions} == {"incomparable"}
+    assert "device.gpu: A100 -> H100" in result.machine_note and "versions.torch: 2.9 -> 2.11" in result.machine_note
+    assert result.exit_code == 0
+    assert gating.run_gate(payload(), [payload(gpu="A100")], _thresholds(), ("regressed", "incomparable")).exit_code
+
+
+def _thresholds():
+    from quantbench.gate import load_thresholds
+    from quantbench.models import REPO_ROOT
+    return load_thresholds(REPO_ROOT / "fixtures" / "thresholds.toml")
+
+
+def test_gate_states_and_markdown():
+    slow = payload(value=0.02)
+    result = gating.run_gate(slow, [payload(), payload()], _thresholds())
+    states = {(d.case, d.metric): d.state for d in result.decisions}
+    assert states[("test_generation[tiny-bf16-b1-p32-decode]", "decode_tokens_per_s")] == "regressed"
+    assert result.exit_code == 1
+    md = result.markdown()
+    assert "performance regression" in md and "| regressed |" in md and "tiny-bf16-b1-p32-decode" in md
+
+
+def test_export_github_action_benchmark(tmp_path):
+    from quantbench.export import write_github_action_benchmark
+    paths = write_github_action_benchmark(payload(), _thresholds(), tmp_path)
+    bigger = json.loads((tmp_path / "customBiggerIsBetter.json").read_text())
+    smaller = json.loads((tmp_path / "customSmallerIsBetter.json").read_text())
+    assert len(paths) == 2
+    assert bigger[0]["unit"] == "tokens/s" and bigger[0]["value"] == pytest.approx(32 / 0.01002, rel=1e-3)
+    assert smaller[0]["name"].endswith("peak_memory_bytes")
