@@ -6,9 +6,11 @@ from dataclasses import dataclass
 
 PHASES = ("prefill", "decode")
 
-CPU_DEFAULTS = {"models": "tiny", "batch": "1,4", "prompt": "32,128", "new_tokens": 32, "rounds": 10, "warmup": 3}
+CPU_DEFAULTS = {"models": "tiny", "batch": "1,4", "prompt": "32,128", "new_tokens": 32, "rounds": 10, "warmup": 3,
+                "kernel_rounds": 5}
 GPU_DEFAULTS = {"models": "qwen2.5-3b,mistral-7b", "batch": "1,8,32", "prompt": "128,2048",
-                "new_tokens": 128, "rounds": 10, "warmup": 2}
+                "new_tokens": 128, "rounds": 10, "warmup": 2,
+                "kernel_rounds": 20}
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,23 @@ def cmd_history_list(args) -> int:
     return 0
 
 
+def cmd_peaks(args) -> int:
+    from pathlib import Path
+
+    from . import environment, peaks
+    device = _device(args.device)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    measured = peaks.measure_peaks(device)
+    env = environment.collect()
+    measured["datasheet"] = peaks.datasheet_peaks(env["device"].get("gpu"))
+    print(json.dumps(measured, indent=1))
+    if args.history:
+        print(peaks.save_measured(Path(args.history), env["signature"], measured))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -178,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out-dir", required=True)
     exp.add_argument("--thresholds", default=None)
     exp.set_defaults(func=cmd_export)
+
+    pk = sub.add_parser("peaks", help="measure this device's copy bandwidth and matmul TFLOP/s ceilings")
+    pk.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    pk.add_argument("--threads", type=int, default=None, help="torch CPU threads (the CPU suite uses 1)")
+    pk.add_argument("--history", default=None, help="store under HISTORY/<signature>/peaks.json")
+    pk.set_defaults(func=cmd_peaks)
 
     hist = sub.add_parser("history", help="list stored runs")
     hist.add_argument("--history", default="history")

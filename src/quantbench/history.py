@@ -95,7 +95,8 @@ def load_run(path: Path) -> dict:
 
 def run_files(root: Path, signature_name: str | None = None) -> list[Path]:
     root = Path(root)
-    pattern = f"{signature_name}/*.json" if signature_name else "*/*.json"
+    # Run files are named <timestamp>_<commit>_<uuid>.json; peaks.json and others sit beside them.
+    pattern = f"{signature_name}/[0-9]*_*.json" if signature_name else "*/[0-9]*_*.json"
     return sorted(p for p in root.glob(pattern) if not p.name.startswith("."))
 
 

@@ -31,6 +31,10 @@ def pytest_addoption(parser):
     group.addoption("--qb-device", default="auto", choices=("auto", "cpu", "cuda"))
     group.addoption("--qb-inject-slowdown", type=float, default=0.0,
                     help="TEST ONLY: stretch every timed region by this fraction (e.g. 0.10)")
+    group.addoption("--qb-kernel-models", default=None,
+                    help="specs whose (K, N) shapes the kernel suite uses (CPU: tiny,tinyllama-1.1b)")
+    group.addoption("--qb-kernels", default="all", help="kernels, comma-separated, or 'all'")
+    group.addoption("--qb-m", default=None, help="kernel suite M (tokens in flight) sweep, comma-separated")
     group.addoption("--qb-threads", type=int, default=None,
                     help="torch CPU threads (default on CPU: 1, for run-to-run stability over peak speed)")
     group.addoption("--qb-history", default=None, metavar="DIR",
@@ -108,6 +112,8 @@ def _sources(config):
 
 
 def pytest_generate_tests(metafunc):
+    if "qb_kernel_case" in metafunc.fixturenames:
+        _parametrize_kernels(metafunc)
     if "qb_case" not in metafunc.fixturenames:
         return
     config = metafunc.config
@@ -124,6 +130,30 @@ def pytest_generate_tests(metafunc):
     cases = build_cases(_sources(config), formats_for, config._qb_formats, config._qb_batches,
                         config._qb_prompts, new_tokens)
     metafunc.parametrize("qb_case", cases, ids=[c.id for c in cases])
+
+
+def _kernel_cases(config):
+    from .kernel_runner import CPU_M, GPU_M, kernel_cases
+    from .kernels import KERNELS
+    cuda = _device(config).type == "cuda"
+    models = config.getoption("qb_kernel_models") or ("qwen2.5-3b,mistral-7b" if cuda else "tiny,tinyllama-1.1b")
+    names = config.getoption("qb_kernels")
+    names = list(KERNELS) if names == "all" else [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in names if n not in KERNELS]
+    if unknown:
+        raise pytest.UsageError(f"unknown kernel(s) {unknown}. Fix: use one of: {', '.join(KERNELS)}")
+    try:
+        ms = parse_int_list(config.getoption("qb_m") or (GPU_M if cuda else CPU_M), "--qb-m")
+        return kernel_cases([m.strip() for m in models.split(",") if m.strip()], names, ms)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    except Exception as exc:  # QuantbenchError for an unknown spec
+        raise pytest.UsageError(getattr(exc, "line", lambda: str(exc))()) from None
+
+
+def _parametrize_kernels(metafunc):
+    cases = _kernel_cases(metafunc.config)
+    metafunc.parametrize("qb_kernel_case", cases, ids=[c.id for c in cases])
 
 
 def pytest_collection_modifyitems(config, items):
@@ -149,7 +179,33 @@ def qb_options(pytestconfig, qb_device):
     from .runner import RunOptions
     rounds = pytestconfig.getoption("qb_rounds") or _defaults(pytestconfig)["rounds"]
     return RunOptions(device=qb_device, rounds=rounds, warmup_rounds=_defaults(pytestconfig)["warmup"],
+                      kernel_rounds=pytestconfig.getoption("qb_rounds") or _defaults(pytestconfig)["kernel_rounds"],
                       inject_slowdown=pytestconfig.getoption("qb_inject_slowdown"))
+
+
+@pytest.fixture(scope="session")
+def qb_kernel_cache():
+    from .kernel_runner import PreparedCache
+    return PreparedCache()
+
+
+@pytest.fixture(scope="session")
+def qb_peaks(pytestconfig, qb_device):
+    """Measured ceilings of this device: from the history folder if stored, else measured now
+    (and stored when --qb-history is given)."""
+    from . import environment, peaks
+    root = pytestconfig.getoption("qb_history")
+    signature = environment.collect()["signature"]
+    measured = peaks.load_measured(Path(root) if root else None, signature)
+    if measured is None:
+        measured = peaks.measure_peaks(qb_device)
+        if root:
+            peaks.save_measured(Path(root), signature, measured)
+    device = environment.device_info()
+    measured = dict(measured)
+    measured["datasheet"] = peaks.datasheet_peaks(device.get("gpu"))
+    pytestconfig._qb_peaks = measured
+    return measured
 
 
 @pytest.fixture(scope="session")
@@ -174,7 +230,14 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         "telemetry_end": end,
         "throttled": any(t.get("throttled") for t in start + end),
         "args": list(config.invocation_params.args),
+        "peaks": getattr(config, "_qb_peaks", None),
     }
+    from .analysis import crossover, kernel_frame
+    kernels_df = kernel_frame(benchmarks_as_dicts(output_json))
+    if not kernels_df.empty:
+        table = crossover(kernels_df)
+        output_json["quantbench"]["crossover"] = table.to_dict(orient="records")
+        config._qb_crossover = table
     from . import gating, history
     from .errors import QuantbenchError
     root = config.getoption("qb_history")
@@ -205,7 +268,15 @@ def pytest_sessionfinish(session, exitstatus):
         Path(summary).write_text(result.markdown())
 
 
+def benchmarks_as_dicts(output_json) -> list[dict]:
+    return output_json.get("benchmarks", [])
+
+
 def pytest_terminal_summary(terminalreporter, config):
+    table = getattr(config, "_qb_crossover", None)
+    if table is not None and not table.empty:
+        terminalreporter.section("quantbench: crossover M (int4 kernel stops beating torch-fp16)")
+        terminalreporter.write_line(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     saved = getattr(config, "_qb_saved", None)
     if saved:
         terminalreporter.write_line(f"quantbench: history saved to {saved}")

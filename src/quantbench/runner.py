@@ -22,6 +22,7 @@ class RunOptions:
     device: torch.device
     rounds: int
     warmup_rounds: int = 1
+    kernel_rounds: int = 5
     inject_slowdown: float = 0.0  # test-only: stretch every timed region by this fraction
 
 
@@ -34,6 +35,11 @@ class StateRecorder:
     def add(self, case: Case, state: str, reason: str, nodeid: str = "") -> None:
         self.records.append({"case": case.id, "nodeid": nodeid, "state": state, "reason": reason,
                              **case.params()})
+
+    def add_kernel(self, case, state: str, reason: str, nodeid: str = "") -> None:
+        self.records.append({"case": case.id, "nodeid": nodeid, "state": state, "reason": reason,
+                             "suite": "kernels", "kernel": case.kernel, "model": case.model, "shape": case.shape,
+                             "K": case.k, "N": case.n, "M": case.m})
 
 
 def _stretch(start: float, fraction: float) -> None:

@@ -1,0 +1,51 @@
+"""Derived facts computed from results (pure; used by the kernel suite and the reports)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+INT4_KERNELS = ("awq-gemm-awq_ext", "awq-gemm-triton", "awq-gemm-naive", "awq-gemv", "ct-w4a16")
+
+
+def crossover(frame: pd.DataFrame, baseline: str = "torch-fp16") -> pd.DataFrame:
+    """For each (model, shape, int4 kernel): the smallest M from which the kernel is no faster than the
+    dense baseline at every larger M measured. ``frame`` columns: shape, K, N, M, kernel, time_s.
+
+    'never' = the int4 kernel wins at every M measured; the smallest M = it never wins."""
+    rows = []
+    dense = {(r.model, r.shape, r.M): r.time_s for r in frame[frame["kernel"] == baseline].itertuples()}
+    for (model, shape, kernel), group in frame[frame["kernel"].isin(INT4_KERNELS)].groupby(["model", "shape", "kernel"]):
+        group = group.sort_values("M")
+        wins = []
+        for _, row in group.iterrows():
+            base = dense.get((model, shape, row["M"]))
+            if base is not None:
+                wins.append((int(row["M"]), row["time_s"] < base, base / row["time_s"]))
+        if not wins:
+            continue
+        loses_from = None
+        for m, win, _ in reversed(wins):
+            if win:
+                break
+            loses_from = m
+        best = max(wins, key=lambda w: w[2])
+        rows.append({"model": model, "shape": shape, "K": int(group["K"].iloc[0]), "N": int(group["N"].iloc[0]),
+                     "kernel": kernel, "crossover_M": loses_from if loses_from is not None else "never",
+                     "speedup_at_min_M": next((s for m, _, s in wins if m == min(w[0] for w in wins)), None),
+                     "best_speedup": best[2], "best_M": best[0]})
+    return pd.DataFrame(rows, columns=["model", "shape", "K", "N", "kernel", "crossover_M", "speedup_at_min_M", "best_speedup",
+                                       "best_M"])
+
+
+def kernel_frame(benchmarks: list[dict]) -> pd.DataFrame:
+    """pytest-benchmark entries of the kernel suite -> one row per case."""
+    rows = []
+    for bench in benchmarks:
+        info = bench.get("extra_info") or {}
+        if info.get("suite") != "kernels":
+            continue
+        rows.append({"model": info["model"], "shape": info["shape"], "K": info["K"], "N": info["N"], "M": info["M"], "kernel": info["kernel"],
+                     "time_s": info["time_per_call_s"], "tflops": info["tflops"], "gbps": info["gbps"],
+                     "pct_peak_tflops": info.get("pct_peak_tflops"), "pct_peak_gbps": info.get("pct_peak_gbps"),
+                     "intensity": info["arithmetic_intensity"]})
+    return pd.DataFrame(rows)

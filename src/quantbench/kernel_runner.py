@@ -1,0 +1,150 @@
+"""One kernel case (kernel x (K, N) x M) through pytest-benchmark, with roofline figures."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from . import kernels
+from .measure import synchronize
+from .peaks import percent
+from .specs import load_spec
+
+# On CPU, AutoAWQ's naive path costs ~9 s per call at M=128 on the 1.1B down projection (its
+# dequantized fp16 matmul hits a slow CPU kernel), so the CPU sweep stays short.
+CPU_M = "1,4,16"
+GPU_M = "1,2,4,8,16,32,64,128,256,512,1024,2048,4096,8192"
+MAX_COPIES, MAX_WORKING_SET = 64, 4 * 2**30
+
+
+@dataclass(frozen=True)
+class KernelCase:
+    kernel: str
+    model: str
+    shape: str      # projection names sharing this (K, N)
+    k: int
+    n: int
+    m: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}-{self.shape}-K{self.k}-N{self.n}-M{self.m}-{self.kernel}"
+
+
+def kernel_cases(models: list[str], kernel_names: list[str], ms: list[int]) -> list[KernelCase]:
+    """(K, N) from the specs' projections, deduplicated per model, kernels innermost-but-one so a
+    prepared weight set serves every M."""
+    cases = []
+    for model in models:
+        shapes: dict[tuple[int, int], list[str]] = {}
+        for proj, kn in load_spec(model).linear_shapes().items():
+            shapes.setdefault(kn, []).append(proj.replace("_proj", ""))
+        for (k, n), names in shapes.items():
+            for kernel in kernel_names:
+                for m in ms:
+                    cases.append(KernelCase(kernel, model, "+".join(names), k, n, m))
+    return cases
+
+
+def cache_bytes(device: torch.device) -> int:
+    """L2 on a GPU; the last-level cache on a CPU (sysfs)."""
+    if device.type == "cuda":
+        return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 * 2**20))
+    sizes = []
+    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = path.read_text().strip()
+        unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1], 1)
+        sizes.append(int(text.rstrip("KMG")) * unit)
+    return max(sizes, default=32 * 2**20)
+
+
+class PreparedCache:
+    """Keeps one prepared (kernel, K, N) weight set alive at a time."""
+
+    def __init__(self):
+        self.key, self.value = None, None
+
+    def get(self, key, build):
+        if key != self.key:
+            self.key, self.value = None, None
+            self.value, self.key = build(), key
+        return self.value
+
+
+def run_kernel_case(benchmark, case: KernelCase, device: torch.device, cache: PreparedCache, peaks: dict,
+                    rounds: int, states, nodeid: str = "") -> dict:
+    kernel = kernels.KERNELS[case.kernel]
+    reason = kernel.unsupported_reason(device)
+    if reason:
+        states.add_kernel(case, "unsupported", reason, nodeid)
+        pytest.skip(f"unsupported: {reason}")
+    llc = cache_bytes(device)
+
+    def build():
+        one = kernels.weight_bytes(case.kernel, case.k, case.n)
+        copies = max(2, min(MAX_COPIES, math.ceil(2 * llc / max(1, one)) + 1, MAX_WORKING_SET // max(1, one)))
+        return kernel.prepare(case.k, case.n, device, copies)
+    try:
+        prepared = cache.get((case.kernel, case.k, case.n), build)
+        gen = torch.Generator().manual_seed(case.m * 31 + case.k)
+        x = torch.randn(case.m, case.k, generator=gen).to(kernel.dtype).to(device)
+        got = prepared.call(x, prepared.copies[0])
+        ref = x.float() @ prepared.reference_weight.t()
+        err = kernels.rel_err(got, ref)
+    except torch.cuda.OutOfMemoryError as exc:
+        cache.key, cache.value = None, None
+        states.add_kernel(case, "oom", str(exc)[:200], nodeid)
+        pytest.skip(f"oom: {str(exc)[:200]}")
+    if not err <= kernels.tolerance(kernel):
+        states.add_kernel(case, "guard-failed", f"rel err {err:.4g} > {kernels.tolerance(kernel)}", nodeid)
+        pytest.fail(f"{case.kernel} output differs from fp32 reference: rel err {err:.4g} "
+                    f"(bound {kernels.tolerance(kernel)})", pytrace=False)
+
+    # Enough calls per round that a round is long against timer resolution and launch jitter.
+    synchronize(device)
+    import time
+    start = time.perf_counter()
+    for i in range(3):
+        prepared.call(x, prepared.copies[i % len(prepared.copies)])
+    synchronize(device)
+    per_call = (time.perf_counter() - start) / 3
+    target = 0.005 if device.type == "cuda" else 0.02
+    iters = max(1, min(2000, math.ceil(target / max(per_call, 1e-7))))
+    position = {"i": 0}
+    copies = prepared.copies
+
+    def run():
+        i = position["i"]
+        for j in range(iters):
+            prepared.call(x, copies[(i + j) % len(copies)])
+        position["i"] = (i + iters) % len(copies)
+        synchronize(device)
+
+    benchmark.pedantic(run, rounds=rounds, warmup_rounds=2, iterations=1)
+    if benchmark.stats is None:
+        return {}
+    t = benchmark.stats.stats.median / iters
+    moved = kernels.bytes_moved(case.kernel, case.m, case.k, case.n)
+    work = kernels.flops(case.m, case.k, case.n)
+    tflops, gbps = work / t / 1e12, moved / t / 1e9
+    dtype = str(kernel.dtype).replace("torch.", "")
+    peak_tflops = (peaks.get("tflops") or {}).get(dtype)
+    info = {
+        "suite": "kernels", "kernel": case.kernel, "model": case.model, "shape": case.shape,
+        "K": case.k, "N": case.n, "M": case.m, "state": "ok", "path": prepared.path, "device": str(device),
+        "iterations_per_round": iters, "time_per_call_s": t, "tflops": tflops, "gbps": gbps,
+        "bytes_moved": moved, "flops": work, "arithmetic_intensity": work / moved,
+        "pct_peak_tflops": percent(tflops, peak_tflops), "pct_peak_gbps": percent(gbps, peaks.get("memory_gbps")),
+        "peaks_source": peaks.get("source"), "rel_err_vs_fp32": err, "rel_err_bound": kernels.tolerance(kernel),
+        "weight_copies": len(copies), "weight_bytes_per_copy": prepared.weight_bytes,
+        "working_set_bytes": len(copies) * prepared.weight_bytes, "cache_bytes": llc,
+        "working_set_exceeds_2x_cache": len(copies) * prepared.weight_bytes > 2 * llc,
+        "rate_metrics": {"tflops": work * iters / 1e12, "gbps": moved * iters / 1e9},
+        "time_metrics": [],
+    }
+    benchmark.extra_info.update(info)
+    return info

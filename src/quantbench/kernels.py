@@ -1,0 +1,283 @@
+"""Linear-layer kernels the formats use, on real (K, N) shapes, with a bytes-moved model.
+
+Each kernel computes ``y[M, N] = x[M, K] @ W^T`` for one projection of a model spec. Weights are
+random (never zeros), quantized round-to-nearest with each library's own packing, and several
+distinct copies are rotated through so the working set exceeds twice the last-level cache: the
+benchmark then measures memory traffic, not cache hits.
+
+Bytes moved per call (what the roofline divides by), G = group size:
+
+========================  ====================================================================
+kernel                    bytes
+========================  ====================================================================
+dense fp16/bf16           2KN (W) + 2MK (x) + 2MN (y)
+awq-gemm (awq_ext/triton) KN/2 (qweight) + KN/(2G) (qzeros) + 2KN/G (scales) + 2MK + 2MN
+awq-gemm naive / dequant  the above + 4KN: the fp16 weight is written, then read by the matmul
+awq-gemv                  KN/2 + N*Z*8*2 (fp16 scales) + N*Z*4 (int32 zeros) + 2MK + 2MN, with
+                          Z = ceil(ceil(K/G)/8) (AutoAWQ's calculate_zeros_width)
+ct-w4a16 (dequant+mm)     KN/2 (weight_packed) + 2KN/G (weight_scale) + 4KN (dense fp16
+                          written, read) + 2MK + 2MN
+fp8 scaled_mm             KN (fp8 W) + 4 (its fp32 scale) + 2MK (x read) + MK + 4 (fp8 x and
+                          its scale written) + 2MN
+========================  ====================================================================
+
+Activation quantization of fp8 reads x in fp16 and writes it in fp8, hence 2MK + MK.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+GROUP = 128
+
+
+# ----------------------------------------------------------------------------- bytes model
+def awq_gemv_zeros_width(k: int, group: int = GROUP) -> int:
+    """AutoAWQ's calculate_zeros_width: int32 words of zeros per row (groups packed 8 per word,
+    padded: ceil(ceil(K/G) / 8))."""
+    return math.ceil(math.ceil(k / group) / 8)
+
+
+def weight_bytes(kernel: str, k: int, n: int, group: int = GROUP) -> int:
+    """Bytes of one copy of the kernel's weights as stored (what must come from memory each call)."""
+    if kernel.startswith("torch-"):
+        return 2 * k * n
+    if kernel.startswith("awq-gemm"):
+        return k * n // 2 + (k // group) * (n // 8) * 4 + (k // group) * n * 2
+    if kernel == "awq-gemv":
+        width = awq_gemv_zeros_width(k, group)
+        return k * n // 2 + n * width * 8 * 2 + n * width * 4
+    if kernel == "ct-w4a16":
+        return k * n // 2 + 2 * n * (k // group)
+    if kernel == "fp8-scaled-mm":
+        return k * n + 4
+    raise KeyError(kernel)
+
+
+def bytes_moved(kernel: str, m: int, k: int, n: int, group: int = GROUP) -> int:
+    """Bytes a kernel reads and writes for one call (see the module docstring for the model)."""
+    moved = weight_bytes(kernel, k, n, group) + 2 * m * k + 2 * m * n
+    if kernel in ("awq-gemm-naive", "ct-w4a16"):
+        moved += 4 * k * n  # the dequantized fp16 weight is written, then read by the matmul
+    if kernel == "fp8-scaled-mm":
+        moved += m * k + 4  # x is re-written in fp8, plus its scale
+    return moved
+
+
+def flops(m: int, k: int, n: int) -> int:
+    return 2 * m * n * k
+
+
+# ----------------------------------------------------------------------------- kernels
+@dataclass
+class Prepared:
+    """Weight copies for one (kernel, K, N) and the callables that use one copy."""
+    copies: list
+    call: object            # call(x, copy) -> y
+    reference_weight: torch.Tensor  # fp32 [N, K] the kernel's weights dequantize to
+    weight_bytes: int       # bytes of one copy as actually allocated
+    path: str
+
+
+class Kernel:
+    name = ""
+    bits: int | None = None
+    dtype = torch.float16
+
+    def unsupported_reason(self, device: torch.device) -> str | None:
+        return None
+
+    def prepare(self, k: int, n: int, device: torch.device, copies: int, seed: int = 0) -> Prepared:
+        raise NotImplementedError
+
+
+def _random_weight(k: int, n: int, device, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, k, generator=gen) * 0.02).to(torch.float16).to(device)
+
+
+def _nbytes(*tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+class Dense(Kernel):
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.name = "torch-" + ("bf16" if dtype == torch.bfloat16 else "fp16")
+
+    def prepare(self, k, n, device, copies, seed=0):
+        w = _random_weight(k, n, device, seed).to(self.dtype)
+        ws = [w] + [w.clone() for _ in range(copies - 1)]
+        return Prepared(ws, lambda x, w: torch.nn.functional.linear(x, w), w.float(), _nbytes(w),
+                        f"torch.nn.functional.linear[{str(self.dtype)[6:]}]")
+
+
+@contextmanager
+def awq_gemm_path(path: str):
+    """Force WQLinear_GEMM's forward down one path (awq_ext, triton or naive) for the duration."""
+    import awq.modules.linear.gemm as gemm
+    saved = gemm.awq_ext, gemm.TRITON_AVAILABLE
+    try:
+        if path != "awq_ext":
+            gemm.awq_ext = None
+        gemm.TRITON_AVAILABLE = path == "triton" and saved[1]
+        yield
+    finally:
+        gemm.awq_ext, gemm.TRITON_AVAILABLE = saved
+
+
+def _awq_modules(version: str, k: int, n: int, device, copies: int, seed: int):
+    """AutoAWQ's own RTN (pseudo_quantize_tensor) packed by its own WQLinear_*.from_linear."""
+    from types import SimpleNamespace
+
+    from awq.modules.linear import WQLinear_GEMM, WQLinear_GEMV
+    from awq.quantize.quantizer import AwqQuantizer
+
+    w = _random_weight(k, n, "cpu", seed)
+    linear = torch.nn.Linear(k, n, bias=False, dtype=torch.float16)
+    fake, scales, zeros = AwqQuantizer.pseudo_quantize_tensor(SimpleNamespace(group_size=GROUP, w_bit=4,
+                                                                              zero_point=True), w)
+    linear.weight.data = fake
+    if version == "gemm":
+        module = WQLinear_GEMM.from_linear(linear, 4, GROUP, scales=scales.t().contiguous(),
+                                           zeros=zeros.t().contiguous())
+    else:
+        module = WQLinear_GEMV.from_linear(linear, 4, GROUP, scales=scales, zeros=zeros)
+    module = module.to(device).eval()
+    mods = [module] + [_clone_module(module) for _ in range(copies - 1)]
+    return mods, fake.float().to(device)
+
+
+def _clone_module(module):
+    import copy
+    clone = copy.copy(module)
+    clone._buffers = {name: (b.clone() if b is not None else None) for name, b in module._buffers.items()}
+    return clone
+
+
+class AWQGemm(Kernel):
+    bits = 4
+
+    def __init__(self, path):
+        self.path = path
+        self.name = f"awq-gemm-{path}"
+
+    def unsupported_reason(self, device):
+        import awq.modules.linear.gemm as gemm
+        if self.path == "naive":
+            return None
+        if device.type != "cuda":
+            return f"AutoAWQ's {self.path} GEMM path needs CUDA"
+        if self.path == "awq_ext" and gemm.awq_ext is None:
+            return "awq_ext (autoawq-kernels) does not import here"
+        if self.path == "triton" and not gemm.TRITON_AVAILABLE:
+            return "Triton is not installed or AutoAWQ's Triton kernels did not import"
+        return None
+
+    def prepare(self, k, n, device, copies, seed=0):
+        mods, ref = _awq_modules("gemm", k, n, device, copies, seed)
+        path = self.path
+
+        def call(x, mod):
+            with awq_gemm_path(path):
+                return mod(x)
+        return Prepared(mods, call, ref, _nbytes(*mods[0]._buffers.values()),
+                        {"naive": "awq dequantize_gemm + torch.matmul", "awq_ext": "awq_ext.gemm_forward_cuda",
+                         "triton": "awq_gemm_triton"}[path] + " (dequantize+matmul when M >= 1024)" * (path != "naive"))
+
+
+class AWQGemv(Kernel):
+    name = "awq-gemv"
+    bits = 4
+
+    def unsupported_reason(self, device):
+        import awq.modules.linear.gemv as gemv
+        if device.type != "cuda" or gemv.awq_ext is None:
+            return "WQLinear_GEMV needs AutoAWQ's awq_ext CUDA extension"
+        return None
+
+    def prepare(self, k, n, device, copies, seed=0):
+        mods, ref = _awq_modules("gemv", k, n, device, copies, seed)
+        return Prepared(mods, lambda x, mod: mod(x), ref, _nbytes(*mods[0]._buffers.values()),
+                        "awq_ext.gemv_forward_cuda")
+
+
+class CTW4A16(Kernel):
+    """compressed-tensors W4A16 as its decompressor runs it: unpack int32 -> dequantize -> matmul."""
+    name = "ct-w4a16"
+    bits = 4
+
+    def prepare(self, k, n, device, copies, seed=0):
+        from compressed_tensors.compressors import pack_to_int32, unpack_from_int32
+        from compressed_tensors.quantization import preset_name_to_scheme
+        from compressed_tensors.quantization.lifecycle.forward import dequantize, quantize
+        from compressed_tensors.quantization.utils import calculate_qparams
+
+        args = preset_name_to_scheme("W4A16", ["Linear"]).weights
+        w = _random_weight(k, n, "cpu", seed).float()
+        grouped = w.reshape(n, -1, GROUP)
+        scale, zero = calculate_qparams(grouped.amin(-1), grouped.amax(-1), args)
+        scale = scale.to(torch.float16)
+        q = quantize(w, scale, zero, args, dtype=torch.int8)
+        ref = dequantize(q, scale, zero, args, dtype=torch.float32)
+        packed = pack_to_int32(q, 4)
+        copies_ = [(packed.to(device), scale.to(device))]
+        copies_ += [(p.clone(), s.clone()) for p, s in [copies_[0]] * (copies - 1)]
+        shape = torch.Size([n, k])
+
+        def call(x, copy):
+            packed_w, s = copy
+            weight = dequantize(unpack_from_int32(packed_w, 4, shape), s, None, args, dtype=torch.float16)
+            return torch.nn.functional.linear(x, weight)
+        return Prepared(copies_, call, ref.to(device), _nbytes(*copies_[0]),
+                        "compressed_tensors unpack_from_int32 + dequantize + torch.matmul")
+
+
+class FP8ScaledMM(Kernel):
+    name = "fp8-scaled-mm"
+    bits = 8
+
+    def unsupported_reason(self, device):
+        if device.type != "cuda":
+            return "torch._scaled_mm (FP8) needs a CUDA GPU of compute capability >= 8.9"
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) < (8, 9):
+            return f"FP8 scaled_mm needs compute capability >= 8.9 (this GPU: {major}.{minor})"
+        return None
+
+    def prepare(self, k, n, device, copies, seed=0):
+        w = _random_weight(k, n, device, seed).float()
+        w_scale = (w.abs().max() / 448.0).reshape(1).float()
+        w8 = (w / w_scale).to(torch.float8_e4m3fn)
+        ref = w8.float() * w_scale
+        ws = [(w8.t(), w_scale)] + [(w8.clone().t(), w_scale.clone()) for _ in range(copies - 1)]
+
+        def call(x, copy):
+            wt, ws_ = copy
+            x_scale = (x.abs().max().float() / 448.0).reshape(1).clamp(min=1e-12)
+            x8 = (x.float() / x_scale).to(torch.float8_e4m3fn)
+            return torch._scaled_mm(x8, wt, scale_a=x_scale, scale_b=ws_, out_dtype=torch.float16)
+        return Prepared(ws, call, ref, _nbytes(w8, w_scale), "torch._scaled_mm e4m3 (per-tensor scales)")
+
+
+KERNELS: dict[str, Kernel] = {k.name: k for k in (
+    Dense(torch.bfloat16), Dense(torch.float16), AWQGemm("awq_ext"), AWQGemm("triton"), AWQGemm("naive"),
+    AWQGemv(), CTW4A16(), FP8ScaledMM())}
+DENSE_BASELINE = "torch-fp16"
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |got - ref| / max |ref|: scale-free, safe for near-zero elements."""
+    return ((got.float() - ref).abs().max() / ref.abs().max().clamp(min=1e-12)).item()
+
+
+def tolerance(kernel: Kernel) -> float:
+    """Bound on rel_err vs fp32 math on the kernel's own dequantized weights: what fp16/bf16
+    rounding of inputs, weights and accumulation allows (fp8 also rounds x to 3 mantissa bits)."""
+    if kernel.name == "fp8-scaled-mm":
+        return 0.08
+    return 0.02 if kernel.dtype == torch.bfloat16 else 0.01
