@@ -155,6 +155,28 @@ def cmd_peaks(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    import time
+    from pathlib import Path
+
+    from . import report
+    start = time.perf_counter()
+    if args.files:
+        from . import history
+        payload = history.load_run(args.files[0])
+        out = Path(args.out) / history.signature(payload)
+        written = [report.render_signature([Path(f) for f in args.files], out, _thresholds(args))]
+    else:
+        written = report.render_all(Path(args.history), Path(args.out), _thresholds(args))
+    if not written:
+        print(f"quantbench report: no history under {args.history}; run the benchmark with --qb-history first")
+        return 2
+    for path in written:
+        print(f"quantbench report: wrote {path}")
+    print(f"quantbench report: done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -201,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("--threads", type=int, default=None, help="torch CPU threads (the CPU suite uses 1)")
     pk.add_argument("--history", default=None, help="store under HISTORY/<signature>/peaks.json")
     pk.set_defaults(func=cmd_peaks)
+
+    rep = sub.add_parser("report", help="render the performance guide (Markdown + charts) per machine signature")
+    rep.add_argument("--history", default="history")
+    rep.add_argument("--out", default="reports")
+    rep.add_argument("--thresholds", default=None)
+    rep.add_argument("files", nargs="*", help="render only these history files (one signature)")
+    rep.set_defaults(func=cmd_report)
 
     hist = sub.add_parser("history", help="list stored runs")
     hist.add_argument("--history", default="history")

@@ -42,7 +42,7 @@ def write_atomic(path: Path, payload: dict) -> Path:
 
 def run_filename(payload: dict) -> str:
     """Sortable by time, unique across concurrent writers (uuid), and says which commit."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     commit = ((payload.get("commit_info") or {}).get("id") or "nocommit")[:8]
     return f"{stamp}_{commit}_{uuid.uuid4().hex[:8]}.json"
 

@@ -1,0 +1,297 @@
+"""Render history into the performance guide: reports/<signature>/README.md + PNG/SVG charts.
+
+Reads history files only (no torch). Tables come from pandas, charts from matplotlib (Agg).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from . import findings, gate, gating, history  # noqa: E402
+
+FORMAT_ORDER = ["bf16", "fp16", "awq-gemm", "awq-gemv", "awq-gemm-fused", "awq-gemm-hf", "ct-w4a16",
+                "ct-w4a16-dequant", "ct-w8a16", "ct-fp8"]
+KERNEL_ORDER = ["torch-bf16", "torch-fp16", "awq-gemm-awq_ext", "awq-gemm-triton", "awq-gemm-naive", "awq-gemv",
+                "ct-w4a16", "fp8-scaled-mm"]
+_PALETTE = plt.get_cmap("tab10").colors
+
+
+def color(name: str) -> tuple:
+    """One color per format/kernel across every chart of every report."""
+    order = FORMAT_ORDER if name in FORMAT_ORDER else KERNEL_ORDER
+    index = order.index(name) if name in order else hash(name)
+    return _PALETTE[index % len(_PALETTE)]
+
+
+def _save(fig, out_dir: Path, stem: str) -> str:
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
+    for ext in ("png", "svg"):
+        fig.savefig(out_dir / f"{stem}.{ext}", dpi=110)
+    plt.close(fig)
+    return f"{stem}.png"
+
+
+def _sorted_formats(names) -> list[str]:
+    return sorted(names, key=lambda n: (FORMAT_ORDER.index(n) if n in FORMAT_ORDER else 99, n))
+
+
+# ----------------------------------------------------------------------------- charts
+def chart_throughput(gen: pd.DataFrame, model: str, prompt: int, out_dir: Path) -> str:
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), layout="constrained")
+    for ax, phase in zip(axes, ("prefill", "decode")):
+        rows = gen[(gen["model"] == model) & (gen["prompt_len"] == prompt) & (gen["phase"] == phase)]
+        for fmt in _sorted_formats(rows["format"].unique()):
+            series = rows[rows["format"] == fmt].groupby("batch")[f"{phase}_tokens_per_s"].median()
+            ax.plot(series.index, series.values, marker="o", label=fmt, color=color(fmt))
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size (sequences)")
+        ax.set_ylabel(f"{phase} throughput (tokens/s)")
+        ax.set_title(f"{phase}: {model}, prompt {prompt} tokens")
+        ax.grid(True, which="both", alpha=0.3)
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", title="format")  # beside the plots, never on data
+    return _save(fig, out_dir, f"throughput_{model}_p{prompt}")
+
+
+def chart_speedup(speed: pd.DataFrame, model: str, prompt: int, out_dir: Path) -> str:
+    speed = speed.loc[_sorted_formats(speed.index)]
+    fig, ax = plt.subplots(figsize=(max(7.0, 2.5 + 0.9 * speed.shape[1]), max(3.0, 1.4 + 0.45 * speed.shape[0])),
+                           layout="constrained")
+    values = speed.to_numpy(dtype=float)
+    limit = max(2.0, np.nanmax(np.abs(np.log2(values[np.isfinite(values)])), initial=1.0) ** 1)
+    image = ax.imshow(np.log2(values), cmap="RdYlGn", vmin=-np.log2(limit) if limit > 1 else -1,
+                      vmax=np.log2(limit) if limit > 1 else 1, aspect="auto")
+    ax.set_xticks(range(speed.shape[1]), [str(b) for b in speed.columns])
+    ax.set_yticks(range(speed.shape[0]), list(speed.index))
+    for (i, j), value in np.ndenumerate(values):
+        if np.isfinite(value):
+            ax.text(j, i, f"{value:.2f}x", ha="center", va="center", fontsize=8)
+    ax.set_xlabel("batch size (sequences)")
+    ax.set_title(f"decode speedup over bf16, same run\n{model}, prompt {prompt} tokens")
+    fig.colorbar(image, ax=ax, label="log2 speedup (green: faster)")
+    return _save(fig, out_dir, f"speedup_{model}_p{prompt}")
+
+
+def chart_memory(gen: pd.DataFrame, model: str, out_dir: Path) -> str:
+    rows = gen[gen["model"] == model]
+    agg = rows.groupby("format")[["weight_bytes_after_load", "weight_bytes_after_first_forward",
+                                  "peak_memory_bytes"]].max()
+    agg = agg.loc[_sorted_formats(agg.index)] / 2**20
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), layout="constrained")
+    x = np.arange(len(agg))
+    axes[0].bar(x - 0.2, agg["weight_bytes_after_load"], 0.4, label="after load",
+                color=[color(f) for f in agg.index], alpha=0.55)
+    axes[0].bar(x + 0.2, agg["weight_bytes_after_first_forward"], 0.4, label="after first forward",
+                color=[color(f) for f in agg.index])
+    axes[0].set_ylabel("resident weight memory (MiB)")
+    axes[0].set_title(f"weights held: {model}\n(pale: after load, solid: after the first forward)")
+    axes[1].bar(x, agg["peak_memory_bytes"], color=[color(f) for f in agg.index])
+    kind = rows["peak_memory_kind"].dropna().iloc[0] if "peak_memory_kind" in rows and rows[
+        "peak_memory_kind"].notna().any() else "peak memory"
+    axes[1].set_ylabel("peak memory (MiB)")
+    axes[1].set_title(f"peak memory per format: {model}\n(max over its cases; {kind})")
+    for ax in axes:
+        ax.set_xticks(x, list(agg.index), rotation=30, ha="right")
+        ax.grid(True, axis="y", alpha=0.3)
+    return _save(fig, out_dir, f"memory_{model}")
+
+
+def chart_roofline(kern: pd.DataFrame, model: str, peaks: dict | None, out_dir: Path) -> str:
+    rows = kern[kern["model"] == model]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
+    for kernel in [k for k in KERNEL_ORDER if k in set(rows["kernel"])]:
+        sub = rows[rows["kernel"] == kernel]
+        axes[0].scatter(sub["intensity"], sub["tflops"], s=14, label=kernel, color=color(kernel))
+        for shape, per_shape in sub.groupby("shape"):
+            per_shape = per_shape.sort_values("M")
+            axes[1].plot(per_shape["M"], per_shape["gbps"], marker=".", color=color(kernel), alpha=0.7,
+                         label=kernel if shape == sub["shape"].iloc[0] else None)
+    if peaks:
+        bw, top = peaks.get("memory_gbps"), max((peaks.get("tflops") or {}).values(), default=None)
+        if bw and top:
+            xs = np.logspace(np.log10(max(rows["intensity"].min() / 2, 1e-2)),
+                             np.log10(rows["intensity"].max() * 2), 100)
+            axes[0].plot(xs, np.minimum(xs * bw / 1e3, top), "k--", lw=1,
+                         label=f"roof: {bw:.0f} GB/s, {top:.3g} TFLOP/s")
+            axes[1].axhline(bw, color="k", ls="--", lw=1, label=f"measured copy {bw:.0f} GB/s")
+    axes[0].set_xscale("log")
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("arithmetic intensity (FLOP / byte moved)")
+    axes[0].set_ylabel("achieved TFLOP/s")
+    axes[0].set_title(f"kernel roofline: {model} shapes")
+    axes[1].set_xscale("log", base=2)
+    axes[1].set_yscale("log")
+    axes[1].set_xlabel("M (tokens in flight)")
+    axes[1].set_ylabel("achieved GB/s (bytes moved / time)")
+    axes[1].set_title("achieved bandwidth vs M (one line per shape)")
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    return _save(fig, out_dir, f"roofline_{model}")
+
+
+def chart_history(runs: pd.DataFrame, regressions: set, out_dir: Path, stem: str = "history") -> str | None:
+    """Decode tokens/s of each (model, format) at its smallest batch and prompt, over runs."""
+    rows = runs[(runs["phase"] == "decode") & runs["decode_tokens_per_s"].notna()] if "phase" in runs else runs[:0]
+    if rows.empty or rows["file"].nunique() < 2:
+        return None
+    rows = rows.copy()
+    rows["when"] = pd.to_datetime(rows["datetime"], errors="coerce", utc=True)
+    first = rows.sort_values(["batch", "prompt_len"]).groupby(["model", "format"]).head(1)[["name"]]
+    rows = rows[rows["name"].isin(first["name"])]
+    fig, ax = plt.subplots(figsize=(12, 4.4), layout="constrained")
+    flagged_label = "gate: regressed"
+    for name, series in rows.groupby("name"):
+        series = series.sort_values("when")
+        fmt = series["format"].iloc[0]
+        ax.plot(series["when"], series["decode_tokens_per_s"], marker="o", color=color(fmt),
+                label=f"{series['model'].iloc[0]} {fmt} b{int(series['batch'].iloc[0])} p{int(series['prompt_len'].iloc[0])}")
+        bad = series[[(f, name) in regressions for f in series["file"]]]
+        if len(bad):
+            ax.scatter(bad["when"], bad["decode_tokens_per_s"], s=140, facecolors="none", edgecolors="red",
+                       linewidths=2, zorder=5, label=flagged_label)
+            flagged_label = None  # one legend entry
+    ax.set_yscale("log")
+    ax.set_xlabel("run date (UTC)")
+    ax.set_ylabel("decode throughput (tokens/s)")
+    ax.set_title("decode throughput over runs\n(red circle: the gate flagged a regression against the run before)")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.legend(fontsize=7, loc="outside right upper")
+    ax.tick_params(axis="x", rotation=20)
+    return _save(fig, out_dir, stem)
+
+
+# ----------------------------------------------------------------------------- guide
+def _md(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:
+    return frame.to_markdown(floatfmt=floatfmt) if not frame.empty else "_no data_"
+
+
+def stack_lines(payload: dict) -> list[str]:
+    machine = (payload.get("machine_info") or {}).get("quantbench") or {}
+    dev, ver = machine.get("device") or {}, machine.get("versions") or {}
+    device = f"{dev.get('gpu')} x{dev.get('gpu_count')}" if dev.get("gpu") else f"CPU: {dev.get('cpu')}"
+    return [f"| device | {device} |", f"| driver / CUDA | {dev.get('driver') or '-'} / {dev.get('cuda') or '-'} |",
+            f"| compute capability | {dev.get('compute_capability') or '-'} |",
+            f"| torch | {ver.get('torch')} |", f"| transformers | {ver.get('transformers')} ({ver.get('stack')} stack) |",
+            f"| autoawq / awq_ext | {ver.get('autoawq')} / {ver.get('awq_ext') or 'absent'} |",
+            f"| compressed-tensors | {ver.get('compressed-tensors')} |", f"| triton | {ver.get('triton') or 'absent'} |",
+            f"| git commit | {(payload.get('commit_info') or {}).get('id')} |",
+            f"| run date | {payload.get('datetime')} |", f"| signature | {machine.get('signature')} |"]
+
+
+def _consecutive_regressions(paths: list[Path], thresholds: gate.Thresholds) -> set:
+    """(file, case name) pairs the gate calls regressed against the run before (same signature)."""
+    flagged = set()
+    for before, after in zip(paths, paths[1:]):
+        result = gating.run_gate(history.load_run(after), [history.load_run(before)], thresholds)
+        flagged |= {(str(after), d.case) for d in result.decisions if d.state == "regressed"}
+    return flagged
+
+
+def render_signature(paths: list[Path], out_dir: Path, thresholds: gate.Thresholds) -> Path:
+    """One machine signature's runs -> out_dir/README.md and charts. Returns the README path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payloads = {str(p): history.load_run(p) for p in paths}
+    # Run order is the time each run started, not the file name.
+    paths = sorted(paths, key=lambda p: str(payloads[str(p)].get("datetime") or ""))
+    frame = history.load_frame(paths)
+    is_kernel = frame.get("suite", pd.Series(index=frame.index, dtype=object)) == "kernels"
+    gen_all, kern_all = frame[~is_kernel], frame[is_kernel]
+    gen_files = [f for f in gen_all["file"].unique() if (gen_all[gen_all["file"] == f]["state"] == "ok").any()]
+    kern_files = [f for f in kern_all["file"].unique() if (kern_all[kern_all["file"] == f]["state"] == "ok").any()]
+    gen = gen_all[gen_all["file"] == gen_files[-1]] if gen_files else gen_all[:0]
+    kern = kern_all[kern_all["file"] == kern_files[-1]] if kern_files else kern_all[:0]
+    latest = payloads[gen_files[-1] if gen_files else kern_files[-1] if kern_files else str(paths[-1])]
+    ok = gen[gen["state"] == "ok"].copy()
+    for column in ("batch", "prompt_len", "new_tokens"):  # NaN in kernel rows made them float
+        if column in ok and not ok.empty:
+            ok[column] = ok[column].astype(int)
+
+    lines = ["# quantbench performance guide", "",
+             "Generated by `quantbench report` from the stored history; every number below was measured on "
+             "this stack. Regenerate with `nox -s report`.", "", "| stack | |", "|---|---|", *stack_lines(latest), ""]
+    flag_lines = findings.flags(ok) if not ok.empty else []
+    lines += ["## Findings", ""]
+    lines += [f"- {f}" for f in flag_lines] or ["- no quantized format slower than bf16, no missing memory saving, "
+                                                 "no naive fallback"]
+    for model in sorted(ok["model"].unique()) if not ok.empty else []:
+        for prompt in sorted(ok[ok["model"] == model]["prompt_len"].unique()):
+            table = findings.decode_table(ok, model, prompt)
+            ranges = findings.fastest_by_batch(table)
+            desc = "; ".join(f"batch {a}" + (f"-{b}" if b != a else "") + f": **{fmt}**" for a, b, fmt in ranges)
+            stops = findings.quantization_stops_paying(findings.speedup_table(ok, model, prompt))
+            stop_text = ("no quantized format measured" if stops is None else
+                         "a quantized format still beats bf16 at the largest batch measured" if stops == "never"
+                         else f"from batch {stops} on, no quantized format beats bf16")
+            lines.append(f"- {model}, prompt {prompt}: fastest decode by batch: {desc}. Quantization: {stop_text}.")
+    lines.append("")
+
+    for model in sorted(ok["model"].unique()) if not ok.empty else []:
+        lines += [f"## {model}", ""]
+        for prompt in sorted(ok[ok["model"] == model]["prompt_len"].unique()):
+            lines += [f"### prompt {prompt} tokens", "", f"![throughput]({chart_throughput(ok, model, prompt, out_dir)})", ""]
+            speed = findings.speedup_table(ok, model, prompt)
+            if not speed.empty:
+                lines += [f"![speedup]({chart_speedup(speed, model, prompt, out_dir)})", ""]
+            lines += ["Decode throughput (tokens/s) by batch size:", "",
+                      _md(findings.decode_table(ok, model, prompt).loc[
+                          _sorted_formats(findings.decode_table(ok, model, prompt).index)], ".1f"), ""]
+            prefill = ok[(ok["model"] == model) & (ok["prompt_len"] == prompt) & (ok["phase"] == "prefill")]
+            pre = prefill.pivot_table(index="format", columns="batch", values="prefill_tokens_per_s", aggfunc="median")
+            lines += ["Prefill throughput (tokens/s) by batch size:", "", _md(pre.loc[_sorted_formats(pre.index)], ".1f"), ""]
+        mem = ok[ok["model"] == model].groupby("format").agg(
+            disk_MiB=("disk_bytes", "max"), weights_after_load_MiB=("weight_bytes_after_load", "max"),
+            weights_after_first_forward_MiB=("weight_bytes_after_first_forward", "max"),
+            peak_MiB=("peak_memory_bytes", "max"), load_s=("load_s", "median"), kernel=("kernel", "first"))
+        for col in [c for c in mem.columns if c.endswith("MiB")]:
+            mem[col] = mem[col] / 2**20
+        lines += [f"![memory]({chart_memory(ok, model, out_dir)})", "", "Memory and load (MiB, seconds):", "",
+                  _md(mem.loc[_sorted_formats(mem.index)], ".2f"), ""]
+
+    if not kern.empty:
+        from .analysis import kernel_frame
+        kok = kernel_frame(payloads[kern_files[-1]]["benchmarks"])
+        peaks = (latest.get("quantbench") or {}).get("peaks") or (payloads[kern_files[-1]].get("quantbench") or {}).get("peaks")
+        lines += ["## Kernels", "", f"Ceilings: {peaks.get('memory_gbps', 0):.1f} GB/s, "
+                  f"{', '.join(f'{k} {v:.3g} TFLOP/s' for k, v in (peaks.get('tflops') or {}).items())} "
+                  f"({peaks.get('source')})." if peaks else "No measured ceilings stored.", ""]
+        for model in sorted(kok["model"].unique()):
+            lines += [f"![roofline]({chart_roofline(kok, model, peaks, out_dir)})", ""]
+        cross = pd.DataFrame((payloads[kern_files[-1]].get("quantbench") or {}).get("crossover") or [])
+        if not cross.empty:
+            cross = cross.astype({"K": int, "N": int, "best_M": int, "crossover_M": str})
+            lines += ["Crossover M: from this M on, the int4 kernel is no faster than torch-fp16 "
+                      "('never' = it wins at every M measured):", "", cross.to_markdown(index=False, floatfmt=".2f"), ""]
+        table = kok.pivot_table(index=["model", "shape", "kernel"], columns="M", values="pct_peak_gbps", aggfunc="median")
+        lines += ["Achieved bandwidth, % of the measured ceiling, by M:", "", _md(table, ".1f"), ""]
+
+    states = frame[(frame["state"].notna()) & (frame["state"] != "ok")]
+    if not states.empty:
+        why = states.groupby(["state", "reason"], dropna=False).size().rename("cases").reset_index()
+        lines += ["## Not measured here, and why", "", why.to_markdown(index=False), ""]
+
+    regressions = _consecutive_regressions([p for p in paths if str(p) in set(gen_all["file"])], thresholds)
+    history_chart = chart_history(gen_all, regressions, out_dir)
+    if history_chart:
+        lines += ["## History", "", f"![history]({history_chart})", ""]
+    readme = out_dir / "README.md"
+    readme.write_text("\n".join(lines) + "\n")
+    return readme
+
+
+def render_all(history_root: Path, out_root: Path, thresholds: gate.Thresholds) -> list[Path]:
+    written = []
+    for sig_dir in sorted(p for p in Path(history_root).iterdir() if p.is_dir()):
+        paths = history.run_files(history_root, sig_dir.name)
+        if paths:
+            written.append(render_signature(paths, Path(out_root) / sig_dir.name, thresholds))
+    return written
