@@ -1,14 +1,17 @@
-"""nox sessions: `nox -s tests` (the test suite) and `nox -s bench` (the main job).
+"""nox sessions. `nox -s tests` (CI) and `nox -s bench` (the main job) are the two set-up commands.
 
-Each session runs once per library stack (current: transformers 5.x, legacy: 4.51). On a
-machine without an NVIDIA GPU the local CPU build of torch is installed first, never the CUDA
-one; set QUANTBENCH_TORCH to choose the torch requirement on GPU machines.
+Each session that installs the libraries runs per library stack (current: transformers 5.x,
+legacy: 4.51); pick one with e.g. `nox -s "bench(stack='current')"`. On a machine without an
+NVIDIA GPU the local CPU build of torch is installed first, never the CUDA one; set
+QUANTBENCH_TORCH to choose the torch requirement on GPU machines. `session.posargs` go to pytest.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+from pathlib import Path
 
 import nox
 
@@ -18,19 +21,30 @@ nox.options.error_on_missing_interpreters = False
 
 STACKS = ["current", "legacy"]
 CPU_TORCH = "torch==2.13.0"
+HISTORY = "history"
+# transformers / compressed-tensors pairs for the upgrade matrix; each lands in its own history
+# signature, and `quantbench gate --allow-incomparable` compares two of them explicitly.
+VERSION_MATRIX = [("5.17.0", "0.20.0"), ("5.23.0", "0.20.0"), ("4.51.3", "0.10.2")]
 
 
 def has_gpu() -> bool:
     return shutil.which("nvidia-smi") is not None
 
 
-def install(session: nox.Session, stack: str) -> None:
+def install(session: nox.Session, stack: str, extra: list[str] | None = None) -> None:
     """torch first (so nothing else can pull a CUDA build), then the stack, then autoawq --no-deps."""
     session.install(os.environ.get("QUANTBENCH_TORCH", "torch" if has_gpu() else CPU_TORCH))
-    session.install("-e", f".[{stack}]")
+    session.install("-e", f".[{stack}]", *(extra or []))
     # autoawq declares triton; on a CPU-only machine Triton makes AutoAWQ route GEMM to GPU kernels.
     session.install("--no-deps", "autoawq==0.2.9")
-    session.env["QUANTBENCH_STACK"] = stack
+
+
+def run_benchmarks(session: nox.Session, out: str, *extra: str) -> None:
+    """Generation and kernel suites in one pytest run, stored in the history and as out/bench.json."""
+    os.makedirs(out, exist_ok=True)
+    session.run("pytest", "benchmarks/test_generation.py", "benchmarks/test_kernels.py", "-p", "no:cacheprovider",
+                f"--benchmark-json={out}/bench.json", f"--qb-history={HISTORY}", "--benchmark-columns=median,iqr,rounds",
+                "--benchmark-sort=name", *extra, *session.posargs)
 
 
 @nox.session
@@ -44,11 +58,99 @@ def tests(session: nox.Session, stack: str) -> None:
 @nox.session
 @nox.parametrize("stack", STACKS)
 def bench(session: nox.Session, stack: str) -> None:
-    """Run the benchmark matrix (tiny models on CPU, the GPU matrix with CUDA) and write results/."""
+    """Benchmark (tiny CPU matrix, or the GPU matrix with CUDA), store history, render the guide."""
     install(session, stack)
-    out = f"results/{stack}"
-    os.makedirs(out, exist_ok=True)
-    session.run("quantbench", "fixtures", "build", "--model", "tiny", "--formats", "all")
-    session.run("pytest", "benchmarks/test_generation.py", "-p", "no:cacheprovider",
-                f"--benchmark-json={out}/bench.json", "--benchmark-columns=median,iqr,rounds",
-                "--benchmark-sort=name", *session.posargs)
+    if not has_gpu():
+        session.run("quantbench", "fixtures", "build", "--model", "tiny", "--formats", "all", "--device", "cpu")
+    run_benchmarks(session, f"results/{stack}")
+    session.run("quantbench", "report", "--history", HISTORY, "--out", f"results/{stack}/report",
+                f"results/{stack}/bench.json")
+
+
+@nox.session(default=False)
+@nox.parametrize("stack", STACKS)
+def nightly(session: nox.Session, stack: str) -> None:
+    """Full matrix + history + report + gate against the newest runs of this machine (GPU CI)."""
+    install(session, stack)
+    gpu = ["--qb-models", "qwen2.5-3b,mistral-7b", "--qb-batch", "1,2,4,8,16,32,64",
+           "--qb-prompt", "128,512,2048", "--qb-new-tokens", "128"] if has_gpu() else []
+    out = f"results/nightly-{stack}"
+    baseline_exists = any(Path(HISTORY).glob("*/[0-9]*_*.json"))
+    run_benchmarks(session, out, *gpu)
+    session.run("quantbench", "report", "--history", HISTORY, "--out", "reports")
+    if baseline_exists:
+        session.run("quantbench", "gate", "--current", f"{out}/bench.json", "--baseline", "latest",
+                    "--history", HISTORY, "--confirm-rerun", "1", "--markdown", f"{out}/gate.md")
+
+
+@nox.session(default=False)
+def report(session: nox.Session) -> None:
+    """Render reports/<signature>/README.md and charts from the history (no benchmark run)."""
+    session.install("-e", ".")
+    session.run("quantbench", "report", "--history", os.environ.get("QUANTBENCH_HISTORY", HISTORY),
+                "--out", "reports")
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+@nox.session(default=False)
+def gate(session: nox.Session) -> None:
+    """PR gate: benchmark base and head interleaved (A/B/A/B...) on this machine, gate head vs base."""
+    install(session, os.environ.get("QUANTBENCH_STACK", "current"))
+    base = os.environ.get("QUANTBENCH_BASE", "HEAD~1")
+    head = os.environ.get("QUANTBENCH_HEAD", "HEAD")
+    pairs = int(os.environ.get("QUANTBENCH_GATE_PAIRS", "3"))
+    work = Path(session.create_tmp()) / "gate"
+    shutil.rmtree(work, ignore_errors=True)
+    trees = {}
+    for side, ref in (("base", base), ("head", head)):
+        trees[side] = work / side
+        session.run("git", "worktree", "add", "--force", "--detach", str(trees[side]), _git("rev-parse", ref),
+                    external=True)
+    matrix = session.posargs or ["--qb-formats", "bf16,fp16,ct-w4a16,ct-w8a16", "--qb-batch", "1,2",
+                                 "--qb-prompt", "16,32", "--qb-new-tokens", "16"]
+    runs: dict[str, list[str]] = {"base": [], "head": []}
+
+    # Both sides share one fixture cache: same checkpoints, built once.
+    cache = str(Path(os.environ.get("QUANTBENCH_CACHE", ".cache/quantbench")).resolve())
+
+    def one_pair(index: int) -> None:
+        # Alternating which side goes first spreads machine drift and bursts over both equally.
+        for side in ("base", "head") if index % 2 == 0 else ("head", "base"):
+            out = work / f"{side}-{index}.json"
+            with session.chdir(str(trees[side])):  # that side's conftest, plugin and benchmarks
+                session.run("python", "-m", "pytest", "benchmarks/test_generation.py", "-q", "-p", "no:cacheprovider",
+                            f"--benchmark-json={out}", *matrix,
+                            env={"PYTHONPATH": str(trees[side] / "src"), "QUANTBENCH_CACHE": cache})
+            runs[side].append(str(out))
+
+    try:
+        for i in range(pairs):
+            one_pair(i)
+        merged = str(work / "head-merged.json")
+        session.run("quantbench", "merge", *runs["head"], "--out", merged)
+        gate_args = ["quantbench", "gate", "--current", merged, "--baseline", ",".join(runs["base"]),
+                     "--markdown", str(work / "gate.md")]
+        try:
+            session.run(*gate_args)
+        except nox.command.CommandFailed:
+            session.log("gate failed: confirming with one more interleaved A/B pair")
+            one_pair(pairs)
+            session.run("quantbench", "merge", *runs["head"], "--out", merged)
+            gate_args[gate_args.index("--baseline") + 1] = ",".join(runs["base"])
+            session.run(*gate_args)
+    finally:
+        for tree in trees.values():
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], check=False)
+        session.log(f"gate summary: {work / 'gate.md'}")
+
+
+@nox.session(default=False)
+@nox.parametrize("transformers,compressed_tensors", VERSION_MATRIX)
+def matrix(session: nox.Session, transformers: str, compressed_tensors: str) -> None:
+    """One library pair per session: the benchmark lands under its own history signature."""
+    stack = "legacy" if transformers.startswith("4.") else "current"
+    install(session, stack, [f"transformers=={transformers}", f"compressed-tensors=={compressed_tensors}"])
+    run_benchmarks(session, f"results/matrix-tf{transformers}-ct{compressed_tensors}")

@@ -177,6 +177,15 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from pathlib import Path
+
+    from . import history
+    merged = history.merge_runs([history.load_run(p) for p in args.files])
+    print(history.write_atomic(Path(args.out), merged))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -230,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--thresholds", default=None)
     rep.add_argument("files", nargs="*", help="render only these history files (one signature)")
     rep.set_defaults(func=cmd_report)
+
+    merge = sub.add_parser("merge", help="pool the rounds of several runs of the same cases into one file")
+    merge.add_argument("files", nargs="+")
+    merge.add_argument("--out", required=True)
+    merge.set_defaults(func=cmd_merge)
 
     hist = sub.add_parser("history", help="list stored runs")
     hist.add_argument("--history", default="history")

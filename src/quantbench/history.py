@@ -236,3 +236,28 @@ def merged_samples(payloads: list[dict]) -> dict:
             continue
         merged[key] = Sample(float(median(g.value for g in ok)), tuple(v for g in ok for v in g.rounds))
     return merged
+
+
+def merge_runs(payloads: list[dict]) -> dict:
+    """Several runs of the same cases (e.g. interleaved A/B repeats) -> one pytest-benchmark payload
+    whose round data are pooled and whose stats are recomputed from them."""
+    import copy
+    import statistics
+
+    if not payloads:
+        raise ValueError("merge_runs needs at least one run")
+    merged = copy.deepcopy(payloads[-1])
+    pooled: dict[str, list[float]] = {}
+    for payload in payloads:
+        for bench in payload.get("benchmarks", []):
+            pooled.setdefault(bench["name"], []).extend((bench.get("stats") or {}).get("data") or [])
+    for bench in merged.get("benchmarks", []):
+        data = sorted(pooled.get(bench["name"], []))
+        if not data:
+            continue
+        q1, _, q3 = statistics.quantiles(data, n=4) if len(data) > 1 else (data[0], data[0], data[0])
+        bench["stats"].update(data=data, rounds=len(data), median=statistics.median(data), min=data[0],
+                              max=data[-1], mean=statistics.fmean(data), iqr=q3 - q1,
+                              stddev=statistics.stdev(data) if len(data) > 1 else 0.0)
+    merged.setdefault("quantbench", {})["merged_from"] = len(payloads)
+    return merged
