@@ -102,7 +102,7 @@ def gate(session: nox.Session) -> None:
     base = os.environ.get("QUANTBENCH_BASE", "HEAD~1")
     head = os.environ.get("QUANTBENCH_HEAD", "HEAD")
     pairs = int(os.environ.get("QUANTBENCH_GATE_PAIRS", "3"))
-    work = Path(session.create_tmp()) / "gate"
+    work = Path(session.create_tmp()).resolve() / "gate"
     shutil.rmtree(work, ignore_errors=True)
     trees = {}
     for side, ref in (("base", base), ("head", head)):
