@@ -51,7 +51,7 @@ def run_benchmarks(session: nox.Session, out: str, *extra: str) -> None:
 @nox.parametrize("stack", STACKS)
 def tests(session: nox.Session, stack: str) -> None:
     """Run the unit and end-to-end tests (CPU, minutes)."""
-    install(session, stack)
+    install(session, stack, [".[ci]"])
     session.run("pytest", "tests", *session.posargs)
 
 
