@@ -2,6 +2,7 @@
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,15 +10,16 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
+CHECKER = shutil.which("check-jsonschema") or shutil.which("check-jsonschema", path=str(Path(sys.executable).parent))
 
 
 def test_workflows_exist():
     assert {p.name for p in WORKFLOWS} == {"nightly.yml", "perf-gate.yml"}
 
 
-@pytest.mark.skipif(shutil.which("check-jsonschema") is None, reason="check-jsonschema not installed (extra 'ci')")
+@pytest.mark.skipif(CHECKER is None, reason="check-jsonschema not installed (extra 'ci')")
 def test_workflows_validate_against_the_github_schema():
-    result = subprocess.run(["check-jsonschema", "--builtin-schema", "vendor.github-workflows", *map(str, WORKFLOWS)],
+    result = subprocess.run([CHECKER, "--builtin-schema", "vendor.github-workflows", *map(str, WORKFLOWS)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
