@@ -42,6 +42,16 @@ for stack in $STACKS; do
       --qb-formats bf16,awq-gemm --qb-batch 1,16 --qb-prompt 128 --qb-new-tokens "$NEW" -k decode \
       --benchmark-json "$OUT/repeat-$stack-$i.json" 2>&1 | tail -1
   done
+  python3 - "$OUT" "$stack" "$REPEATS" <<'PY' | tee -a "$OUT/repeatability.txt"
+import statistics, sys
+from quantbench import history
+out, stack, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+runs = [history.samples(history.load_run(f"{out}/repeat-{stack}-{i}.json")) for i in range(1, n + 1)]
+for key in sorted(k for k in runs[0] if k[1] == "decode_tokens_per_s"):
+    values = [r[key].value for r in runs if key in r]
+    print(f"{stack} {key[0]}: decode tok/s over {len(values)} runs: mean {statistics.fmean(values):.1f}, "
+          f"CV {statistics.stdev(values) / statistics.fmean(values):.4f}")
+PY
   python3 -m quantbench.cli gate --current "$OUT/repeat-$stack-2.json" --baseline "$OUT/repeat-$stack-1.json" \
     --markdown "$OUT/aa-gate-$stack.md" | tail -3 || true
 done
