@@ -31,10 +31,10 @@ def has_gpu() -> bool:
     return shutil.which("nvidia-smi") is not None
 
 
-def install(session: nox.Session, stack: str, extra: list[str] | None = None) -> None:
+def install(session: nox.Session, stack: str, extras: tuple[str, ...] = (), pins: tuple[str, ...] = ()) -> None:
     """torch first (so nothing else can pull a CUDA build), then the stack, then autoawq --no-deps."""
     session.install(os.environ.get("QUANTBENCH_TORCH", "torch" if has_gpu() else CPU_TORCH))
-    session.install("-e", f".[{stack}]", *(extra or []))
+    session.install("-e", f".[{','.join((stack, *extras))}]", *pins)
     # autoawq declares triton; on a CPU-only machine Triton makes AutoAWQ route GEMM to GPU kernels.
     session.install("--no-deps", "autoawq==0.2.9")
 
@@ -51,7 +51,7 @@ def run_benchmarks(session: nox.Session, out: str, *extra: str) -> None:
 @nox.parametrize("stack", STACKS)
 def tests(session: nox.Session, stack: str) -> None:
     """Run the unit and end-to-end tests (CPU, minutes)."""
-    install(session, stack, [".[ci]"])
+    install(session, stack, extras=("ci",))
     session.run("pytest", "tests", *session.posargs)
 
 
@@ -152,5 +152,5 @@ def gate(session: nox.Session) -> None:
 def matrix(session: nox.Session, transformers: str, compressed_tensors: str) -> None:
     """One library pair per session: the benchmark lands under its own history signature."""
     stack = "legacy" if transformers.startswith("4.") else "current"
-    install(session, stack, [f"transformers=={transformers}", f"compressed-tensors=={compressed_tensors}"])
+    install(session, stack, pins=(f"transformers=={transformers}", f"compressed-tensors=={compressed_tensors}"))
     run_benchmarks(session, f"results/matrix-tf{transformers}-ct{compressed_tensors}")
