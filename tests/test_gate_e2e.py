@@ -9,6 +9,8 @@ from quantbench import history
 
 from .conftest import REPO, run_pytest
 
+pytestmark = pytest.mark.stack_independent
+
 MATRIX = ["--qb-formats", "bf16,fp16,ct-w4a16,ct-w8a16", "--qb-batch", "1,2", "--qb-prompt", "16,32",
           "--qb-new-tokens", "16", "--qb-rounds", "10"]
 

@@ -74,6 +74,7 @@ def test_crossover():
     assert row["crossover_M"] == 1024 and row["best_M"] == 1 and row["best_speedup"] == pytest.approx(2.5)
 
 
+@pytest.mark.stack_independent
 def test_kernel_suite_on_cpu(tmp_path):
     out = tmp_path / "kernels.json"
     result = run_pytest("benchmarks/test_kernels.py", f"--benchmark-json={out}", "-q")
