@@ -77,8 +77,8 @@ def test_thresholds_file_defaults_and_overrides(tmp_path):
 
 
 def test_repository_thresholds_parse():
-    from quantbench.models import REPO_ROOT
-    t = gate.load_thresholds(REPO_ROOT / "fixtures" / "thresholds.toml")
+    from quantbench.paths import THRESHOLDS
+    t = gate.load_thresholds(THRESHOLDS)
     assert t.for_case("x", "decode_tokens_per_s").direction == "higher"
     assert t.for_case("x", "ttft_s").direction == "lower"
 

@@ -99,8 +99,8 @@ def test_baseline_from_another_machine_is_never_compared_silently():
 
 def _thresholds():
     from quantbench.gate import load_thresholds
-    from quantbench.models import REPO_ROOT
-    return load_thresholds(REPO_ROOT / "fixtures" / "thresholds.toml")
+    from quantbench.paths import THRESHOLDS
+    return load_thresholds(THRESHOLDS)
 
 
 def test_gate_states_and_markdown():

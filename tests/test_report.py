@@ -5,7 +5,7 @@ import pytest
 
 from quantbench import findings, history, report
 from quantbench.gate import load_thresholds
-from quantbench.models import REPO_ROOT
+from quantbench.paths import THRESHOLDS
 
 MIB = 2**20
 # decode tokens/s by (format, batch): ct-w4a16 is slower than bf16 everywhere (the seed's case),
@@ -52,7 +52,7 @@ def rendered(tmp_path_factory):
     history.save_run(root, payload(0.7, "2026-11-21T00:00:00+00:00"))  # a 30% slowdown: the gate flags it
     history.save_run(root, payload(1.0, "2026-11-22T00:00:00+00:00"))
     out = tmp_path_factory.mktemp("reports")
-    paths = report.render_all(root, out, load_thresholds(REPO_ROOT / "fixtures" / "thresholds.toml"))
+    paths = report.render_all(root, out, load_thresholds(THRESHOLDS))
     return paths[0], paths[0].read_text()
 
 
@@ -97,3 +97,14 @@ def test_quantization_stops_paying():
     speed = pd.DataFrame({1: [1.0, 2.0], 8: [1.0, 1.2], 32: [1.0, 0.8], 64: [1.0, 0.7]}, index=["bf16", "awq-gemm"])
     assert findings.quantization_stops_paying(speed) == 32
     assert findings.quantization_stops_paying(speed.drop(columns=[32, 64])) == "never"
+
+
+def test_report_layer_needs_no_torch():
+    import subprocess
+    import sys
+    code = ("import sys, argparse\n"
+            "import quantbench.report, quantbench.gating, quantbench.cli\n"
+            "quantbench.cli._thresholds(argparse.Namespace(thresholds=None))\n"
+            "print('ok' if 'torch' not in sys.modules else 'torch was imported')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "ok", result.stderr[-2000:]

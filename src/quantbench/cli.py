@@ -62,8 +62,8 @@ def cmd_inspect(args) -> int:
 
 def _thresholds(args):
     from .gate import load_thresholds
-    from .models import REPO_ROOT
-    return load_thresholds(args.thresholds or REPO_ROOT / "fixtures" / "thresholds.toml")
+    from .paths import THRESHOLDS
+    return load_thresholds(args.thresholds or THRESHOLDS)
 
 
 def cmd_gate(args) -> int:

@@ -19,10 +19,10 @@ import torch
 
 from .environment import stack_versions
 from .errors import BadCheckpoint, QuantbenchError
+from .paths import REPO_ROOT
 from .specs import ModelSpec, load_spec
 
 BUILDER_VERSION = 1  # bump when a builder's output changes, so caches rebuild
-REPO_ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_FILE = "quantbench_reference.pt"
 FAKEQUANT_FILE = "quantbench_fakequant.pt"
 SPECIAL_TOKENS = {"[UNK]": 0, "t_eos": 1, "t_bos": 2, "t_pad": 3}

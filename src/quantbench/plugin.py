@@ -14,8 +14,8 @@ import pytest
 
 from .cases import CPU_DEFAULTS, GPU_DEFAULTS, build_cases, parse_int_list
 from .history import SCHEMA_VERSION
+from .paths import THRESHOLDS
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def pytest_addoption(parser):
@@ -92,7 +92,7 @@ def pytest_configure(config):
         from .gate import load_thresholds
         try:
             config._qb_thresholds = load_thresholds(config.getoption("qb_thresholds")
-                                                    or REPO_ROOT / "fixtures" / "thresholds.toml")
+                                                    or THRESHOLDS)
         except QuantbenchError as exc:
             raise pytest.UsageError(exc.line()) from None
 
