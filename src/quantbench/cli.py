@@ -91,7 +91,11 @@ def cmd_gate(args) -> int:
             print("REGRESSED " + decision.message())
     if args.markdown:
         Path(args.markdown).write_text(result.markdown())
-    print("quantbench gate: " + ("FAILED" if result.exit_code else "passed") + f" {result.counts()}")
+    if result.machine_note:
+        print(f"quantbench gate: {result.machine_note}")
+    compared = any(d.state != "incomparable" for d in result.decisions)
+    verdict = "FAILED" if result.exit_code else "passed" if compared else "NOT COMPARED (incomparable)"
+    print(f"quantbench gate: {verdict} {result.counts()}")
     return result.exit_code
 
 
