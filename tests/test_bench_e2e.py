@@ -63,9 +63,15 @@ def test_user_checkpoint_of_another_architecture_is_detected_and_benchmarked(tmp
 
 
 def test_harness_overhead_is_small(tiny_checkpoints, tmp_path):
-    out = tmp_path / "overhead.json"
-    result = run_pytest("benchmarks/test_overhead.py", "--qb-rounds", "15", f"--benchmark-json={out}", "-q", "-s")
-    assert result.returncode == 0, result.stdout[-2000:]
-    ratio = json.loads(out.read_text())["benchmarks"][0]["extra_info"]["harness_overhead_ratio"]
-    print(f"harness overhead ratio {ratio:.4f}")
-    assert ratio < 1.10  # target <= 1.02; the bound leaves room for a noisy shared CI machine
+    # A busy neighbour can slow either side for a whole measurement; a real harness overhead shows
+    # up in every attempt, so the best of three attempts is what is bounded.
+    ratios = []
+    for attempt in range(3):
+        out = tmp_path / f"overhead-{attempt}.json"
+        result = run_pytest("benchmarks/test_overhead.py", "--qb-rounds", "15", f"--benchmark-json={out}", "-q")
+        assert result.returncode == 0, result.stdout[-2000:]
+        ratios.append(json.loads(out.read_text())["benchmarks"][0]["extra_info"]["harness_overhead_ratio"])
+        if ratios[-1] < 1.05:
+            break
+    print(f"harness overhead ratios (min suite / min bare loop): {ratios}")
+    assert min(ratios) < 1.05  # target <= 1.02
