@@ -37,8 +37,8 @@ class GuardResult:
     def message(self) -> str:
         parts = []
         if self.cosine_vs_dense is not None:
-            parts.append(f"cosine vs fp32 dense {self.cosine_vs_dense:.5f} (bound >= {self.min_cosine}), "
-                         f"max rel err {self.rel_err_vs_dense:.4f}")
+            rel = f", max rel err {self.rel_err_vs_dense:.4f}" if self.rel_err_vs_dense is not None else ""
+            parts.append(f"cosine vs fp32 dense {self.cosine_vs_dense:.5f} (bound >= {self.min_cosine}){rel}")
         if self.cosine_vs_fakequant is not None:
             parts.append(f"cosine vs quantizer's fake-quant {self.cosine_vs_fakequant:.6f} "
                          f"(bound >= {FAKEQUANT_MIN_COSINE})")

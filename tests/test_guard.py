@@ -1,0 +1,23 @@
+import torch
+
+from quantbench import guard
+
+
+def test_guard_passes_close_logits_and_fails_far_ones():
+    ref = torch.randn(2, 8, 64)
+    ok = guard.evaluate(ref + 0.01 * torch.randn_like(ref), ref, 0.95)
+    assert ok.passed and ok.cosine_vs_dense > 0.99
+    bad = guard.evaluate(torch.randn_like(ref), ref, 0.95)
+    assert not bad.passed and "bound >= 0.95" in bad.message()
+
+
+def test_fakequant_mismatch_fails_even_within_the_dense_bound():
+    ref = torch.randn(4, 64)
+    got = ref + 0.05 * torch.randn_like(ref)
+    result = guard.evaluate(got, ref, 0.95, fakequant_ref=ref)
+    assert result.cosine_vs_dense > 0.95 and not result.passed
+
+
+def test_non_finite_logits_never_pass():
+    result = guard.GuardResult(float("nan"), None, 0.95, None, "non-finite logits")
+    assert not result.passed and "non-finite" in result.message()
