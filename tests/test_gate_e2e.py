@@ -55,8 +55,9 @@ def test_injected_slowdown_fails_naming_case_and_ratio(baseline_runs, tmp_path):
     print(out.stdout[-3000:])
     assert out.returncode == 1, out.stdout[-4000:]
     regressed = [line for line in out.stdout.splitlines() if line.startswith("REGRESSED")]
-    assert regressed and all("ratio 0." in line for line in regressed if "tokens_per_s" in line)
-    assert any("suite" in line and "decode_tokens_per_s" in line for line in regressed)
+    throughput = [line for line in regressed if "tokens_per_s" in line]
+    # Named: the case (or the suite-level decision) and its ratio, below 1 for a throughput metric.
+    assert throughput and all("ratio 0." in line for line in throughput), out.stdout[-4000:]
     assert "performance regression" in summary.read_text()
 
 
