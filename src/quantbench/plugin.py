@@ -233,7 +233,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         "peaks": getattr(config, "_qb_peaks", None),
     }
     from .analysis import crossover, kernel_frame
-    kernels_df = kernel_frame(benchmarks_as_dicts(output_json))
+    kernels_df = kernel_frame(output_json.get("benchmarks", []))
     if not kernels_df.empty:
         table = crossover(kernels_df)
         output_json["quantbench"]["crossover"] = table.to_dict(orient="records")
@@ -266,10 +266,6 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if summary and not isinstance(result, Exception):
         Path(summary).write_text(result.markdown())
-
-
-def benchmarks_as_dicts(output_json) -> list[dict]:
-    return output_json.get("benchmarks", [])
 
 
 def pytest_terminal_summary(terminalreporter, config):

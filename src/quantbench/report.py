@@ -242,9 +242,9 @@ def render_signature(paths: list[Path], out_dir: Path, thresholds: gate.Threshol
             speed = findings.speedup_table(ok, model, prompt)
             if not speed.empty:
                 lines += [f"![speedup]({chart_speedup(speed, model, prompt, out_dir)})", ""]
+            decode = findings.decode_table(ok, model, prompt)
             lines += ["Decode throughput (tokens/s) by batch size:", "",
-                      _md(findings.decode_table(ok, model, prompt).loc[
-                          _sorted_formats(findings.decode_table(ok, model, prompt).index)], ".1f"), ""]
+                      _md(decode.loc[_sorted_formats(decode.index)], ".1f"), ""]
             prefill = ok[(ok["model"] == model) & (ok["prompt_len"] == prompt) & (ok["phase"] == "prefill")]
             pre = prefill.pivot_table(index="format", columns="batch", values="prefill_tokens_per_s", aggfunc="median")
             lines += ["Prefill throughput (tokens/s) by batch size:", "", _md(pre.loc[_sorted_formats(pre.index)], ".1f"), ""]
