@@ -97,13 +97,26 @@ def _git(*args: str) -> str:
     return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
 
 
+def _side_by_side() -> bool:
+    """Run the two sides of a pair at the same time, one core each? Only on a CPU-only machine with
+    two cores to spare: on a shared VM the whole machine drifts by 10-20% over tens of seconds, which
+    lands on both sides alike only when they run together (tests/test_gate_e2e.py has the figures).
+    On a GPU the two sides would share the device, so they always run one after the other."""
+    wanted = os.environ.get("QUANTBENCH_GATE_SIDE_BY_SIDE", "auto")
+    if wanted != "auto":
+        return wanted == "1"
+    return not has_gpu() and hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) >= 2
+
+
 @nox.session(default=False)
 def gate(session: nox.Session) -> None:
-    """PR gate: benchmark base and head interleaved (A/B/A/B...) on this machine, gate head vs base."""
+    """PR gate: benchmark base and head in A/B pairs on this machine (side by side on CPU, interleaved
+    A/B/B/A on GPU), gate head vs base."""
     install(session, os.environ.get("QUANTBENCH_STACK", "current"))
     base = os.environ.get("QUANTBENCH_BASE", "HEAD~1")
     head = os.environ.get("QUANTBENCH_HEAD", "HEAD")
-    pairs = int(os.environ.get("QUANTBENCH_GATE_PAIRS", "3"))
+    side_by_side = _side_by_side()
+    pairs = int(os.environ.get("QUANTBENCH_GATE_PAIRS", "8" if side_by_side else "3"))
     work = Path(session.create_tmp()).resolve() / "gate"
     shutil.rmtree(work, ignore_errors=True)
     trees = {}
@@ -115,18 +128,43 @@ def gate(session: nox.Session) -> None:
                                  "--qb-prompt", "16,32", "--qb-new-tokens", "16"]
     runs: dict[str, list[str]] = {"base": [], "head": []}
 
-    # Both sides share one fixture cache: same checkpoints, built once.
+    # Both sides share one fixture cache: same checkpoints, built once, before any timing.
     cache = str(Path(os.environ.get("QUANTBENCH_CACHE", ".cache/quantbench")).resolve())
+    python = str(Path(session.bin) / "python")
+
+    def side_env(side: str) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(trees[side] / "src"), "QUANTBENCH_CACHE": cache}
+
+    def command(side: str, out: Path) -> list[str]:
+        return [python, "-m", "pytest", "benchmarks/test_generation.py", "-q", "-p", "no:cacheprovider",
+                f"--benchmark-json={out}", *matrix]
+
+    subprocess.run([python, "-m", "quantbench.cli", "fixtures", "build", "tiny"], cwd=trees["head"],
+                   env=side_env("head"), check=True)
 
     def one_pair(index: int) -> None:
-        # Alternating which side goes first spreads machine drift and bursts over both equally.
-        for side in ("base", "head") if index % 2 == 0 else ("head", "base"):
-            out = work / f"{side}-{index}.json"
-            with session.chdir(str(trees[side])):  # that side's conftest, plugin and benchmarks
-                session.run("python", "-m", "pytest", "benchmarks/test_generation.py", "-q", "-p", "no:cacheprovider",
-                            f"--benchmark-json={out}", *matrix,
-                            env={"PYTHONPATH": str(trees[side] / "src"), "QUANTBENCH_CACHE": cache})
+        # Alternating which side goes first (or which core it gets) spreads drift over both sides.
+        order = ("base", "head") if index % 2 == 0 else ("head", "base")
+        if not side_by_side:
+            for side in order:
+                out = work / f"{side}-{index}.json"
+                with session.chdir(str(trees[side])):  # that side's conftest, plugin and benchmarks
+                    session.run(*command(side, out), env=side_env(side), external=True)
+                runs[side].append(str(out))
+            return
+        cores = sorted(os.sched_getaffinity(0))
+        procs = []
+        for slot, side in enumerate(order):
+            out, log = work / f"{side}-{index}.json", work / f"{side}-{index}.log"
+            with open(log, "w") as sink:
+                procs.append((side, out, log, subprocess.Popen(
+                    command(side, out), cwd=trees[side], env=side_env(side), stdout=sink, stderr=subprocess.STDOUT,
+                    preexec_fn=lambda core=cores[slot]: os.sched_setaffinity(0, {core}))))
+        for side, out, log, proc in procs:
+            if proc.wait() != 0:
+                session.error(f"{side} run {index} failed (exit {proc.returncode}); its output: {log}")
             runs[side].append(str(out))
+        session.log(f"pair {index + 1}: base and head side by side")
 
     try:
         for i in range(pairs):
@@ -138,8 +176,9 @@ def gate(session: nox.Session) -> None:
         try:
             session.run(*gate_args)
         except nox.command.CommandFailed:
-            session.log("gate failed: confirming with one more interleaved A/B pair")
+            session.log("gate failed: confirming with two more A/B pairs")
             one_pair(pairs)
+            one_pair(pairs + 1)
             session.run("quantbench", "merge", *runs["head"], "--out", merged)
             gate_args[gate_args.index("--baseline") + 1] = ",".join(runs["base"])
             session.run(*gate_args)

@@ -1,5 +1,8 @@
+import json
+
 import pytest
 
+from quantbench import models
 from quantbench.errors import QuantbenchError
 from quantbench.specs import available_specs, load_spec
 
@@ -37,3 +40,39 @@ def test_unknown_spec_names_the_file_and_choices(tmp_path):
     bad.write_text('name = "x"\narchitecture = "gpt2"\n')
     with pytest.raises(QuantbenchError, match=r"bad\.toml: invalid model spec"):
         load_spec(str(bad))
+
+
+# ----------------------------------------------------------------------------- fixture cache builds
+def _finished(path, facts):
+    path.mkdir(parents=True)
+    (path / "model.safetensors").write_text(facts["who"])
+    (path / ".complete").write_text(json.dumps(facts))
+
+
+def test_a_build_finished_meanwhile_by_another_process_is_kept(tmp_path):
+    """Two side-by-side benchmark runs may build the same checkpoint at once: the later one must not
+    delete the copy the other is already reading."""
+    final = tmp_path / "tiny" / "ct-w4a16-abc"
+
+    def ours(tmp):
+        _finished(final, {"who": "other"})  # the other process renames its build in while ours runs
+        (tmp / "model.safetensors").write_text("ours")
+        return {"who": "ours"}
+
+    assert models._build_into(final, ours) == {"who": "other"}
+    assert (final / "model.safetensors").read_text() == "other"
+    assert [p.name for p in final.parent.iterdir()] == [final.name]  # our temp folder is gone
+
+
+def test_force_rebuilds_and_an_incomplete_leftover_is_replaced(tmp_path):
+    final = tmp_path / "tiny" / "bf16-abc"
+    _finished(final, {"who": "old"})
+
+    def build(tmp):
+        (tmp / "model.safetensors").write_text("new")
+        return {"who": "new"}
+
+    assert models._build_into(final, build, force=True) == {"who": "new"}
+    assert (final / "model.safetensors").read_text() == "new"
+    (final / ".complete").unlink()  # a crash of an old version left a folder without its marker
+    assert models._build_into(final, build) == {"who": "new"} and models.is_built(final)

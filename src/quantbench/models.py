@@ -80,16 +80,23 @@ def is_built(path: Path) -> bool:
     return (path / ".complete").is_file()
 
 
-def _build_into(final: Path, build) -> dict:
+def _build_into(final: Path, build, force: bool = False) -> dict:
     """Build in a temp folder beside ``final`` and rename: a crash never leaves a half checkpoint."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         facts = build(tmp) or {}
         (tmp / ".complete").write_text(json.dumps(facts, default=str))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        if final.exists() and (force or not is_built(final)):
+            shutil.rmtree(final)  # asked to rebuild, or an incomplete leftover (a finished build has its marker)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not is_built(final):
+                raise
+            # Another process (a side-by-side benchmark run) finished the same build meanwhile and may be
+            # reading it: keep its copy (same spec, seed and key, so the same checkpoint) and drop ours.
+            return json.loads((final / ".complete").read_text() or "{}")
         return facts
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -122,7 +129,7 @@ def ensure_checkpoint(spec: ModelSpec, kind: str, device: torch.device | str = "
     device = torch.device(device)
     dense = checkpoint_dir(spec, "dense")
     if force or not is_built(dense):
-        _build_into(dense, lambda tmp: build_dense(spec, tmp, device))
+        _build_into(dense, lambda tmp: build_dense(spec, tmp, device), force)
     if kind == "dense":
         return dense
     if kind not in BUILDERS:
@@ -132,7 +139,7 @@ def ensure_checkpoint(spec: ModelSpec, kind: str, device: torch.device | str = "
     if force or not is_built(out):
         reference = torch.load(dense / REFERENCE_FILE)
         texts = calibration_texts(spec.vocab_size, seed=spec.seed)
-        _build_into(out, lambda tmp: BUILDERS[kind](spec, dense, tmp, device, reference, texts))
+        _build_into(out, lambda tmp: BUILDERS[kind](spec, dense, tmp, device, reference, texts), force)
     return out
 
 
