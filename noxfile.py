@@ -139,8 +139,9 @@ def gate(session: nox.Session) -> None:
         return [python, "-m", "pytest", "benchmarks/test_generation.py", "-q", "-p", "no:cacheprovider",
                 f"--benchmark-json={out}", *matrix]
 
-    subprocess.run([python, "-m", "quantbench.cli", "fixtures", "build", "tiny"], cwd=trees["head"],
-                   env=side_env("head"), check=True)
+    with session.chdir(str(trees["head"])):
+        session.run(python, "-m", "quantbench.cli", "fixtures", "build", "--model", "tiny", env=side_env("head"),
+                    external=True)
 
     def one_pair(index: int) -> None:
         # Alternating which side goes first (or which core it gets) spreads drift over both sides.
