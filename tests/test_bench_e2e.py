@@ -63,12 +63,14 @@ def test_user_checkpoint_of_another_architecture_is_detected_and_benchmarked(tmp
 
 
 def test_harness_overhead_is_small(tiny_checkpoints, tmp_path):
-    # A busy neighbour can slow either side for a whole measurement; a real harness overhead shows
-    # up in every attempt, so the best of three attempts is what is bounded.
+    # A busy neighbour can slow either side for a whole measurement (on 2026-11-23 this VM ran whole
+    # seconds at 1.3-2x the time); a real harness overhead shows up in every attempt, so the best of
+    # up to five attempts is what is bounded. 100 rounds a side: 15 (0.4 s) fit inside one slow spell
+    # and read 1.11, 1.19, 1.06 in CI; 100 a side read 0.94-1.07 here.
     ratios = []
-    for attempt in range(3):
+    for attempt in range(5):
         out = tmp_path / f"overhead-{attempt}.json"
-        result = run_pytest("benchmarks/test_overhead.py", "--qb-rounds", "15", f"--benchmark-json={out}", "-q")
+        result = run_pytest("benchmarks/test_overhead.py", "--qb-rounds", "100", f"--benchmark-json={out}", "-q")
         assert result.returncode == 0, result.stdout[-2000:]
         ratios.append(json.loads(out.read_text())["benchmarks"][0]["extra_info"]["harness_overhead_ratio"])
         if ratios[-1] < 1.05:
