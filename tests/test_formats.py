@@ -64,3 +64,36 @@ def test_gptq_runtime_is_a_stated_state_not_a_crash():
         assert "IPEX" in reason
     elif importlib.util.find_spec("gptqmodel") is None:
         assert "gptqmodel" in reason
+
+
+TIED_RTN_SPEC = """
+name = "tied-qwen2"
+architecture = "qwen2"
+hidden_size = 256
+intermediate_size = 768
+num_hidden_layers = 2
+num_attention_heads = 4
+num_key_value_heads = 2
+vocab_size = 1024
+max_position_embeddings = 4096
+tie_word_embeddings = true
+seed = 0
+awq_method = "rtn"
+source = "test: the qwen2.5-3b traits in small (tied embeddings, q/k/v bias, GQA, RTN fast path)"
+"""
+
+
+def test_tied_embeddings_and_the_rtn_fast_path_load_and_pass_the_guard(tmp_path, monkeypatch):
+    """Seen on the first GPU run: a tied-embedding model's AWQ checkpoint lost its embedding name on
+    save, and every AWQ case failed to load. Both the builder and the loader handle it now."""
+    monkeypatch.setenv("QUANTBENCH_CACHE", str(tmp_path / "cache"))
+    spec = tmp_path / "tied-qwen2.toml"
+    spec.write_text(TIED_RTN_SPEC)
+    pool = ModelPool(torch.device("cpu"))
+    for name in ("awq-gemm", "ct-w4a16"):
+        prepared = pool.get(ModelSource.from_spec(str(spec)), name)
+        guard = prepared.guard
+        assert guard.passed, guard.message()
+        assert guard.compared == "hidden state after layer 2"
+        assert guard.cosine_vs_fakequant is not None and guard.cosine_vs_fakequant > 0.9999  # exact on CPU
+    pool.release()

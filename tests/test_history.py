@@ -121,3 +121,32 @@ def test_export_github_action_benchmark(tmp_path):
     assert len(paths) == 2
     assert bigger[0]["unit"] == "tokens/s" and bigger[0]["value"] == pytest.approx(32 / 0.01002, rel=1e-3)
     assert smaller[0]["name"].endswith("peak_memory_bytes")
+
+
+def test_combine_runs_takes_each_case_from_the_newest_measurement():
+    first = payload(value=0.01)
+    first["datetime"] = "2026-11-22T00:00:00"
+    second = payload(value=0.02)
+    second["datetime"] = "2026-11-22T01:00:00"
+    # the second run measured the case the first could not, and was cut off inside another
+    second["benchmarks"][0]["name"] = "test_generation[tiny-awq-gemv-b1-p32-decode]"
+    second["benchmarks"].append({"name": "test_generation[tiny-bf16-b1-p32-decode]", "stats": {"median": 9.0,
+                                                                                             "data": [9.0]}})
+    second["quantbench"]["states"] = []
+    combined = history.combine_runs([second, first])
+    by_name = {b["name"]: b for b in combined["benchmarks"]}
+    assert by_name["test_generation[tiny-bf16-b1-p32-decode]"]["stats"]["median"] == 0.01  # interrupted never wins
+    assert by_name["test_generation[tiny-awq-gemv-b1-p32-decode]"]["stats"]["median"] == 0.02
+    assert combined["quantbench"]["states"] == []  # the stated case was measured later
+    assert [r["datetime"] for r in combined["quantbench"]["combined_from"]] == [first["datetime"], second["datetime"]]
+    with pytest.raises(ValueError, match="different machine signatures"):
+        history.combine_runs([first, payload(signature="sig-b")])
+
+
+def test_a_case_cut_off_inside_its_rounds_is_interrupted_not_ok(tmp_path):
+    run = payload()
+    run["benchmarks"].append({"name": "test_generation[tiny-fp16-b1-p32-decode]", "stats": {"median": 1.0,
+                                                                                          "data": [1.0]}})
+    frame = history.run_frame(run)
+    row = frame[frame["name"] == "test_generation[tiny-fp16-b1-p32-decode]"].iloc[0]
+    assert row["state"] == "interrupted" and "cut off" in row["reason"]

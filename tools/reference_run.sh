@@ -1,59 +1,160 @@
 #!/usr/bin/env bash
-# The reference run on a CUDA machine: both stacks, the GPU generation matrix, the kernel suite
-# with measured ceilings, the repeatability study (5 decode runs of bf16 and awq-gemm at batch 1
-# and 16, for the coefficient of variation and an A/A gate), and the rendered guide.
+# The reference run on a CUDA machine, in stages that each fit a short slot on a lent machine:
+#   tools/reference_run.sh STAGE [STAGE ...]
+# Stages (default: all, in this order):
+#   setup    install a stack's wheels (offline) and probe AutoAWQ's awq_ext on this torch
+#   peaks    measure the device ceilings (copy bandwidth, bf16/fp16 matmul) into the history
+#   sweep    decode/prefill over the batch sweep for the formats the seed asks about
+#   formats  every other registered format at two batch sizes
+#   prompts  longer prompts for bf16, awq-gemm and ct-w4a16
+#   kernels  the GEMM/GEMV kernel suite over the specs' (K, N) shapes and the full M sweep
+#   repeat   decode of bf16 and awq-gemm at batch 1 and 16, QB_REPEATS times (CV and A/A gate)
+#   report   CV table, A/A gate and the rendered guide (runs anywhere, no GPU needed)
 #
-# For a machine that already has torch (CUDA), transformers 5.x, pandas, matplotlib, pytest and
-# pytest-benchmark but no registry access: put the two wheel folders that
-# ../shared/offline-wheels.sh builds in .whl/{current,legacy}; each stack is installed with
-# --no-index --no-deps into its own --target folder and put first on PYTHONPATH.
-# Everything lands in $OUT (default results/reference): history/, reports/, bench JSON, timings.
-# Matrix knobs (defaults = the full reference matrix; shrink them to fit a time budget):
-#   QB_MODELS, QB_BATCH, QB_PROMPT, QB_NEW_TOKENS, QB_STACKS, QB_REPEATS
-set -euo pipefail
+# For a machine with torch (CUDA), transformers 5.x, pandas, matplotlib, pytest and pytest-benchmark
+# but no registry access: ../shared/offline-wheels.sh builds the wheel folders .whl/{current,legacy};
+# a stack is installed with --no-index --no-deps into its own --target folder, first on PYTHONPATH.
+# An autoawq-kernels build (its awq_ext*.so files, zipped) may sit in .whl/awq-kernels/*.zip: setup
+# puts it beside the stack and keeps it only if awq_ext imports AND computes the right GEMM/GEMV.
+#
+# State (built checkpoints, stacks, history) lives in QB_STATE so stages can run in separate
+# commands; every stage copies what it produced to $OUT (default results/reference).
+# Knobs: QB_STACK (current|legacy), QB_MODEL, QB_KERNEL_MODELS, QB_NEW_TOKENS, QB_ROUNDS,
+#        QB_REPEATS, QB_STAGE_TIMEOUT (seconds per pytest stage; SIGINT, so JSON is still written),
+#        QB_REPEAT_FIRST (first repeat index, to spread the repeats over several slots),
+#        QB_SWEEP_FORMATS, QB_OTHER_FORMATS, QB_BATCH, QB_DEADLINE (epoch seconds: later pytest stages shrink or skip to end before it)
+set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/reference}
-HIST="$OUT/history"
-MODELS=${QB_MODELS:-qwen2.5-3b,mistral-7b}
-BATCH=${QB_BATCH:-1,2,4,8,16,32,64}
-PROMPT=${QB_PROMPT:-128,512,2048}
+STATE=${QB_STATE:-/tmp/quantbench-reference}
+STACK=${QB_STACK:-current}
+MODEL=${QB_MODEL:-qwen2.5-3b}
+KERNEL_MODELS=${QB_KERNEL_MODELS:-qwen2.5-3b,mistral-7b}
 NEW=${QB_NEW_TOKENS:-128}
-STACKS=${QB_STACKS:-current legacy}
+ROUNDS=${QB_ROUNDS:-10}
 REPEATS=${QB_REPEATS:-5}
-mkdir -p "$OUT"
-export QUANTBENCH_CACHE=${QUANTBENCH_CACHE:-/tmp/quantbench-cache}
-start=$(date +%s)
-for stack in $STACKS; do
-  site=/tmp/quantbench-site-$stack
-  if [ -d ".whl/$stack" ] && [ ! -d "$site" ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/"$stack"/*.whl
+LIMIT=${QB_STAGE_TIMEOUT:-3000}
+HIST="$STATE/history"
+SITE="$STATE/site-$STACK"
+mkdir -p "$OUT" "$STATE"
+export QUANTBENCH_CACHE="$STATE/cache"
+export PYTHONPATH="$PWD/src:$SITE"
+export PYTHONUNBUFFERED=1
+log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/timings.txt"; }
+
+bench() {  # bench NAME PYTEST-ARGS...: one pytest run, stopped by SIGINT at the stage limit
+  local name=$1; shift
+  local t0=$SECONDS limit=$LIMIT
+  if [ -n "${QB_DEADLINE:-}" ]; then  # epoch seconds by which every stage must have written its JSON
+    limit=$(( QB_DEADLINE - $(date +%s) - 40 ))
+    [ "$limit" -gt "$LIMIT" ] && limit=$LIMIT
+    if [ "$limit" -lt 30 ]; then log "$name ($STACK): skipped, no time left before QB_DEADLINE"; return; fi
   fi
-  export PYTHONPATH="$PWD/src${site:+:$site}"
-  python3 -c "import awq_ext" 2>/dev/null && echo "awq_ext: importable" || echo "awq_ext: not importable"
-  python3 -m quantbench.cli peaks --history "$HIST" | tail -1
-  t0=$(date +%s)
-  python3 -m pytest benchmarks/test_generation.py benchmarks/test_kernels.py -p no:cacheprovider -q \
-    --qb-models "$MODELS" --qb-kernel-models "$MODELS" --qb-batch "$BATCH" --qb-prompt "$PROMPT" \
-    --qb-new-tokens "$NEW" --qb-history "$HIST" --benchmark-json "$OUT/bench-$stack.json" \
-    --benchmark-columns=median,iqr,rounds 2>&1 | tail -40 || echo "bench($stack) exited non-zero"
-  echo "bench($stack) wall s: $(( $(date +%s) - t0 ))" | tee -a "$OUT/timings.txt"
-  for i in $(seq 1 "$REPEATS"); do
-    python3 -m pytest benchmarks/test_generation.py -p no:cacheprovider -q --qb-models "${MODELS%%,*}" \
-      --qb-formats bf16,awq-gemm --qb-batch 1,16 --qb-prompt 128 --qb-new-tokens "$NEW" -k decode \
-      --benchmark-json "$OUT/repeat-$stack-$i.json" 2>&1 | tail -1
-  done
-  python3 - "$OUT" "$stack" "$REPEATS" <<'PY' | tee -a "$OUT/repeatability.txt"
-import statistics, sys
-from quantbench import history
-out, stack, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-runs = [history.samples(history.load_run(f"{out}/repeat-{stack}-{i}.json")) for i in range(1, n + 1)]
-for key in sorted(k for k in runs[0] if k[1] == "decode_tokens_per_s"):
-    values = [r[key].value for r in runs if key in r]
-    print(f"{stack} {key[0]}: decode tok/s over {len(values)} runs: mean {statistics.fmean(values):.1f}, "
-          f"CV {statistics.stdev(values) / statistics.fmean(values):.4f}")
+  timeout -s INT -k 30 "$limit" python3 -m pytest -p no:cacheprovider -q -rs --benchmark-columns=median,iqr,rounds \
+    --qb-history "$HIST" --benchmark-json "$OUT/$name.json" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  tail -n 25 "$OUT/$name.log"
+  log "$name ($STACK): rc $rc, wall s $((SECONDS - t0))"
+}
+
+stage_setup() {
+  if [ ! -d "$SITE" ] && [ -d ".whl/$STACK" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/"$STACK"/*.whl
+  fi
+  python3 -c "import awq, compressed_tensors, transformers, torch; print('stack', '$STACK', 'torch', torch.__version__, \
+'transformers', transformers.__version__, 'compressed-tensors', compressed_tensors.__version__, 'cuda', torch.version.cuda, \
+torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')" | tee -a "$OUT/timings.txt"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu,power.limit \
+    --format=csv > "$OUT/nvidia-smi.csv" 2>&1 || true
+  local zip
+  zip=$(ls .whl/awq-kernels/*.zip 2>/dev/null | head -1)
+  if [ -n "$zip" ] && [ ! -e "$SITE/.awq-probed" ]; then
+    python3 -m zipfile -e "$zip" "$SITE" >/dev/null
+    # A crash or a wrong answer here must not take the benchmarks down with it: probe in a child.
+    timeout 300 python3 - > "$OUT/awq_ext-probe-$STACK.txt" 2>&1 <<'PY'
+import torch, traceback
+try:
+    import awq_ext  # noqa: F401
+    print("awq_ext: imported from", awq_ext.__file__)
+except Exception as exc:
+    print("awq_ext: import failed:", type(exc).__name__, str(exc)[:400]); raise SystemExit(3)
+from quantbench import kernels
+dev = torch.device("cuda")
+for name in ("awq-gemm-awq_ext", "awq-gemv"):
+    kernel = kernels.KERNELS[name]
+    try:
+        prep = kernel.prepare(4096, 4096, dev, 1)
+        for m in (1, 8, 64):
+            x = torch.randn(m, 4096, device=dev, dtype=torch.float16)
+            err = kernels.rel_err(prep.call(x, prep.copies[0]), x.float() @ prep.reference_weight.t())
+            print(f"{name} M={m}: rel err {err:.3g} (bound {kernels.tolerance(kernel)})")
+            if not err <= kernels.tolerance(kernel):
+                raise SystemExit(4)
+    except SystemExit:
+        raise
+    except Exception:
+        traceback.print_exc(); raise SystemExit(5)
 PY
-  python3 -m quantbench.cli gate --current "$OUT/repeat-$stack-2.json" --baseline "$OUT/repeat-$stack-1.json" \
-    --markdown "$OUT/aa-gate-$stack.md" | tail -3 || true
+    local rc=$?
+    cat "$OUT/awq_ext-probe-$STACK.txt"
+    if [ $rc -ne 0 ]; then
+      rm -f "$SITE"/awq_ext*.so "$SITE"/awq_v2_ext*.so
+      echo "awq_ext removed again (probe exit $rc): GEMM runs on Triton, GEMV/fused are unsupported" \
+        | tee -a "$OUT/awq_ext-probe-$STACK.txt"
+    fi
+    touch "$SITE/.awq-probed"
+  fi
+}
+
+stage_peaks() {
+  python3 -m quantbench.cli peaks --history "$HIST" 2>&1 | tail -3
+}
+
+stage_sweep() {
+  bench "sweep-$STACK" benchmarks/test_generation.py --qb-models "$MODEL" \
+    --qb-formats "${QB_SWEEP_FORMATS:-bf16,awq-gemm,ct-w4a16,awq-gemv,awq-gemm-fused}" --qb-batch "${QB_BATCH:-1,2,4,8,16,32,64}" \
+    --qb-prompt 128 --qb-new-tokens "$NEW" --qb-rounds "$ROUNDS"
+}
+
+stage_formats() {
+  bench "formats-$STACK" benchmarks/test_generation.py --qb-models "$MODEL" \
+    --qb-formats "${QB_OTHER_FORMATS:-fp16,ct-w4a16-dequant,ct-w8a16,ct-fp8,awq-gemm-hf}" --qb-batch 1,16 \
+    --qb-prompt 128 --qb-new-tokens "$NEW" --qb-rounds "$ROUNDS"
+}
+
+stage_prompts() {
+  bench "prompts-$STACK" benchmarks/test_generation.py --qb-models "$MODEL" \
+    --qb-formats bf16,awq-gemm,ct-w4a16 --qb-batch 1,8 --qb-prompt 512,2048 \
+    --qb-new-tokens "$NEW" --qb-rounds "$ROUNDS"
+}
+
+stage_kernels() {
+  bench "kernels-$STACK" benchmarks/test_kernels.py --qb-kernel-models "$KERNEL_MODELS" \
+    --qb-rounds "${QB_KERNEL_ROUNDS:-10}"
+}
+
+stage_repeat() {
+  local i
+  for i in $(seq "${QB_REPEAT_FIRST:-1}" "$REPEATS"); do
+    bench "repeat-$STACK-$i" benchmarks/test_generation.py --qb-models "$MODEL" --qb-formats bf16,awq-gemm \
+      --qb-batch 1,16 --qb-prompt 128 --qb-new-tokens "$NEW" --qb-rounds "$ROUNDS" -k decode
+  done
+}
+
+stage_report() {
+  python3 tools/repeatability.py "$OUT"/repeat-"$STACK"-*.json | tee "$OUT/repeatability-$STACK.txt"
+  python3 -m quantbench.cli gate --baseline "$OUT/repeat-$STACK-1.json" --current "$OUT/repeat-$STACK-2.json" \
+    --markdown "$OUT/aa-gate-$STACK.md" 2>&1 | tail -4
+  python3 -m quantbench.cli report --history "$HIST" --out "$OUT/reports" 2>&1 | tail -3
+}
+
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(setup peaks sweep formats prompts kernels repeat report)
+for stage in "${stages[@]}"; do
+  t0=$SECONDS
+  log "stage $stage ($STACK) begins"
+  "stage_$stage"
+  log "stage $stage ($STACK) done in $((SECONDS - t0)) s"
+  # History goes with every stage, so a slot that ends early still brings back what was measured.
+  [ -d "$HIST" ] && cp -r "$HIST" "$OUT/" 2>/dev/null
 done
-python3 -m quantbench.cli report --history "$HIST" --out "$OUT/reports"
-echo "total wall s: $(( $(date +%s) - start ))" | tee -a "$OUT/timings.txt"

@@ -190,6 +190,18 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def cmd_combine(args) -> int:
+    from pathlib import Path
+
+    from . import history
+    try:
+        combined = history.combine_runs([history.load_run(p) for p in args.files])
+    except ValueError as exc:
+        raise QuantbenchError(None, str(exc), "combine only runs of one machine signature") from None
+    print(history.write_atomic(Path(args.out), combined))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -248,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("files", nargs="+")
     merge.add_argument("--out", required=True)
     merge.set_defaults(func=cmd_merge)
+
+    comb = sub.add_parser("combine", help="join complementary runs (one reference run split over several "
+                          "slots) into one file: each case from the newest run that measured it")
+    comb.add_argument("files", nargs="+")
+    comb.add_argument("--out", required=True)
+    comb.set_defaults(func=cmd_combine)
 
     hist = sub.add_parser("history", help="list stored runs")
     hist.add_argument("--history", default="history")

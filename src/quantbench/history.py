@@ -19,6 +19,7 @@ import pandas as pd
 from .errors import BadHistory
 
 SCHEMA_VERSION = 1
+INTERRUPTED_REASON = "cut off inside its timed rounds (a time limit or Ctrl-C): its partial times are no result"
 MIGRATE_FIX = "re-run the benchmark with this quantbench to write a current file (older files are kept as they are)"
 
 
@@ -144,7 +145,11 @@ def run_frame(payload: dict, path: Path | None = None) -> pd.DataFrame:
     for bench in payload.get("benchmarks", []):
         info = dict(bench.get("extra_info") or {})
         stats = bench.get("stats") or {}
-        row = {**common, "name": bench.get("name"), "group": bench.get("group"), "state": info.get("state", "ok"),
+        # No extra_info: the case was cut off inside its timed rounds (Ctrl-C, a stage time limit).
+        state = info.get("state", "ok" if info else "interrupted")
+        if state == "interrupted":
+            info.setdefault("reason", INTERRUPTED_REASON)
+        row = {**common, "name": bench.get("name"), "group": bench.get("group"), "state": state,
                "median_s": stats.get("median"), "iqr_s": stats.get("iqr"), "stddev_s": stats.get("stddev"),
                "mean_s": stats.get("mean"), "rounds": stats.get("rounds"), "round_times_s": stats.get("data")}
         for key, value in info.items():
@@ -261,3 +266,44 @@ def merge_runs(payloads: list[dict]) -> dict:
                               stddev=statistics.stdev(data) if len(data) > 1 else 0.0)
     merged.setdefault("quantbench", {})["merged_from"] = len(payloads)
     return merged
+
+
+def _case_name(state: dict) -> str:
+    return state.get("nodeid", "").split("::")[-1] or state.get("case")
+
+
+def combine_runs(payloads: list[dict]) -> dict:
+    """Complementary runs of one machine signature (a reference run split over several slots, each
+    a separate process) -> one payload: each case from the newest run that measured it; a stated
+    case (unsupported, guard-failed, ...) only where no run measured it. ``combined_from`` keeps
+    which runs went in, so the reader knows the cases were not timed in one process."""
+    import copy
+
+    if not payloads:
+        raise ValueError("combine_runs needs at least one run")
+    signatures = sorted({signature(p) for p in payloads})
+    if len(signatures) > 1:
+        raise ValueError(f"runs from different machine signatures cannot be combined: {signatures}")
+    ordered = sorted(payloads, key=lambda p: p.get("datetime") or "")
+    benches: dict[str, dict] = {}
+    states: dict[str, dict] = {}
+    for payload in ordered:
+        for bench in payload.get("benchmarks", []):
+            if bench.get("extra_info") or bench["name"] not in benches:  # an interrupted case never wins
+                benches[bench["name"]] = bench
+        for state in (payload.get("quantbench") or {}).get("states", []):
+            states[_case_name(state)] = state
+    combined = copy.deepcopy(ordered[-1])
+    combined["benchmarks"] = list(benches.values())
+    qb = combined.setdefault("quantbench", {})
+    qb["states"] = [s for name, s in states.items() if name not in benches]
+    qb["throttled"] = any((p.get("quantbench") or {}).get("throttled") for p in ordered)
+    qb["combined_from"] = [{"datetime": p.get("datetime"), "commit": (p.get("commit_info") or {}).get("id"),
+                            "dirty": (p.get("commit_info") or {}).get("dirty"),
+                            "args": (p.get("quantbench") or {}).get("args"),
+                            "measured": len(p.get("benchmarks", []))} for p in ordered]
+    if not qb.get("crossover"):
+        crossovers = [row for p in ordered for row in (p.get("quantbench") or {}).get("crossover") or []]
+        if crossovers:
+            qb["crossover"] = crossovers
+    return combined

@@ -22,7 +22,7 @@ from .errors import BadCheckpoint, QuantbenchError
 from .paths import REPO_ROOT
 from .specs import ModelSpec, load_spec
 
-BUILDER_VERSION = 1  # bump when a builder's output changes, so caches rebuild
+BUILDER_VERSION = 2  # bump when a builder's output changes, so caches rebuild
 REFERENCE_FILE = "quantbench_reference.pt"
 FAKEQUANT_FILE = "quantbench_fakequant.pt"
 SPECIAL_TOKENS = {"[UNK]": 0, "t_eos": 1, "t_bos": 2, "t_pad": 3}
@@ -107,17 +107,17 @@ def build_dense(spec: ModelSpec, out: Path, device: torch.device) -> dict:
     from transformers import AutoModelForCausalLM
 
     from .formats.base import dtype_kwargs
-    from .workloads import logits
+    from .workloads import guard_outputs
 
     torch.manual_seed(spec.seed)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(spec.to_hf_config(), **dtype_kwargs(torch.float32))
     model.eval()
     ids = reference_ids(spec.vocab_size)
-    ref = logits(model, ids.to(device))  # fp32 reference, before rounding to fp16
+    ref = guard_outputs(model, ids.to(device))  # fp32 reference, before rounding to fp16
     model.to(torch.float16).save_pretrained(str(out), safe_serialization=True)
     build_tokenizer(spec.vocab_size).save_pretrained(str(out))
-    torch.save({"ids": ids, "logits": ref}, out / REFERENCE_FILE)
+    torch.save({"ids": ids, **ref}, out / REFERENCE_FILE)
     return {"parameters": sum(p.numel() for p in model.parameters())}
 
 

@@ -222,6 +222,10 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     from . import environment
+    from . import history
+    for bench in output_json.get("benchmarks", []):
+        if not bench.get("extra_info"):  # cut off inside its rounds: its partial times are no result
+            bench["extra_info"] = {"state": "interrupted", "reason": history.INTERRUPTED_REASON}
     end = environment.gpu_telemetry()
     start = getattr(config, "_qb_telemetry_start", [])
     output_json["quantbench"] = {

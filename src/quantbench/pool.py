@@ -18,7 +18,7 @@ from .formats import LoadedModel, get_format
 from .measure import current_bytes, resident_weight_bytes
 from .models import FAKEQUANT_FILE, REFERENCE_FILE, checkpoint_dir, detect_checkpoint, ensure_checkpoint
 from .specs import load_spec
-from .workloads import logits
+from .workloads import guard_outputs
 
 
 @dataclass(frozen=True)
@@ -121,13 +121,12 @@ class ModelPool:
         if ids is None:
             from .models import reference_ids
             ids = reference_ids(source.vocab_size())
-        got = logits(loaded.model, ids.to(self.device))  # also the first forward
+        got = guard_outputs(loaded.model, ids.to(self.device))  # also the first forward
         loaded.facts["weight_bytes_after_first_forward"] = resident_weight_bytes(loaded.model)["total"]
         loaded.facts["device_bytes_after_first_forward"] = current_bytes(self.device)
         loaded.facts.update(fmt.first_forward_facts(loaded.model))
         note = "" if dense_ref is not None else "user checkpoint: no dense reference, kernel checked for finite output"
-        result = guard.evaluate(got, dense_ref["logits"] if dense_ref else None, fmt.min_cosine,
-                                fake_ref["logits"] if fake_ref else None, note=note)
-        if not torch.isfinite(got).all():  # NaN never passes the cosine bound
+        result = guard.evaluate_outputs(got, dense_ref, fmt.min_cosine, fake_ref, note=note)
+        if not (torch.isfinite(got["logits"]).all() and torch.isfinite(got["hidden"]).all()):  # NaN never passes the cosine bound
             result = guard.GuardResult(float("nan"), None, fmt.min_cosine, None, "non-finite logits")
         return Prepared(loaded, result, facts={"checkpoint": str(ckpt)})

@@ -57,12 +57,16 @@ def chart_throughput(gen: pd.DataFrame, model: str, prompt: int, out_dir: Path) 
         ax.set_ylabel(f"{phase} throughput (tokens/s)")
         ax.set_title(f"{phase}: {model}, prompt {prompt} tokens")
         ax.grid(True, which="both", alpha=0.3)
-    handles, labels = axes[1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", title="format")  # beside the plots, never on data
+    legend = {}  # a format measured in one phase only still gets its legend entry
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    labels = _sorted_formats(legend)
+    fig.legend([legend[n] for n in labels], labels, loc="outside right upper", title="format")  # never on data
     return _save(fig, out_dir, f"throughput_{model}_p{prompt}")
 
 
-def chart_speedup(speed: pd.DataFrame, model: str, prompt: int, out_dir: Path) -> str:
+def chart_speedup(speed: pd.DataFrame, model: str, prompt: int, out_dir: Path, combined: bool = False) -> str:
     speed = speed.loc[_sorted_formats(speed.index)]
     fig, ax = plt.subplots(figsize=(max(7.0, 2.5 + 0.9 * speed.shape[1]), max(3.0, 1.4 + 0.45 * speed.shape[0])),
                            layout="constrained")
@@ -76,7 +80,8 @@ def chart_speedup(speed: pd.DataFrame, model: str, prompt: int, out_dir: Path) -
         if np.isfinite(value):
             ax.text(j, i, f"{value:.2f}x", ha="center", va="center", fontsize=8)
     ax.set_xlabel("batch size (sequences)")
-    ax.set_title(f"decode speedup over bf16, same run\n{model}, prompt {prompt} tokens")
+    where = "combined runs (separate processes)" if combined else "same run"
+    ax.set_title(f"decode speedup over bf16, {where}\n{model}, prompt {prompt} tokens")
     fig.colorbar(image, ax=ax, label="log2 speedup (green: faster)")
     return _save(fig, out_dir, f"speedup_{model}_p{prompt}")
 
@@ -185,7 +190,17 @@ def stack_lines(payload: dict) -> list[str]:
             f"| autoawq / awq_ext | {ver.get('autoawq')} / {ver.get('awq_ext') or 'absent'} |",
             f"| compressed-tensors | {ver.get('compressed-tensors')} |", f"| triton | {ver.get('triton') or 'absent'} |",
             f"| git commit | {(payload.get('commit_info') or {}).get('id')} |",
-            f"| run date | {payload.get('datetime')} |", f"| signature | {machine.get('signature')} |"]
+            f"| run date | {payload.get('datetime')} |", f"| signature | {machine.get('signature')} |",
+            *_combined_line(payload)]
+
+
+def _combined_line(payload: dict) -> list[str]:
+    runs = (payload.get("quantbench") or {}).get("combined_from")
+    if not runs:
+        return []
+    dates = ", ".join(str(r.get("datetime"))[:19] for r in runs)
+    return [f"| combined from | {len(runs)} runs in separate processes ({dates}): ratios between cases of "
+            "different runs carry the run-to-run spread too |"]
 
 
 def _consecutive_regressions(paths: list[Path], thresholds: gate.Thresholds) -> set:
@@ -241,7 +256,7 @@ def render_signature(paths: list[Path], out_dir: Path, thresholds: gate.Threshol
             lines += [f"### prompt {prompt} tokens", "", f"![throughput]({chart_throughput(ok, model, prompt, out_dir)})", ""]
             speed = findings.speedup_table(ok, model, prompt)
             if not speed.empty:
-                lines += [f"![speedup]({chart_speedup(speed, model, prompt, out_dir)})", ""]
+                lines += [f"![speedup]({chart_speedup(speed, model, prompt, out_dir, bool(_combined_line(latest)))})", ""]
             decode = findings.decode_table(ok, model, prompt)
             lines += ["Decode throughput (tokens/s) by batch size:", "",
                       _md(decode.loc[_sorted_formats(decode.index)], ".1f"), ""]

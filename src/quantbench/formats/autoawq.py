@@ -89,6 +89,9 @@ def load_with_wqlinear(ckpt_dir: Path, device: torch.device, version: str) -> to
     state = {}
     for shard in sorted(Path(ckpt_dir).glob("*.safetensors")):
         state.update(load_file(str(shard), device=str(device)))
+    if config.tie_word_embeddings and "model.embed_tokens.weight" not in state and "lm_head.weight" in state:
+        # AutoAWQ's save_quantized keeps only one name of the tied pair: here the lm_head's.
+        state["model.embed_tokens.weight"] = state.pop("lm_head.weight")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if config.tie_word_embeddings:
         model.tie_weights()
@@ -219,7 +222,7 @@ def _build_rtn(version: str, dense_dir: Path, out_dir: Path, spec, device, refer
     from huggingface_hub import save_torch_state_dict
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..workloads import logits
+    from ..workloads import guard_outputs
 
     qparams = SimpleNamespace(group_size=128, w_bit=4, zero_point=True)
     model = AutoModelForCausalLM.from_pretrained(str(dense_dir), device_map={"": str(device)},
@@ -231,7 +234,7 @@ def _build_rtn(version: str, dense_dir: Path, out_dir: Path, spec, device, refer
                 fake, scales, zeros = AwqQuantizer.pseudo_quantize_tensor(qparams, linear.weight.data)
                 linear.weight.data = fake  # fake-quantized weights give the exact reference below
                 packed[(index, name)] = (scales, zeros)
-        fakequant = logits(model, reference["ids"].to(device))
+        fakequant = guard_outputs(model, reference["ids"].to(device))
         wqlinear = {"gemm": WQLinear_GEMM, "gemv": WQLinear_GEMV}[version]
         for index, layer in enumerate(model.model.layers):
             for name, linear in get_named_linears(layer).items():
@@ -243,9 +246,14 @@ def _build_rtn(version: str, dense_dir: Path, out_dir: Path, spec, device, refer
     model.config.quantization_config = quant_config.to_transformers_dict()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(str(out_dir))
-    save_torch_state_dict(model.state_dict(), str(out_dir))
+    state = model.state_dict()
+    if model.config.tie_word_embeddings:
+        # Tied: save the embedding under its own name, as transformers does (huggingface_hub would
+        # keep only one name of a shared tensor, and not necessarily this one).
+        state.pop("lm_head.weight", None)
+    save_torch_state_dict(state, str(out_dir))
     AutoTokenizer.from_pretrained(str(dense_dir)).save_pretrained(str(out_dir))
-    torch.save({"ids": reference["ids"], "logits": fakequant}, out_dir / "quantbench_fakequant.pt")
+    torch.save({"ids": reference["ids"], **fakequant}, out_dir / "quantbench_fakequant.pt")
     return {"awq_method": "rtn"}
 
 
