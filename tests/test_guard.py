@@ -21,3 +21,14 @@ def test_fakequant_mismatch_fails_even_within_the_dense_bound():
 def test_non_finite_logits_never_pass():
     result = guard.GuardResult(float("nan"), None, 0.95, None, "non-finite logits")
     assert not result.passed and "non-finite" in result.message()
+
+
+def test_outputs_without_hidden_states_fall_back_to_logits():
+    """AutoAWQ's fused model returns no hidden states: the guard compares logits and says so."""
+    ref = {"logits": torch.randn(2, 8, 32), "hidden": torch.randn(2, 8, 16), "hidden_layer": 2}
+    got = {"logits": ref["logits"] + 0.01 * torch.randn_like(ref["logits"]), "hidden": None, "hidden_layer": None}
+    result = guard.evaluate_outputs(got, ref, 0.95)
+    assert result.compared == "logits" and result.passed and result.logits_cosine_vs_dense == result.cosine_vs_dense
+    got_hidden = {**got, "hidden": ref["hidden"].clone(), "hidden_layer": 2}
+    result = guard.evaluate_outputs(got_hidden, ref, 0.95, fakequant_ref=ref)
+    assert result.compared == "hidden state after layer 2" and result.cosine_vs_fakequant > 0.9999

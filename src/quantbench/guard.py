@@ -77,7 +77,7 @@ def evaluate(got: torch.Tensor, dense_ref: torch.Tensor | None, min_cosine: floa
 def _pair(got: dict, ref: dict | None):
     if ref is None:
         return None
-    if ref.get("hidden") is not None and ref.get("hidden_layer") == got.get("hidden_layer"):
+    if got.get("hidden") is not None and ref.get("hidden") is not None and ref.get("hidden_layer") == got["hidden_layer"]:
         return got["hidden"], ref["hidden"], f"hidden state after layer {got['hidden_layer']}"
     return got["logits"], ref["logits"], "logits"
 

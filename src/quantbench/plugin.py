@@ -221,8 +221,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
-    from . import environment
-    from . import history
+    from . import environment, gating, history
     for bench in output_json.get("benchmarks", []):
         if not bench.get("extra_info"):  # cut off inside its rounds: its partial times are no result
             bench["extra_info"] = {"state": "interrupted", "reason": history.INTERRUPTED_REASON}
@@ -242,7 +241,6 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         table = crossover(kernels_df)
         output_json["quantbench"]["crossover"] = table.to_dict(orient="records")
         config._qb_crossover = table
-    from . import gating, history
     from .errors import QuantbenchError
     root = config.getoption("qb_history")
     saved = history.save_run(Path(root), output_json) if root else None

@@ -127,6 +127,6 @@ class ModelPool:
         loaded.facts.update(fmt.first_forward_facts(loaded.model))
         note = "" if dense_ref is not None else "user checkpoint: no dense reference, kernel checked for finite output"
         result = guard.evaluate_outputs(got, dense_ref, fmt.min_cosine, fake_ref, note=note)
-        if not (torch.isfinite(got["logits"]).all() and torch.isfinite(got["hidden"]).all()):  # NaN never passes the cosine bound
-            result = guard.GuardResult(float("nan"), None, fmt.min_cosine, None, "non-finite logits")
+        if not all(torch.isfinite(t).all() for t in (got["logits"], got["hidden"]) if t is not None):  # NaN never passes
+            result = guard.GuardResult(float("nan"), None, fmt.min_cosine, None, "non-finite outputs")
         return Prepared(loaded, result, facts={"checkpoint": str(ckpt)})

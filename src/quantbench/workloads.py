@@ -55,9 +55,11 @@ def guard_outputs(model, ids: torch.Tensor) -> dict:
     at 36 layers), so a bound on deep logits says more about the random weights than the kernel.
     Every decoder layer runs the same kernels, so a broken kernel shows at layer 2 already."""
     out = model(input_ids=ids, use_cache=False, output_hidden_states=True)
-    layer = min(GUARD_LAYERS, len(out.hidden_states) - 1)
-    return {"logits": out.logits.float().cpu(), "hidden": out.hidden_states[layer].float().cpu(),
-            "hidden_layer": layer}
+    states = out.hidden_states or ()  # AutoAWQ's fused model returns none: the guard falls back to logits
+    if len(states) < 2:
+        return {"logits": out.logits.float().cpu(), "hidden": None, "hidden_layer": None}
+    layer = min(GUARD_LAYERS, len(states) - 1)
+    return {"logits": out.logits.float().cpu(), "hidden": states[layer].float().cpu(), "hidden_layer": layer}
 
 
 def logits(model, ids: torch.Tensor) -> torch.Tensor:
