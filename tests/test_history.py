@@ -139,6 +139,12 @@ def test_combine_runs_takes_each_case_from_the_newest_measurement():
     assert by_name["test_generation[tiny-awq-gemv-b1-p32-decode]"]["stats"]["median"] == 0.02
     assert combined["quantbench"]["states"] == []  # the stated case was measured later
     assert [r["datetime"] for r in combined["quantbench"]["combined_from"]] == [first["datetime"], second["datetime"]]
+    # as the plugin now writes a cut-off case: marked, and still never winning
+    third = payload(value=0.03)
+    third["datetime"] = "2026-11-22T02:00:00"
+    third["benchmarks"][0]["extra_info"] = {"state": "interrupted", "reason": history.INTERRUPTED_REASON}
+    again = {b["name"]: b for b in history.combine_runs([first, third])["benchmarks"]}
+    assert again["test_generation[tiny-bf16-b1-p32-decode]"]["stats"]["median"] == 0.01
     with pytest.raises(ValueError, match="different machine signatures"):
         history.combine_runs([first, payload(signature="sig-b")])
 

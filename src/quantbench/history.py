@@ -126,6 +126,18 @@ def per_round_values(bench: dict, metric: str) -> list[float]:
     return []
 
 
+def case_state(bench: dict) -> str:
+    """A stored benchmark's state; no extra_info at all (files written before quantbench marked it)
+    means the case was cut off inside its timed rounds."""
+    info = bench.get("extra_info") or {}
+    return info.get("state", "ok" if info else "interrupted")
+
+
+def stated_case_name(state: dict) -> str:
+    """The test name of a stated case (unsupported, oom, ...), as its benchmark would be named."""
+    return state.get("nodeid", "").split("::")[-1] or state.get("case")
+
+
 def run_frame(payload: dict, path: Path | None = None) -> pd.DataFrame:
     """One row per case (measured or stated) of one run."""
     machine = (payload.get("machine_info") or {}).get("quantbench") or {}
@@ -145,8 +157,7 @@ def run_frame(payload: dict, path: Path | None = None) -> pd.DataFrame:
     for bench in payload.get("benchmarks", []):
         info = dict(bench.get("extra_info") or {})
         stats = bench.get("stats") or {}
-        # No extra_info: the case was cut off inside its timed rounds (Ctrl-C, a stage time limit).
-        state = info.get("state", "ok" if info else "interrupted")
+        state = case_state(bench)
         if state == "interrupted":
             info.setdefault("reason", INTERRUPTED_REASON)
         row = {**common, "name": bench.get("name"), "group": bench.get("group"), "state": state,
@@ -162,7 +173,7 @@ def run_frame(payload: dict, path: Path | None = None) -> pd.DataFrame:
         row["_bench"] = bench
         rows.append(row)
     for state in (payload.get("quantbench") or {}).get("states", []):
-        name = state.get("nodeid", "").split("::")[-1] or state.get("case")
+        name = stated_case_name(state)
         rows.append({**common, "name": name, **{k: v for k, v in state.items() if k != "nodeid"}})
     return pd.DataFrame(rows)
 
@@ -205,7 +216,7 @@ def samples(payload: dict) -> dict:
         if info.get("peak_memory_bytes"):
             out[(bench["name"], "peak_memory_bytes")] = Sample(float(info["peak_memory_bytes"]))
     for state in (payload.get("quantbench") or {}).get("states", []):
-        name = state.get("nodeid", "").split("::")[-1] or state.get("case")
+        name = stated_case_name(state)
         out[(name, "*")] = Sample(float("nan"), (), state.get("state", "unsupported"), state.get("reason", ""))
     return out
 
@@ -268,10 +279,6 @@ def merge_runs(payloads: list[dict]) -> dict:
     return merged
 
 
-def _case_name(state: dict) -> str:
-    return state.get("nodeid", "").split("::")[-1] or state.get("case")
-
-
 def combine_runs(payloads: list[dict]) -> dict:
     """Complementary runs of one machine signature (a reference run split over several slots, each
     a separate process) -> one payload: each case from the newest run that measured it; a stated
@@ -289,10 +296,10 @@ def combine_runs(payloads: list[dict]) -> dict:
     states: dict[str, dict] = {}
     for payload in ordered:
         for bench in payload.get("benchmarks", []):
-            if bench.get("extra_info") or bench["name"] not in benches:  # an interrupted case never wins
+            if case_state(bench) != "interrupted" or bench["name"] not in benches:  # interrupted never wins
                 benches[bench["name"]] = bench
         for state in (payload.get("quantbench") or {}).get("states", []):
-            states[_case_name(state)] = state
+            states[stated_case_name(state)] = state
     combined = copy.deepcopy(ordered[-1])
     combined["benchmarks"] = list(benches.values())
     qb = combined.setdefault("quantbench", {})

@@ -226,6 +226,7 @@ def render_signature(paths: list[Path], out_dir: Path, thresholds: gate.Threshol
     gen = gen_all[gen_all["file"] == gen_files[-1]] if gen_files else gen_all[:0]
     kern = kern_all[kern_all["file"] == kern_files[-1]] if kern_files else kern_all[:0]
     latest = payloads[gen_files[-1] if gen_files else kern_files[-1] if kern_files else str(paths[-1])]
+    combined = bool((latest.get("quantbench") or {}).get("combined_from"))
     ok = gen[gen["state"] == "ok"].copy()
     for column in ("batch", "prompt_len", "new_tokens"):  # NaN in kernel rows made them float
         if column in ok and not ok.empty:
@@ -256,7 +257,7 @@ def render_signature(paths: list[Path], out_dir: Path, thresholds: gate.Threshol
             lines += [f"### prompt {prompt} tokens", "", f"![throughput]({chart_throughput(ok, model, prompt, out_dir)})", ""]
             speed = findings.speedup_table(ok, model, prompt)
             if not speed.empty:
-                lines += [f"![speedup]({chart_speedup(speed, model, prompt, out_dir, bool(_combined_line(latest)))})", ""]
+                lines += [f"![speedup]({chart_speedup(speed, model, prompt, out_dir, combined)})", ""]
             decode = findings.decode_table(ok, model, prompt)
             lines += ["Decode throughput (tokens/s) by batch size:", "",
                       _md(decode.loc[_sorted_formats(decode.index)], ".1f"), ""]

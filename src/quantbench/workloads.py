@@ -60,8 +60,3 @@ def guard_outputs(model, ids: torch.Tensor) -> dict:
         return {"logits": out.logits.float().cpu(), "hidden": None, "hidden_layer": None}
     layer = min(GUARD_LAYERS, len(states) - 1)
     return {"logits": out.logits.float().cpu(), "hidden": states[layer].float().cpu(), "hidden_layer": layer}
-
-
-def logits(model, ids: torch.Tensor) -> torch.Tensor:
-    """Full logits of a short fixed prompt, as float32 on the CPU."""
-    return guard_outputs(model, ids)["logits"]
