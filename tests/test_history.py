@@ -156,3 +156,25 @@ def test_a_case_cut_off_inside_its_rounds_is_interrupted_not_ok(tmp_path):
     frame = history.run_frame(run)
     row = frame[frame["name"] == "test_generation[tiny-fp16-b1-p32-decode]"].iloc[0]
     assert row["state"] == "interrupted" and "cut off" in row["reason"]
+
+
+def test_merged_runs_keep_their_run_medians_for_the_gate():
+    name, metric = "test_generation[tiny-bf16-b1-p32-decode]", "decode_tokens_per_s"
+    runs = [payload(value=0.01 * (1 + 0.01 * i)) for i in range(4)]
+    cut_off = payload(value=5.0)
+    cut_off["benchmarks"][0]["extra_info"] = {"state": "interrupted", "reason": history.INTERRUPTED_REASON}
+    merged = history.merge_runs([*runs[:2], cut_off, *runs[2:]])
+    bench = merged["benchmarks"][0]
+    assert bench["stats"]["rounds"] == 20 and max(bench["stats"]["data"]) < 1.0  # cut-off times stay out
+    sample = history.samples(merged)[(name, metric)]
+    expected = [32 / (0.01 * (1 + 0.01 * i) * 1.002) for i in range(4)]  # each run's median round
+    assert sample.runs == pytest.approx(expected) and len(sample.rounds) == 20
+    # a merge of merges keeps the individual runs, and merged baselines bring theirs along
+    again = history.merge_runs([history.merge_runs(runs[:2]), history.merge_runs(runs[2:])])
+    assert history.samples(again)[(name, metric)].runs == pytest.approx(expected)
+    baseline = history.merged_samples([merged, runs[0]])[(name, metric)]
+    assert len(baseline.runs) == 5 and baseline.value == pytest.approx(sorted(baseline.runs)[2])
+    # with 5 runs against 4 the gate tests run medians and says so
+    decision = gating.run_gate(merged, [merged, runs[0]], _thresholds()).decisions
+    case = next(d for d in decision if d.case == name and d.metric == metric)
+    assert case.state == "unchanged" and "run medians (4 vs 5 runs)" in case.note

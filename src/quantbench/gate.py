@@ -1,10 +1,18 @@
 """The regression gate's decision core: pure functions on plain numbers (no I/O, no torch).
 
 Noise awareness (after asv): a case regresses only if (1) its median moved past the metric's
-threshold in the bad direction AND (2) the per-round samples differ beyond noise by a one-sided
+threshold in the bad direction AND (2) the samples differ beyond noise by a one-sided
 Mann-Whitney U test (scipy). Mann-Whitney because round times are skewed and outlier-prone
-(GC, clock changes), it needs no normality, and it is exact for the small round counts a
-benchmark affords; with fewer than ``min_rounds`` rounds on a side it cannot reach
+(GC, clock changes), it needs no normality, and it is exact for the small counts a benchmark
+affords.
+
+Which samples: the rounds of one run share that process's machine state (a neighbour on the
+host, clocks, allocator layout), so they are not independent draws; pooling the rounds of several
+runs and testing them as if they were overstates the evidence (a CPU A/A comparison of 8 runs a
+side read p=2e-5 on a case whose runs merely differed). So when both sides hold enough runs for
+the exact test to reach ``alpha`` at all, the test compares the run medians, the independent
+units; otherwise (one run a side, or 3 against 3) it falls back to the rounds and the decision
+says which it used. With fewer than ``min_rounds`` rounds on a side no test can reach
 significance, so the ratio alone decides and the decision says so.
 """
 
@@ -47,6 +55,7 @@ class Sample:
     rounds: tuple[float, ...] = ()
     state: str = "ok"              # ok, unsupported, oom, ...
     reason: str = ""
+    runs: tuple[float, ...] = ()   # the median of each run pooled into this sample, when several were
 
 
 @dataclass(frozen=True)
@@ -94,15 +103,21 @@ def decide(case: str, metric: str, current: Sample | None, baseline: Sample | No
         return Decision(case, metric, "incomparable", note="baseline value is zero or not finite")
     ratio = current.value / baseline.value
     change = _change(current.value, baseline.value, threshold.direction)
-    enough = min(len(current.rounds), len(baseline.rounds)) >= threshold.min_rounds
-    p_value = None
-    if enough:
-        worse = "less" if threshold.direction == "higher" else "greater"
-        better = "greater" if threshold.direction == "higher" else "less"
-        alternative = worse if change < 0 else better
-        p_value = float(mannwhitneyu(current.rounds, baseline.rounds, alternative=alternative).pvalue)
+    worse = "less" if threshold.direction == "higher" else "greater"
+    better = "greater" if threshold.direction == "higher" else "less"
+    alternative = worse if change < 0 else better
+    p_value, note = None, ""
+    if runs_can_decide(len(current.runs), len(baseline.runs), threshold.alpha):
+        enough = True
+        p_value = _mann_whitney(current.runs, baseline.runs, alternative)
+        note = f"tested on run medians ({len(current.runs)} vs {len(baseline.runs)} runs)"
+    else:
+        enough = min(len(current.rounds), len(baseline.rounds)) >= threshold.min_rounds
+        if enough:
+            p_value = _mann_whitney(current.rounds, baseline.rounds, alternative)
+        else:
+            note = f"fewer than {threshold.min_rounds} rounds: decided on the ratio alone"
     significant = p_value is not None and p_value < threshold.alpha
-    note = "" if enough else f"fewer than {threshold.min_rounds} rounds: decided on the ratio alone"
     if change <= -threshold.max_regression and (significant or not enough):
         state = "regressed"
     elif change >= threshold.max_regression and (significant or not enough):
@@ -110,9 +125,23 @@ def decide(case: str, metric: str, current: Sample | None, baseline: Sample | No
     else:
         state = "unchanged"
         if abs(change) >= threshold.max_regression:
-            note = "past the threshold but within noise (not significant)"
+            note = "; ".join(filter(None, [note, "past the threshold but within noise (not significant)"]))
     return Decision(case, metric, state, ratio, p_value, baseline.value, current.value,
                     threshold.max_regression, note)
+
+
+def runs_can_decide(current_runs: int, baseline_runs: int, alpha: float) -> bool:
+    """Whether a test on run medians can be significant at all: the smallest one-sided p-value of
+    the exact Mann-Whitney test is 1 / C(n + m, n) (every run of one side beyond every run of the
+    other). 4 vs 4 runs reach 0.014; 3 vs 3 only 0.05; 1 vs anything never."""
+    if min(current_runs, baseline_runs) < 2:
+        return False
+    return 1 / math.comb(current_runs + baseline_runs, current_runs) < alpha
+
+
+def _mann_whitney(current, baseline, alternative: str) -> float:
+    p_value = float(mannwhitneyu(current, baseline, alternative=alternative).pvalue)
+    return 1.0 if math.isnan(p_value) else p_value  # all values tied: no evidence of a change
 
 
 # ----------------------------------------------------------------------------- thresholds
@@ -213,9 +242,3 @@ def machine_differences(current: dict, baseline: dict, fields: tuple[str, ...]) 
 def exit_code(decisions: list[Decision], fail_on: tuple[str, ...] = DEFAULT_FAIL_ON) -> int:
     return 1 if any(d.state in fail_on for d in decisions) else 0
 
-
-def significance_rates(pairs, threshold: Threshold) -> float:
-    """Share of (current, baseline) round tuples the gate calls 'regressed' (for noise studies)."""
-    hits = sum(decide("c", "m", Sample(median(c), tuple(c)), Sample(median(b), tuple(b)), threshold).state
-               == "regressed" for c, b in pairs)
-    return hits / max(1, len(pairs))

@@ -20,6 +20,7 @@ from .errors import BadHistory
 
 SCHEMA_VERSION = 1
 INTERRUPTED_REASON = "cut off inside its timed rounds (a time limit or Ctrl-C): its partial times are no result"
+RUN_ROUNDS_KEY = "run_round_times_s"  # extra_info of a merged benchmark: which round times came from which run
 MIGRATE_FIX = "re-run the benchmark with this quantbench to write a current file (older files are kept as they are)"
 
 
@@ -114,10 +115,12 @@ def latest_run(root: Path, signature_name: str | None = None) -> Path:
 CASE_COLUMNS = ["model", "format", "batch", "prompt_len", "new_tokens", "phase", "kernel_name", "K", "N", "M"]
 
 
-def per_round_values(bench: dict, metric: str) -> list[float]:
-    """Per-round values of a metric: rate metrics are work / round time, time metrics the times."""
+def per_round_values(bench: dict, metric: str, data: list[float] | None = None) -> list[float]:
+    """Per-round values of a metric: rate metrics are work / round time, time metrics the times.
+    ``data`` replaces the benchmark's own round times (one run's share of a merged benchmark)."""
     info = bench.get("extra_info") or {}
-    data = (bench.get("stats") or {}).get("data") or []
+    if data is None:
+        data = (bench.get("stats") or {}).get("data") or []
     rates = info.get("rate_metrics") or {}
     if metric in rates:
         return [rates[metric] / t for t in data if t > 0]
@@ -210,9 +213,11 @@ def samples(payload: dict) -> dict:
         metrics = list(info.get("rate_metrics") or {}) + list(info.get("time_metrics") or [])
         for metric in metrics:
             rounds = per_round_values(bench, metric)
-            value = median(rounds) if rounds else info.get(metric)
+            runs = tuple(median(values) for values in (per_round_values(bench, metric, data)
+                                                       for data in info.get(RUN_ROUNDS_KEY) or []) if values)
+            value = median(runs) if runs else median(rounds) if rounds else info.get(metric)
             if value is not None:
-                out[(bench["name"], metric)] = Sample(float(value), tuple(rounds))
+                out[(bench["name"], metric)] = Sample(float(value), tuple(rounds), runs=runs)
         if info.get("peak_memory_bytes"):
             out[(bench["name"], "peak_memory_bytes")] = Sample(float(info["peak_memory_bytes"]))
     for state in (payload.get("quantbench") or {}).get("states", []):
@@ -237,7 +242,9 @@ def environment_fields(payload: dict) -> dict:
 
 def merged_samples(payloads: list[dict]) -> dict:
     """Several baseline runs -> one Sample per key: the median of the run medians (robust to one
-    slow run) and the pooled rounds (so the significance test sees run-to-run spread too)."""
+    slow run), the run medians themselves (what the gate tests when both sides hold enough runs)
+    and the pooled rounds (what it tests otherwise). A run that is itself a merge of several
+    brings its own run medians."""
     from statistics import median
 
     from .gate import Sample
@@ -250,27 +257,39 @@ def merged_samples(payloads: list[dict]) -> dict:
         if not ok:
             merged[key] = got[-1]
             continue
-        merged[key] = Sample(float(median(g.value for g in ok)), tuple(v for g in ok for v in g.rounds))
+        rounds = tuple(v for g in ok for v in g.rounds)
+        runs = tuple(r for g in ok if g.rounds or g.runs for r in (g.runs or (g.value,)))
+        value = median(runs) if runs else median(g.value for g in ok)
+        merged[key] = Sample(float(value), rounds, runs=runs)
     return merged
 
 
 def merge_runs(payloads: list[dict]) -> dict:
     """Several runs of the same cases (e.g. interleaved A/B repeats) -> one pytest-benchmark payload
-    whose round data are pooled and whose stats are recomputed from them."""
+    whose round data are pooled, whose stats are recomputed from them, and whose extra_info keeps
+    each run's round times (the gate's independent units). Cut-off cases' partial times stay out."""
     import copy
     import statistics
 
     if not payloads:
         raise ValueError("merge_runs needs at least one run")
     merged = copy.deepcopy(payloads[-1])
-    pooled: dict[str, list[float]] = {}
+    per_run: dict[str, list[list[float]]] = {}
     for payload in payloads:
         for bench in payload.get("benchmarks", []):
-            pooled.setdefault(bench["name"], []).extend((bench.get("stats") or {}).get("data") or [])
+            if case_state(bench) == "interrupted":
+                continue
+            info = bench.get("extra_info") or {}
+            # a run that is itself a merge contributes its runs, not one pooled pseudo-run
+            runs = info.get(RUN_ROUNDS_KEY) or [(bench.get("stats") or {}).get("data") or []]
+            per_run.setdefault(bench["name"], []).extend(list(r) for r in runs if r)
     for bench in merged.get("benchmarks", []):
-        data = sorted(pooled.get(bench["name"], []))
+        runs = per_run.get(bench["name"], [])
+        data = sorted(v for run in runs for v in run)
         if not data:
             continue
+        if case_state(bench) != "interrupted":  # the gate tests run medians when there are enough runs
+            bench["extra_info"][RUN_ROUNDS_KEY] = runs
         q1, _, q3 = statistics.quantiles(data, n=4) if len(data) > 1 else (data[0], data[0], data[0])
         bench["stats"].update(data=data, rounds=len(data), median=statistics.median(data), min=data[0],
                               max=data[-1], mean=statistics.fmean(data), iqr=q3 - q1,
