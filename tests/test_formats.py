@@ -7,7 +7,8 @@ from quantbench.errors import Unsupported
 from quantbench.formats import FORMATS, get_format
 from quantbench.pool import ModelPool, ModelSource
 
-CPU_UNSUPPORTED = {"awq-gemv": "awq_ext", "awq-gemm-fused": "CUDA", "awq-gemm-hf": ""}
+CPU_UNSUPPORTED = {"awq-gemv": "awq_ext", "awq-gemm-fused": "CUDA", "awq-gemm-hf": "",
+                   "ct-w4a16-nodispatch": "compressed_tensors.offload"}  # the last: compressed-tensors 0.10 only
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,43 @@ def test_ct_w4a16_records_what_the_first_forward_did(pool):
     # either way the resident bytes grow on the first forward (the seed's "no memory saving").
     assert facts["weight_bytes_after_first_forward"] > facts["weight_bytes_after_load"]
     assert not facts["still_compressed_after_first_forward"]
+
+
+def _python_files_called(model, ids) -> set[str]:
+    """Source files of every Python function a forward calls (deterministic, unlike a timing)."""
+    import sys
+    files = set()
+
+    def profile(frame, event, arg):
+        if event == "call":
+            files.add(frame.f_code.co_filename.replace("\\", "/"))
+    sys.setprofile(profile)
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
+        sys.setprofile(None)
+    return files
+
+
+def test_ct_offload_dispatch_is_recorded_and_the_nodispatch_variant_removes_it(pool):
+    from quantbench.formats.compressed_tensors import ct_dispatched_modules
+    tiny, ids = ModelSource.from_spec("tiny"), torch.randint(0, 256, (1, 4))
+    reason = get_format("ct-w4a16-nodispatch").unsupported_reason(torch.device("cpu"))
+    default = pool.get(tiny, "ct-w4a16").loaded
+    if reason:  # compressed-tensors 0.10 (legacy stack): no such dispatch, and the variant says so
+        assert "no offload dispatch" in reason and "dispatch" not in default.facts["kernel"]
+        return
+    # compressed-tensors puts every module behind its offload dispatch when it decompresses
+    assert ct_dispatched_modules(default.model) > 0
+    assert "behind compressed-tensors offload dispatch on" in default.facts["kernel"]
+    assert any("compressed_tensors/offload" in f for f in _python_files_called(default.model, ids))
+    stripped = pool.get(tiny, "ct-w4a16-nodispatch")
+    assert stripped.guard.passed, stripped.guard.message()
+    assert stripped.loaded.facts["ct_dispatch_removed_modules"] == ct_dispatched_modules(default.model)
+    assert ct_dispatched_modules(stripped.loaded.model) == 0 and "dispatch" not in stripped.loaded.facts["kernel"]
+    assert not any("compressed_tensors/offload" in f for f in _python_files_called(stripped.loaded.model, ids))
+    assert not stripped.loaded.facts["still_compressed_after_first_forward"]  # same dense weights as ct-w4a16
 
 
 def test_gptq_runtime_is_a_stated_state_not_a_crash():

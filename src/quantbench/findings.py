@@ -6,6 +6,9 @@ import pandas as pd
 
 BASELINE = "bf16"
 QUANTIZED_PREFIXES = ("awq", "ct-")
+# describe_ct_path writes "... -> torch.matmul, behind compressed-tensors offload dispatch on N modules"
+DISPATCH_MARK = "behind "
+WITHOUT_DISPATCH = {"ct-w4a16": "ct-w4a16-nodispatch"}  # the same checkpoint and load, dispatch removed
 
 
 def is_quantized(fmt: str) -> bool:
@@ -87,4 +90,23 @@ def flags(gen: pd.DataFrame) -> list[str]:
             kernel = str(rows["kernel"].iloc[0])
             if "naive" in kernel:
                 out.append(f"NAIVE FALLBACK: {model}: {fmt} ran AutoAWQ's naive dequantize+matmul path ({kernel})")
+            if DISPATCH_MARK in kernel:
+                out.append(f"LIBRARY DISPATCH: {model}: {fmt} runs behind {kernel.split(DISPATCH_MARK)[1]}: "
+                           f"host work on every module call" + _dispatch_cost(ok, model, fmt))
     return out
+
+
+def _dispatch_cost(ok: pd.DataFrame, model: str, fmt: str) -> str:
+    """'; without it (<variant>, same weights) decode ran a-bx faster (batch ...)' where both were measured."""
+    variant = WITHOUT_DISPATCH.get(fmt)
+    decode = ok[(ok["model"] == model) & (ok["phase"] == "decode")]
+    table = decode.pivot_table(index="format", columns=["prompt_len", "batch"], values="decode_tokens_per_s",
+                               aggfunc="median")
+    if variant is None or fmt not in table.index or variant not in table.index:
+        return ""
+    ratios = (table.loc[variant] / table.loc[fmt]).dropna()
+    if ratios.empty:
+        return ""
+    batches = sorted({batch for _, batch in ratios.index})
+    return (f"; without it ({variant}, same dense weights) decode ran {ratios.min():.2f}-{ratios.max():.2f}x "
+            f"as fast (batch {', '.join(map(str, batches))})")

@@ -122,6 +122,7 @@ class ModelPool:
             from .models import reference_ids
             ids = reference_ids(source.vocab_size())
         got = guard_outputs(loaded.model, ids.to(self.device))  # also the first forward
+        loaded.facts.update(fmt.after_first_forward(loaded.model))
         loaded.facts["weight_bytes_after_first_forward"] = resident_weight_bytes(loaded.model)["total"]
         loaded.facts["device_bytes_after_first_forward"] = current_bytes(self.device)
         loaded.facts.update(fmt.first_forward_facts(loaded.model))

@@ -63,6 +63,11 @@ class Format:
         """Name of the code path that multiplies by the weights (the thing a slow fallback hides in)."""
         return "torch.matmul"
 
+    def after_first_forward(self, model: torch.nn.Module) -> dict:
+        """A runtime step that needs the first forward done (e.g. undo what a library installed
+        during it); returns facts to record. Runs after the guard's forward, before any timing."""
+        return {}
+
     def first_forward_facts(self, model: torch.nn.Module) -> dict:
         """Format-specific facts read after the first forward (e.g. still packed or not)."""
         return {}
