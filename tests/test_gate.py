@@ -214,3 +214,19 @@ def test_run_medians_are_used_only_where_the_exact_test_can_reach_alpha():
     many = decide("c", "tps", Sample(90, (), runs=(90, 91, 89, 92)), Sample(100, (), runs=(100, 99, 101, 98)),
                   HIGHER)
     assert many.state == "regressed" and many.p_value == pytest.approx(1 / 70) and "4 vs 4 runs" in many.note
+
+
+def test_stated_cases_fold_into_the_metrics_the_other_run_measured():
+    ok, oom = Sample(100.0, (99, 100, 101)), Sample(float("nan"), (), "oom", "CUDA out of memory")
+    unsupported = Sample(float("nan"), (), "unsupported", "needs awq_ext")
+    current = {("went-oom", "*"): oom, ("both-unsupported", "*"): unsupported, ("now-runs", "tps"): ok,
+               ("new-unsupported", "*"): unsupported}
+    baseline = {("went-oom", "tps"): ok, ("both-unsupported", "*"): unsupported, ("now-runs", "*"): unsupported}
+    cur, base = gate.fold_stated_cases(current, baseline)
+    decisions = {(d.case, d.metric): d for d in gate.compare_runs(cur, base, gate.Thresholds({"tps": HIGHER}))}
+    assert decisions[("went-oom", "tps")].state == "oom" and ("went-oom", "*") not in decisions
+    assert decisions[("now-runs", "tps")].state == "new" and "baseline was unsupported" in decisions[
+        ("now-runs", "tps")].note
+    both = decisions[("both-unsupported", "*")]
+    assert both.state == "unsupported" and both.note == f"needs awq_ext {gate.STATED_IN_BOTH}"
+    assert decisions[("new-unsupported", "*")].note == "needs awq_ext; not in the baseline"

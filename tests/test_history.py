@@ -111,6 +111,9 @@ def test_gate_states_and_markdown():
     assert result.exit_code == 1
     md = result.markdown()
     assert "performance regression" in md and "| regressed |" in md and "tiny-bf16-b1-p32-decode" in md
+    # a case unsupported in both runs stays in the table, and the PR comment counts it instead of listing it
+    assert states[("test_generation[tiny-awq-gemv-b1-p32-decode]", "*")] == "unsupported"
+    assert "awq-gemv" not in md and "Stated in both runs (not listed): 1 unsupported" in md
 
 
 def test_export_github_action_benchmark(tmp_path):

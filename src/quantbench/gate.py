@@ -32,6 +32,7 @@ from .errors import QuantbenchError
 STATES = ("regressed", "improved", "unchanged", "new", "missing", "unsupported", "oom", "invalid-input",
           "guard-failed", "no-baseline", "incomparable")
 DEFAULT_FAIL_ON = ("regressed",)
+STATED_IN_BOTH = "(the same in the baseline)"   # note suffix of a state both runs share: no news for a PR comment
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,14 @@ def decide(case: str, metric: str, current: Sample | None, baseline: Sample | No
     """Classify one (case, metric) pair. Pure: same inputs, same decision."""
     if baseline is None and current is None:
         return Decision(case, metric, "missing", note="in neither run")
+    if current is not None and current.state != "ok":  # unsupported, oom, ...: that is the news, baseline or not
+        note = (f"{current.reason}; not in the baseline" if baseline is None else
+                f"{current.reason} {STATED_IN_BOTH}" if baseline.state == current.state else current.reason)
+        return Decision(case, metric, current.state, note=note)
     if baseline is None:
-        return Decision(case, metric, "new", current=current.value if current.state == "ok" else None)
+        return Decision(case, metric, "new", current=current.value)
     if current is None:
         return Decision(case, metric, "missing", baseline=baseline.value, note="in the baseline, not in this run")
-    if current.state != "ok":
-        return Decision(case, metric, current.state, note=current.reason)
     if baseline.state != "ok":
         return Decision(case, metric, "new", current=current.value,
                         note=f"baseline was {baseline.state}: {baseline.reason}")
@@ -216,6 +219,22 @@ def decide_suite(metric: str, decisions: list[Decision], threshold: Threshold) -
              "improved" if change >= threshold.max_regression and significant else "unchanged")
     return Decision(SUITE, metric, state, ratio, p_value, 1.0, ratio, threshold.max_regression,
                     f"{worse} of {len(ratios)} cases worse")
+
+
+def fold_stated_cases(current: dict[tuple[str, str], Sample], baseline: dict[tuple[str, str], Sample]):
+    """A stated case (unsupported, oom, ...) is one ``(case, "*")`` sample. Where the other run
+    measured that case, the state takes each of its metrics instead (so "bf16 b64 went oom" is a
+    row per metric); where neither run measured it, the ``*`` row stays (so a case unsupported in
+    both still shows, with its reason). Pure; returns new (current, baseline) dicts."""
+    def fold(side, other):
+        measured_other = {case for case, metric in other if metric != "*"}
+        stated = {case: s for (case, metric), s in side.items() if metric == "*"}
+        out = {k: v for k, v in side.items() if not (k[1] == "*" and k[0] in measured_other)}
+        for case, metric in other:
+            if metric != "*" and case in stated:
+                out[(case, metric)] = stated[case]
+        return out
+    return fold(current, baseline), fold(baseline, current)
 
 
 def compare_runs(current: dict[tuple[str, str], Sample], baseline: dict[tuple[str, str], Sample],

@@ -37,10 +37,14 @@ class GateResult:
         lines.append(", ".join(f"**{n}** {s}" for s, n in sorted(self.counts().items())))
         if self.machine_note:
             lines += ["", f"> {self.machine_note}"]
-        notable = self.frame()
-        notable = notable[notable["state"] != "unchanged"]
+        frame = self.frame()
+        same_state = frame["note"].str.endswith(gate.STATED_IN_BOTH, na=False)
+        notable = frame[(frame["state"] != "unchanged") & ~same_state]
         if len(notable):
             lines += ["", notable.to_markdown(index=False, floatfmt=".4g")]
+        if same_state.any():
+            counts = frame[same_state]["state"].value_counts()
+            lines += ["", "Stated in both runs (not listed): " + ", ".join(f"{n} {s}" for s, n in counts.items())]
         return "\n".join(lines) + "\n"
 
     def table(self) -> str:
@@ -69,14 +73,7 @@ def run_gate(current: dict, baselines: list[dict], thresholds: gate.Thresholds,
         return GateResult(decisions, gate.exit_code(decisions, fail_on), note)
     if diffs:
         note = "compared across different machines/stacks (--allow-incomparable): " + "; ".join(diffs)
-    # A stated case ("unsupported", "oom") applies to all its metrics; give it each metric the other side has.
-    stated = {case: s for (case, metric), s in cur_samples.items() if metric == "*"}
-    for (case, metric) in list(base_samples):
-        if case in stated and metric != "*":
-            cur_samples[(case, metric)] = stated[case]
-    cur_samples = {k: v for k, v in cur_samples.items() if k[1] != "*" or not any(
-        b[0] == k[0] for b in base_samples)}
-    base_samples = {k: v for k, v in base_samples.items() if k[1] != "*"}
+    cur_samples, base_samples = gate.fold_stated_cases(cur_samples, base_samples)
     decisions = gate.compare_runs(cur_samples, base_samples, thresholds)
     return GateResult(decisions, gate.exit_code(decisions, fail_on), note)
 
