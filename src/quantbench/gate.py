@@ -23,7 +23,6 @@ import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from statistics import median
 
 from scipy.stats import binomtest, mannwhitneyu
 

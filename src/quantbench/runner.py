@@ -12,7 +12,7 @@ import torch
 from . import workloads
 from .cases import Case
 from .environment import stack_versions
-from .errors import BadCheckpoint, OutOfMemory, QuantbenchError, Unsupported
+from .errors import BadCheckpoint, QuantbenchError, Unsupported
 from .measure import PeakMemory, step_timer, synchronize
 from .pool import ModelPool
 
