@@ -174,7 +174,7 @@ def gate(session: nox.Session) -> None:
             one_pair(i)
         merged = str(work / "head-merged.json")
         session.run("quantbench", "merge", *runs["head"], "--out", merged)
-        gate_args = ["quantbench", "gate", "--current", merged, "--baseline", ",".join(runs["base"]),
+        gate_args = ["quantbench", "gate", "--paired", "--current", merged, "--baseline", ",".join(runs["base"]),
                      "--markdown", str(work / "gate.md")]
         try:
             session.run(*gate_args)

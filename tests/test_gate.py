@@ -230,3 +230,93 @@ def test_stated_cases_fold_into_the_metrics_the_other_run_measured():
     both = decisions[("both-unsupported", "*")]
     assert both.state == "unsupported" and both.note == f"needs awq_ext {gate.STATED_IN_BOTH}"
     assert decisions[("new-unsupported", "*")].note == "needs awq_ext; not in the baseline"
+
+
+def _suite_runs(rng, runs, cases, slowdown, keep_runs, run_sd, burst_p):
+    """``runs`` runs of ``cases`` cases where each run has one machine state for all its cases (an
+    offset of sd ``run_sd``, and with probability ``burst_p`` a slow spell of 20-40%), plus
+    per-case-run noise. The side-by-side CI pairs of 2026-11-23 read run scores of sd ~0.04 with
+    one or two of eight runs of a side at 0.65-0.75x."""
+    per_case = [[] for _ in range(cases)]
+    for _ in range(runs):
+        shared = rng.normal(0, run_sd) + (np.log1p(rng.uniform(0.2, 0.4)) if rng.random() < burst_p else 0.0)
+        for k in range(cases):
+            times = np.exp(rng.normal(0, WITHIN_CV, ROUNDS) + shared + rng.normal(0, 0.03)) * (1 + slowdown)
+            tps = 1.0 / times
+            per_case[k].append(Sample(float(np.median(tps)), tuple(tps)))
+    return {(f"c{k}", "tps"): _merged(per_case[k], keep_runs) for k in range(cases)}
+
+
+def test_suite_decision_on_run_scores_is_not_fooled_by_slow_runs(capsys):
+    thresholds, pairs = gate.Thresholds({"tps": Threshold("higher", 0.05)}), 150
+    days = {"typical": (0.04, 0.15), "bursty": (0.08, 0.20)}
+
+    def rate(day, slowdown, keep_runs, seed):
+        rng = np.random.default_rng(seed)
+        hits = 0
+        for _ in range(pairs):
+            current = _suite_runs(rng, 8, 16, slowdown, keep_runs, *days[day])
+            baseline = _suite_runs(rng, 8, 16, 0.0, keep_runs, *days[day])
+            decisions = gate.compare_runs(current, baseline, thresholds)
+            hits += any(d.case == gate.SUITE and d.state == "regressed" for d in decisions)
+        return hits / pairs
+
+    table = {(day, keep): [rate(day, 0.0, keep, 0)] + ([rate(day, 0.10, keep, 1)] if day == "typical" else [])
+             for day in days for keep in (False, True)}
+    with capsys.disabled():
+        for (day, keep), rates in table.items():
+            detected = f", 10% slowdown detected {rates[1]:.1%}" if len(rates) > 1 else ""
+            print(f"\nsuite, {day} day, 8 vs 8 runs of 16 cases sharing each run's state, "
+                  f"{'run scores' if keep else 'sign test over cases'}: false alarms {rates[0]:.1%}{detected}", end="")
+    assert table[("typical", True)][0] <= 0.06 and table[("bursty", True)][0] <= 0.06
+    assert table[("bursty", False)][0] >= 0.10          # cases of one run are not independent
+    assert table[("typical", True)][1] >= 0.5
+
+
+def _paired_sides(rng, pairs, cases, slowdown):
+    """Both sides of pair i run at once: the machine's drift (sd 0.05, and a 20-40% slow spell with
+    probability 0.15) hits both; each process adds its own (sd 0.02), each case-run its own (0.03)."""
+    current, baseline = [[] for _ in range(cases)], [[] for _ in range(cases)]
+    for _ in range(pairs):
+        drift = rng.normal(0, 0.05) + (np.log1p(rng.uniform(0.2, 0.4)) if rng.random() < 0.15 else 0.0)
+        for side, slow in ((current, slowdown), (baseline, 0.0)):
+            process = rng.normal(0, 0.02)
+            for k in range(cases):
+                times = np.exp(rng.normal(0, WITHIN_CV, ROUNDS) + drift + process + rng.normal(0, 0.03)) * (1 + slow)
+                side[k].append(Sample(float(np.median(1 / times)), tuple(1 / times)))
+    merge = lambda side: {(f"c{k}", "tps"): _merged(side[k], keep_runs=True) for k in range(cases)}  # noqa: E731
+    return merge(current), merge(baseline)
+
+
+def test_paired_runs_keep_the_power_the_drift_takes_from_unpaired_tests(capsys):
+    thresholds, trials = gate.Thresholds({"tps": Threshold("higher", 0.05)}), 150
+
+    def rate(slowdown, paired, seed):
+        rng = np.random.default_rng(seed)
+        hits = 0
+        for _ in range(trials):
+            current, baseline = _paired_sides(rng, 8, 16, slowdown)
+            decisions = gate.compare_runs(current, baseline, thresholds, paired=paired)
+            hits += any(d.case == gate.SUITE and d.state == "regressed" for d in decisions)
+        return hits / trials
+
+    table = {paired: [rate(s, paired, seed) for seed, s in enumerate((0.0, 0.10))] for paired in (False, True)}
+    with capsys.disabled():
+        for paired, (fa, det) in table.items():
+            print(f"\nsuite, 8 side-by-side pairs sharing the machine's drift, {'paired' if paired else 'unpaired'} "
+                  f"run scores: false alarms {fa:.1%}, 10% slowdown detected {det:.1%}", end="")
+    assert table[True][0] <= 0.05 and table[True][1] >= 0.95 and table[True][1] > table[False][1]
+
+
+def test_paired_decisions_test_per_pair_ratios():
+    # every pair 8-12% slower although the pairs' levels spread far wider than that
+    base_runs = (100.0, 70.0, 120.0, 95.0, 60.0, 110.0)
+    cur_runs = tuple(b * f for b, f in zip(base_runs, (0.90, 0.92, 0.88, 0.91, 0.89, 0.90)))
+    current, baseline = Sample(float(np.median(cur_runs)), (), runs=cur_runs), Sample(97.5, (), runs=base_runs)
+    paired = decide("c", "tps", current, baseline, HIGHER, paired=True)
+    assert paired.state == "regressed" and paired.p_value == pytest.approx(1 / 64) and "6 pairs" in paired.note
+    assert paired.ratio == pytest.approx(0.9, abs=0.006)
+    assert decide("c", "tps", current, baseline, HIGHER).state == "unchanged"  # unpaired: lost in the spread
+    assert not gate.pairs_can_decide(4, 0.05) and gate.pairs_can_decide(5, 0.05)
+    uneven = decide("c", "tps", current, Sample(97.5, (), runs=base_runs[:5]), HIGHER, paired=True)
+    assert "pairs" not in uneven.note  # runs that do not pair up are not tested as pairs

@@ -66,7 +66,8 @@ def test_same_commit_passes(same_commit_pairs, tmp_path):
     base, head = same_commit_pairs
     # No --confirm-rerun here: a rerun runs alone, and side by side this VM ran the matrix in 0.83x
     # the time it took alone (measured), so a lone rerun is not a like-for-like repeat.
-    out = gate("--current", str(merged(head, tmp_path / "head.json")), "--baseline", ",".join(map(str, base)))
+    out = gate("--paired", "--current", str(merged(head, tmp_path / "head.json")),
+               "--baseline", ",".join(map(str, base)))
     print(out.stdout[-3000:])
     assert out.returncode == 0, out.stdout[-4000:]
     assert "quantbench gate: passed" in out.stdout
@@ -75,8 +76,8 @@ def test_same_commit_passes(same_commit_pairs, tmp_path):
 def test_injected_slowdown_fails_naming_case_and_ratio(slowed_pairs, tmp_path):
     base, slow = slowed_pairs
     summary = tmp_path / "summary.md"
-    out = gate("--current", str(merged(slow, tmp_path / "slow.json")), "--baseline", ",".join(map(str, base)),
-               "--confirm-rerun", "1", "--markdown", str(summary))
+    out = gate("--paired", "--current", str(merged(slow, tmp_path / "slow.json")),
+               "--baseline", ",".join(map(str, base)), "--confirm-rerun", "1", "--markdown", str(summary))
     print(out.stdout[-3000:])
     assert out.returncode == 1, out.stdout[-4000:]
     regressed = [line for line in out.stdout.splitlines() if line.startswith("REGRESSED")]

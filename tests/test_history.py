@@ -181,3 +181,18 @@ def test_merged_runs_keep_their_run_medians_for_the_gate():
     decision = gating.run_gate(merged, [merged, runs[0]], _thresholds()).decisions
     case = next(d for d in decision if d.case == name and d.metric == metric)
     assert case.state == "unchanged" and "run medians (4 vs 5 runs)" in case.note
+
+
+def test_paired_gate_needs_as_many_current_runs_as_baseline_runs(tmp_path):
+    from .conftest import run_cli
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"run{i}.json")
+        files[-1].write_text(json.dumps(payload(value=0.01 * (1 + 0.01 * i))))
+    merged = tmp_path / "merged.json"
+    assert run_cli("merge", str(files[0]), str(files[1]), "--out", str(merged)).returncode == 0
+    assert json.loads(merged.read_text())["quantbench"]["merged_from"] == 2
+    wrong = run_cli("gate", "--paired", "--current", str(merged), "--baseline", ",".join(map(str, files)))
+    assert wrong.returncode == 2 and f"{merged}: --paired needs" in wrong.stderr and "holds 2" in wrong.stderr
+    right = run_cli("gate", "--paired", "--current", str(merged), "--baseline", ",".join(map(str, files[:2])))
+    assert right.returncode == 0, right.stdout + right.stderr

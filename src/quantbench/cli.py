@@ -77,7 +77,13 @@ def cmd_gate(args) -> int:
     baselines = [history.load_run(p) for p in baseline_paths]
     fail_on = tuple(s.strip() for s in args.fail_on.split(",") if s.strip())
     thresholds = _thresholds(args)
-    result = gating.run_gate(current, baselines, thresholds, fail_on, args.allow_incomparable)
+    baseline_runs = sum(history.runs_in(b) for b in baselines)
+    if args.paired and history.runs_in(current) != baseline_runs:
+        print(f"quantbench gate: error: {current_path}: --paired needs the current file to be a merge of as many "
+              f"runs as the baseline holds ({baseline_runs}), it holds {history.runs_in(current)}. Fix: quantbench "
+              "merge the current side's runs, in the order of the baseline runs", file=sys.stderr)
+        return 2
+    result = gating.run_gate(current, baselines, thresholds, fail_on, args.allow_incomparable, args.paired)
     for attempt in range(args.confirm_rerun):
         if not result.exit_code:
             break
@@ -235,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--confirm-rerun", type=int, default=0, metavar="N",
                       help="re-run only the regressed cases up to N times; each rerun must regress again")
     gate.add_argument("--markdown", default=None, help="write a Markdown summary (for a PR comment) here")
+    gate.add_argument("--paired", action="store_true",
+                      help="run i of --current (a quantbench merge) and the i-th --baseline run were made together "
+                           "(side by side or back to back, as nox -s gate does): test per-pair ratios")
     gate.set_defaults(func=cmd_gate)
 
     exp = sub.add_parser("export", help="github-action-benchmark JSON (customBiggerIsBetter/SmallerIsBetter)")

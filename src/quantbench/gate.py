@@ -14,6 +14,11 @@ the exact test to reach ``alpha`` at all, the test compares the run medians, the
 units; otherwise (one run a side, or 3 against 3) it falls back to the rounds and the decision
 says which it used. With fewer than ``min_rounds`` rounds on a side no test can reach
 significance, so the ratio alone decides and the decision says so.
+
+Paired (``--paired``): where run i of each side was made together (``nox -s gate``'s A/B pairs,
+side by side on CPU), the machine's drift is shared within a pair, so the per-pair ratios are
+tested (Wilcoxon signed-rank) instead of the two sides' spreads: the same runs lose none of the
+power to the drift between pairs.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from statistics import median
 
-from scipy.stats import binomtest, mannwhitneyu
+from scipy.stats import binomtest, mannwhitneyu, wilcoxon
 
 from .errors import QuantbenchError
 
@@ -86,7 +92,7 @@ def _change(current: float, baseline: float, direction: str) -> float:
 
 
 def decide(case: str, metric: str, current: Sample | None, baseline: Sample | None,
-           threshold: Threshold) -> Decision:
+           threshold: Threshold, paired: bool = False) -> Decision:
     """Classify one (case, metric) pair. Pure: same inputs, same decision."""
     if baseline is None and current is None:
         return Decision(case, metric, "missing", note="in neither run")
@@ -105,11 +111,18 @@ def decide(case: str, metric: str, current: Sample | None, baseline: Sample | No
         return Decision(case, metric, "incomparable", note="baseline value is zero or not finite")
     ratio = current.value / baseline.value
     change = _change(current.value, baseline.value, threshold.direction)
-    worse = "less" if threshold.direction == "higher" else "greater"
-    better = "greater" if threshold.direction == "higher" else "less"
-    alternative = worse if change < 0 else better
+    alternative = _alternative(change, threshold.direction)
     p_value, note = None, ""
-    if runs_can_decide(len(current.runs), len(baseline.runs), threshold.alpha):
+    if paired and len(current.runs) == len(baseline.runs) and pairs_can_decide(len(current.runs), threshold.alpha):
+        # run i of each side was made at the same time (side by side) or back to back: the
+        # machine's drift is shared within a pair, so the pair's ratio is what is tested
+        logs = [math.log(c / b) for c, b in zip(current.runs, baseline.runs)]
+        ratio = math.exp(median(logs))
+        change = _change(ratio, 1.0, threshold.direction)
+        enough = True
+        p_value = _signed_rank(logs, _alternative(change, threshold.direction))
+        note = f"paired runs ({len(logs)} pairs)"
+    elif runs_can_decide(len(current.runs), len(baseline.runs), threshold.alpha):
         enough = True
         p_value = _mann_whitney(current.runs, baseline.runs, alternative)
         note = f"tested on run medians ({len(current.runs)} vs {len(baseline.runs)} runs)"
@@ -139,6 +152,26 @@ def runs_can_decide(current_runs: int, baseline_runs: int, alpha: float) -> bool
     if min(current_runs, baseline_runs) < 2:
         return False
     return 1 / math.comb(current_runs + baseline_runs, current_runs) < alpha
+
+
+def pairs_can_decide(pairs: int, alpha: float) -> bool:
+    """Whether the exact one-sided Wilcoxon signed-rank test on ``pairs`` pairs can reach alpha:
+    its smallest p-value is 1 / 2**pairs (every pair moved the same way); 5 pairs reach 0.031."""
+    return pairs >= 1 and 0.5 ** pairs < alpha
+
+
+def _signed_rank(logs, alternative: str) -> float:
+    if all(v == 0 for v in logs):
+        return 1.0
+    p_value = float(wilcoxon(logs, alternative=alternative).pvalue)
+    return 1.0 if math.isnan(p_value) else p_value
+
+
+def _alternative(change: float, direction: str) -> str:
+    """The one-sided alternative in the direction the values moved (current vs baseline)."""
+    worse = "less" if direction == "higher" else "greater"
+    better = "greater" if direction == "higher" else "less"
+    return worse if change < 0 else better
 
 
 def _mann_whitney(current, baseline, alternative: str) -> float:
@@ -198,26 +231,71 @@ SUITE = "suite (median of case ratios)"
 MIN_CASES_FOR_SUITE = 4
 
 
-def decide_suite(metric: str, decisions: list[Decision], threshold: Threshold) -> Decision | None:
-    """One decision over all cases of a metric: the median of the case ratios, and an exact sign
-    test on how many cases got worse. A library upgrade that slows everything a little is caught
-    here even where each case alone is within its noise; a burst that slows a few cases moves
-    neither the median nor the sign count much (means and rank tests are pulled by such outliers)."""
+def decide_suite(metric: str, decisions: list[Decision], threshold: Threshold,
+                 current: dict | None = None, baseline: dict | None = None, paired: bool = False) -> Decision | None:
+    """One decision over all cases of a metric, catching a slowdown that hits every case a little
+    even where each case alone is within its noise; a burst that slows a few cases moves neither
+    the median nor the test much (means and rank tests on values are pulled by such outliers).
+
+    The cases of one run share that run's machine state, so they are not independent either:
+    where both sides hold enough aligned runs (``runs_can_decide``), each run gets one score, the
+    median over cases of its value relative to the baseline's, and a Mann-Whitney test compares
+    the current runs' scores with the baseline runs' (on CPU, eight A/A pairs where two runs of one
+    side were slow read p=0.038 on the case-sign test, p=0.22 on run scores). Otherwise the ratio
+    is the median of the case ratios and an exact sign test counts how many cases got worse."""
     ratios = sorted(d.ratio for d in decisions if d.metric == metric and d.ratio and d.ratio > 0)
     if len(ratios) < MIN_CASES_FOR_SUITE:
         return None
-    mid = len(ratios) // 2
-    ratio = ratios[mid] if len(ratios) % 2 else math.sqrt(ratios[mid - 1] * ratios[mid])
-    change = _change(ratio, 1.0, threshold.direction)
     worse = sum(_change(r, 1.0, threshold.direction) < 0 for r in ratios)
     better = sum(_change(r, 1.0, threshold.direction) > 0 for r in ratios)
-    moved = worse if change < 0 else better
-    p_value = float(binomtest(moved, worse + better, 0.5, alternative="greater").pvalue) if worse + better else 1.0
+    counted = f"{worse} of {len(ratios)} cases worse"
+    scores = run_scores(metric, current or {}, baseline or {})
+    if (paired and scores is not None and len(scores[0]) == len(scores[1])
+            and pairs_can_decide(len(scores[0]), threshold.alpha)):
+        cur_scores, base_scores, cases = scores
+        logs = [math.log(c / b) for c, b in zip(cur_scores, base_scores)]
+        ratio = math.exp(median(logs))
+        change = _change(ratio, 1.0, threshold.direction)
+        p_value = _signed_rank(logs, _alternative(change, threshold.direction))
+        note = (f"paired run scores ({len(logs)} pairs, each run the median over {cases} cases of its value / "
+                f"the baseline's); {counted}")
+    elif scores is not None and runs_can_decide(len(scores[0]), len(scores[1]), threshold.alpha):
+        cur_scores, base_scores, cases = scores
+        ratio = median(cur_scores) / median(base_scores)
+        change = _change(ratio, 1.0, threshold.direction)
+        p_value = _mann_whitney(cur_scores, base_scores, _alternative(change, threshold.direction))
+        note = (f"run scores ({len(cur_scores)} vs {len(base_scores)} runs, each the median over {cases} cases "
+                f"of the run's value / the baseline's); {counted}")
+    else:
+        mid = len(ratios) // 2
+        ratio = ratios[mid] if len(ratios) % 2 else math.sqrt(ratios[mid - 1] * ratios[mid])
+        change = _change(ratio, 1.0, threshold.direction)
+        moved = worse if change < 0 else better
+        p_value = float(binomtest(moved, worse + better, 0.5, alternative="greater").pvalue) if worse + better else 1.0
+        note = counted
     significant = p_value < threshold.alpha
     state = ("regressed" if change <= -threshold.max_regression and significant else
              "improved" if change >= threshold.max_regression and significant else "unchanged")
-    return Decision(SUITE, metric, state, ratio, p_value, 1.0, ratio, threshold.max_regression,
-                    f"{worse} of {len(ratios)} cases worse")
+    return Decision(SUITE, metric, state, ratio, p_value, 1.0, ratio, threshold.max_regression, note)
+
+
+def run_scores(metric: str, current: dict, baseline: dict) -> tuple[list[float], list[float], int] | None:
+    """Per-run suite scores, or None without enough aligned runs. A run's score is the median over
+    cases of (the run's value / the baseline's value for that case), taken on logs so an even count
+    gives the geometric midpoint. Only cases present in every run of both sides count, so run j
+    means the same process for each case."""
+    both = [(current[k], baseline[k]) for k in current
+            if k[1] == metric and k in baseline and current[k].runs and baseline[k].runs and baseline[k].value > 0]
+    if not both:
+        return None
+    n_cur, n_base = max(len(c.runs) for c, _ in both), max(len(b.runs) for _, b in both)
+    aligned = [(c, b) for c, b in both if len(c.runs) == n_cur and len(b.runs) == n_base]
+    if len(aligned) < MIN_CASES_FOR_SUITE:
+        return None
+
+    def score(side: int, j: int) -> float:
+        return math.exp(median(math.log(pair[side].runs[j] / pair[1].value) for pair in aligned))
+    return [score(0, j) for j in range(n_cur)], [score(1, i) for i in range(n_base)], len(aligned)
 
 
 def fold_stated_cases(current: dict[tuple[str, str], Sample], baseline: dict[tuple[str, str], Sample]):
@@ -237,14 +315,15 @@ def fold_stated_cases(current: dict[tuple[str, str], Sample], baseline: dict[tup
 
 
 def compare_runs(current: dict[tuple[str, str], Sample], baseline: dict[tuple[str, str], Sample],
-                 thresholds: Thresholds) -> list[Decision]:
+                 thresholds: Thresholds, paired: bool = False) -> list[Decision]:
     """Decide every (case, metric) in either run, plus one suite-level decision per metric,
     sorted worst-first by state."""
     keys = sorted(set(current) | set(baseline))
     decisions = [decide(case, metric, current.get((case, metric)), baseline.get((case, metric)),
-                        thresholds.for_case(case, metric)) for case, metric in keys]
+                        thresholds.for_case(case, metric), paired) for case, metric in keys]
     for metric in sorted({d.metric for d in decisions}):
-        suite = decide_suite(metric, decisions, thresholds.metrics.get(metric, thresholds.fallback))
+        suite = decide_suite(metric, decisions, thresholds.metrics.get(metric, thresholds.fallback), current, baseline,
+                             paired)
         if suite is not None:
             decisions.append(suite)
     order = {s: i for i, s in enumerate(STATES)}

@@ -52,9 +52,11 @@ class GateResult:
 
 
 def run_gate(current: dict, baselines: list[dict], thresholds: gate.Thresholds,
-             fail_on: tuple[str, ...] = gate.DEFAULT_FAIL_ON, allow_incomparable: bool = False) -> GateResult:
+             fail_on: tuple[str, ...] = gate.DEFAULT_FAIL_ON, allow_incomparable: bool = False,
+             paired: bool = False) -> GateResult:
     """Compare a run with one or more baseline runs. A baseline from another machine/stack is never
-    compared silently."""
+    compared silently. ``paired``: the current run is a merge whose i-th run was made together with
+    the i-th baseline run."""
     if isinstance(baselines, dict):
         baselines = [baselines]
     cur_env = history.environment_fields(current)
@@ -74,7 +76,7 @@ def run_gate(current: dict, baselines: list[dict], thresholds: gate.Thresholds,
     if diffs:
         note = "compared across different machines/stacks (--allow-incomparable): " + "; ".join(diffs)
     cur_samples, base_samples = gate.fold_stated_cases(cur_samples, base_samples)
-    decisions = gate.compare_runs(cur_samples, base_samples, thresholds)
+    decisions = gate.compare_runs(cur_samples, base_samples, thresholds, paired)
     return GateResult(decisions, gate.exit_code(decisions, fail_on), note)
 
 

@@ -294,8 +294,13 @@ def merge_runs(payloads: list[dict]) -> dict:
         bench["stats"].update(data=data, rounds=len(data), median=statistics.median(data), min=data[0],
                               max=data[-1], mean=statistics.fmean(data), iqr=q3 - q1,
                               stddev=statistics.stdev(data) if len(data) > 1 else 0.0)
-    merged.setdefault("quantbench", {})["merged_from"] = len(payloads)
+    merged.setdefault("quantbench", {})["merged_from"] = sum(runs_in(p) for p in payloads)
     return merged
+
+
+def runs_in(payload: dict) -> int:
+    """How many runs a history file holds: 1, or as many as a merge pooled."""
+    return int((payload.get("quantbench") or {}).get("merged_from") or 1)
 
 
 def combine_runs(payloads: list[dict]) -> dict:
