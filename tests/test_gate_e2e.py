@@ -7,6 +7,11 @@ cores swapped every pair), eight pairs per comparison. Measured on the 2-core CI
 (expected 0.909). Single pairs of the same commit still read 0.90-1.16 (the speed of a case also
 depends on the process), so one pair is not enough: pooled over 4 pairs A/A read 1.090, over 8
 pairs 1.004 (7 of 16 cases worse), and the 10% slowdown 0.898 (16 of 16 worse).
+
+The gate is called with ``--paired`` (run i of each side ran at the same time): per-pair ratios
+remove the drift two slow pairs bring. Unpaired, a CI A/A once read 12 of 16 cases worse (sign
+test p=0.038) from two slow runs of one side; paired, the same data read 0.962 (p=0.055, unchanged)
+and that run's 10% injection 0.898 (8 of 8 pairs slower, p=0.0039).
 """
 
 import subprocess
