@@ -77,10 +77,10 @@ def cmd_gate(args) -> int:
     baselines = [history.load_run(p) for p in baseline_paths]
     fail_on = tuple(s.strip() for s in args.fail_on.split(",") if s.strip())
     thresholds = _thresholds(args)
-    baseline_runs = sum(history.runs_in(b) for b in baselines)
-    if args.paired and history.runs_in(current) != baseline_runs:
+    current_runs, baseline_runs = history.runs_in(current), sum(history.runs_in(b) for b in baselines)
+    if args.paired and current_runs != baseline_runs:
         print(f"quantbench gate: error: {current_path}: --paired needs the current file to be a merge of as many "
-              f"runs as the baseline holds ({baseline_runs}), it holds {history.runs_in(current)}. Fix: quantbench "
+              f"runs as the baseline holds ({baseline_runs}), it holds {current_runs}. Fix: quantbench "
               "merge the current side's runs, in the order of the baseline runs", file=sys.stderr)
         return 2
     result = gating.run_gate(current, baselines, thresholds, fail_on, args.allow_incomparable, args.paired)

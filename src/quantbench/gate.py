@@ -111,25 +111,17 @@ def decide(case: str, metric: str, current: Sample | None, baseline: Sample | No
         return Decision(case, metric, "incomparable", note="baseline value is zero or not finite")
     ratio = current.value / baseline.value
     change = _change(current.value, baseline.value, threshold.direction)
-    alternative = _alternative(change, threshold.direction)
     p_value, note = None, ""
-    if paired and len(current.runs) == len(baseline.runs) and pairs_can_decide(len(current.runs), threshold.alpha):
-        # run i of each side was made at the same time (side by side) or back to back: the
-        # machine's drift is shared within a pair, so the pair's ratio is what is tested
-        logs = [math.log(c / b) for c, b in zip(current.runs, baseline.runs)]
-        ratio = math.exp(median(logs))
+    by_runs = run_level_test(current.runs, baseline.runs, threshold, paired)
+    if by_runs is not None:
+        enough = True
+        ratio, p_value, units = by_runs
         change = _change(ratio, 1.0, threshold.direction)
-        enough = True
-        p_value = _signed_rank(logs, _alternative(change, threshold.direction))
-        note = f"paired runs ({len(logs)} pairs)"
-    elif runs_can_decide(len(current.runs), len(baseline.runs), threshold.alpha):
-        enough = True
-        p_value = _mann_whitney(current.runs, baseline.runs, alternative)
-        note = f"tested on run medians ({len(current.runs)} vs {len(baseline.runs)} runs)"
+        note = f"tested on {units}"
     else:
         enough = min(len(current.rounds), len(baseline.rounds)) >= threshold.min_rounds
         if enough:
-            p_value = _mann_whitney(current.rounds, baseline.rounds, alternative)
+            p_value = _mann_whitney(current.rounds, baseline.rounds, _alternative(change, threshold.direction))
         else:
             note = f"fewer than {threshold.min_rounds} rounds: decided on the ratio alone"
     significant = p_value is not None and p_value < threshold.alpha
@@ -143,6 +135,25 @@ def decide(case: str, metric: str, current: Sample | None, baseline: Sample | No
             note = "; ".join(filter(None, [note, "past the threshold but within noise (not significant)"]))
     return Decision(case, metric, state, ratio, p_value, baseline.value, current.value,
                     threshold.max_regression, note)
+
+
+def run_level_test(current_runs, baseline_runs, threshold: Threshold,
+                   paired: bool) -> tuple[float, float, str] | None:
+    """(ratio, p-value, what was tested) on per-run values, or None where they cannot decide.
+    Paired (run i of each side made at the same time or back to back, so the machine's drift is
+    shared within a pair): the per-pair ratios, Wilcoxon signed-rank. Otherwise the two sides'
+    run values, Mann-Whitney, ratio of their medians."""
+    if paired and len(current_runs) == len(baseline_runs) and pairs_can_decide(len(current_runs), threshold.alpha):
+        logs = [math.log(c / b) for c, b in zip(current_runs, baseline_runs)]
+        ratio = math.exp(median(logs))
+        p_value = _signed_rank(logs, _alternative(_change(ratio, 1.0, threshold.direction), threshold.direction))
+        return ratio, p_value, f"paired runs ({len(logs)} pairs)"
+    if runs_can_decide(len(current_runs), len(baseline_runs), threshold.alpha):
+        ratio = median(current_runs) / median(baseline_runs)
+        p_value = _mann_whitney(current_runs, baseline_runs,
+                                _alternative(_change(ratio, 1.0, threshold.direction), threshold.direction))
+        return ratio, p_value, f"run medians ({len(current_runs)} vs {len(baseline_runs)} runs)"
+    return None
 
 
 def runs_can_decide(current_runs: int, baseline_runs: int, alpha: float) -> bool:
@@ -238,11 +249,11 @@ def decide_suite(metric: str, decisions: list[Decision], threshold: Threshold,
     the median nor the test much (means and rank tests on values are pulled by such outliers).
 
     The cases of one run share that run's machine state, so they are not independent either:
-    where both sides hold enough aligned runs (``runs_can_decide``), each run gets one score, the
-    median over cases of its value relative to the baseline's, and a Mann-Whitney test compares
-    the current runs' scores with the baseline runs' (on CPU, eight A/A pairs where two runs of one
-    side were slow read p=0.038 on the case-sign test, p=0.22 on run scores). Otherwise the ratio
-    is the median of the case ratios and an exact sign test counts how many cases got worse."""
+    where both sides hold enough aligned runs, each run gets one score, the median over cases of
+    its value relative to the baseline's, and ``run_level_test`` compares the two sides' scores
+    (on CPU, eight A/A pairs where two runs of one side were slow read p=0.038 on the case-sign
+    test, p=0.22 on run scores). Otherwise the ratio is the median of the case ratios and an exact
+    sign test counts how many cases got worse."""
     ratios = sorted(d.ratio for d in decisions if d.metric == metric and d.ratio and d.ratio > 0)
     if len(ratios) < MIN_CASES_FOR_SUITE:
         return None
@@ -250,22 +261,12 @@ def decide_suite(metric: str, decisions: list[Decision], threshold: Threshold,
     better = sum(_change(r, 1.0, threshold.direction) > 0 for r in ratios)
     counted = f"{worse} of {len(ratios)} cases worse"
     scores = run_scores(metric, current or {}, baseline or {})
-    if (paired and scores is not None and len(scores[0]) == len(scores[1])
-            and pairs_can_decide(len(scores[0]), threshold.alpha)):
-        cur_scores, base_scores, cases = scores
-        logs = [math.log(c / b) for c, b in zip(cur_scores, base_scores)]
-        ratio = math.exp(median(logs))
+    by_runs = run_level_test(scores[0], scores[1], threshold, paired) if scores is not None else None
+    if by_runs is not None:
+        ratio, p_value, units = by_runs
         change = _change(ratio, 1.0, threshold.direction)
-        p_value = _signed_rank(logs, _alternative(change, threshold.direction))
-        note = (f"paired run scores ({len(logs)} pairs, each run the median over {cases} cases of its value / "
-                f"the baseline's); {counted}")
-    elif scores is not None and runs_can_decide(len(scores[0]), len(scores[1]), threshold.alpha):
-        cur_scores, base_scores, cases = scores
-        ratio = median(cur_scores) / median(base_scores)
-        change = _change(ratio, 1.0, threshold.direction)
-        p_value = _mann_whitney(cur_scores, base_scores, _alternative(change, threshold.direction))
-        note = (f"run scores ({len(cur_scores)} vs {len(base_scores)} runs, each the median over {cases} cases "
-                f"of the run's value / the baseline's); {counted}")
+        note = (f"tested on run scores, {units}: each run's score is the median over {scores[2]} cases of its "
+                f"value / the baseline's; {counted}")
     else:
         mid = len(ratios) // 2
         ratio = ratios[mid] if len(ratios) % 2 else math.sqrt(ratios[mid - 1] * ratios[mid])
