@@ -22,6 +22,10 @@ nox.options.error_on_missing_interpreters = False
 STACKS = ["current", "legacy"]
 CPU_TORCH = "torch==2.13.0"
 HISTORY = "history"
+# Every registered format, plus the compiled decode of bf16 (the baseline the compiled formats are
+# compared with) and of the seed's two int4 formats: compiling costs seconds per shape on CPU and
+# about a minute on a GPU, so the other formats' +compile variants are opt-in (--qb-formats).
+BENCH_FORMATS = "all,bf16+compile,awq-gemm+compile,ct-w4a16+compile"
 # transformers / compressed-tensors pairs for the upgrade matrix; each lands in its own history
 # signature, and `quantbench gate --allow-incomparable` compares two of them explicitly.
 VERSION_MATRIX = [("5.17.0", "0.20.0"), ("5.23.0", "0.20.0"), ("4.51.3", "0.10.2")]
@@ -64,7 +68,7 @@ def bench(session: nox.Session, stack: str) -> None:
     install(session, stack)
     if not has_gpu():
         session.run("quantbench", "fixtures", "build", "--model", "tiny", "--formats", "all", "--device", "cpu")
-    run_benchmarks(session, f"results/{stack}")
+    run_benchmarks(session, f"results/{stack}", "--qb-formats", BENCH_FORMATS)
     session.run("quantbench", "report", "--history", HISTORY, "--out", f"results/{stack}/report",
                 f"results/{stack}/bench.json")
 
@@ -78,7 +82,7 @@ def nightly(session: nox.Session, stack: str) -> None:
            "--qb-prompt", "128,512,2048", "--qb-new-tokens", "128"] if has_gpu() else []
     out = f"results/nightly-{stack}"
     baseline_exists = any(Path(HISTORY).glob("*/[0-9]*_*.json"))
-    run_benchmarks(session, out, *gpu)
+    run_benchmarks(session, out, "--qb-formats", BENCH_FORMATS, *gpu)
     session.run("quantbench", "report", "--history", HISTORY, "--out", "reports")
     if baseline_exists:
         session.run("quantbench", "gate", "--current", f"{out}/bench.json", "--baseline", "latest",

@@ -6,6 +6,7 @@
 #   peaks    measure the device ceilings (copy bandwidth, bf16/fp16 matmul) into the history
 #   sweep    decode/prefill over the batch sweep for the formats the seed asks about
 #   formats  every other registered format at two batch sizes
+#   compile  decode with torch.compile + CUDA graphs (the +compile formats) beside bf16 eager, two batch sizes
 #   prompts  longer prompts for bf16, awq-gemm and ct-w4a16
 #   kernels  the GEMM/GEMV kernel suite over the specs' (K, N) shapes and the full M sweep
 #   repeat   decode of bf16 and awq-gemm at batch 1 and 16, QB_REPEATS times (CV and A/A gate)
@@ -22,7 +23,7 @@
 # Knobs: QB_STACK (current|legacy), QB_MODEL, QB_KERNEL_MODELS, QB_NEW_TOKENS, QB_ROUNDS,
 #        QB_REPEATS, QB_STAGE_TIMEOUT (seconds per pytest stage; SIGINT, so JSON is still written),
 #        QB_REPEAT_FIRST (first repeat index, to spread the repeats over several slots),
-#        QB_SWEEP_FORMATS, QB_OTHER_FORMATS, QB_BATCH, QB_DEADLINE (epoch seconds: later pytest stages shrink or skip to end before it)
+#        QB_SWEEP_FORMATS, QB_OTHER_FORMATS, QB_COMPILE_FORMATS, QB_COMPILE_BATCH, QB_BATCH, QB_DEADLINE (epoch seconds: later pytest stages shrink or skip to end before it)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/reference}
@@ -122,6 +123,12 @@ stage_formats() {
     --qb-prompt 128 --qb-new-tokens "$NEW" --qb-rounds "$ROUNDS"
 }
 
+stage_compile() {
+  bench "compile-$STACK" benchmarks/test_generation.py --qb-models "$MODEL" \
+    --qb-formats "${QB_COMPILE_FORMATS:-bf16,bf16+compile,awq-gemm+compile,ct-w4a16+compile,ct-w4a16-nodispatch+compile}" \
+    --qb-batch "${QB_COMPILE_BATCH:-1,16}" --qb-prompt 128 --qb-new-tokens "$NEW" --qb-rounds "$ROUNDS" -k decode
+}
+
 stage_prompts() {
   bench "prompts-$STACK" benchmarks/test_generation.py --qb-models "$MODEL" \
     --qb-formats bf16,awq-gemm,ct-w4a16 --qb-batch 1,8 --qb-prompt 512,2048 \
@@ -149,7 +156,7 @@ stage_report() {
 }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(setup peaks sweep formats prompts kernels repeat report)
+[ ${#stages[@]} -eq 0 ] && stages=(setup peaks sweep compile formats prompts kernels repeat report)
 for stage in "${stages[@]}"; do
   t0=$SECONDS
   log "stage $stage ($STACK) begins"

@@ -45,11 +45,12 @@ def parse_int_list(text: str, what: str) -> list[int]:
 
 
 def build_cases(sources, formats_for, formats: list[str], batches: list[int], prompts: list[int],
-                new_tokens: int) -> list[Case]:
+                new_tokens: int, base_of=lambda name: name) -> list[Case]:
     """Nested source -> format -> batch -> prompt -> phase, so one loaded model serves a run of cases.
 
     ``formats_for(source)`` returns the formats that source can run (None = all), or raises with a
     message for a source that cannot be read: that becomes one failing case, and the run goes on.
+    ``base_of(format)`` names the format whose checkpoint a variant runs ('bf16+compile' -> 'bf16').
     """
     cases = []
     for source in sources:
@@ -58,7 +59,7 @@ def build_cases(sources, formats_for, formats: list[str], batches: list[int], pr
         except Exception as exc:  # noqa: BLE001 - the message is shown as the case's failure
             cases.append(Case(source, None, 0, 0, 0, "prefill", error=str(exc)))
             continue
-        chosen = [f for f in formats if allowed is None or f in allowed]
+        chosen = [f for f in formats if allowed is None or base_of(f) in allowed]
         for fmt in chosen:
             for batch in batches:
                 for prompt in prompts:

@@ -40,9 +40,11 @@ def cmd_fixtures_list(args) -> int:
 
 
 def cmd_formats(args) -> int:
-    from .formats import FORMATS
+    from .formats import FORMATS, VARIANTS
     for fmt in FORMATS.values():
         print(f"{fmt.name:<18} {fmt.checkpoint:<10} {fmt.runtime:<32} {fmt.description}")
+    for suffix, wrapper in VARIANTS.items():
+        print(f"\n<format>{suffix}: {(wrapper.__doc__ or '').strip().splitlines()[0]}")
     return 0
 
 

@@ -6,6 +6,20 @@ import pandas as pd
 
 BASELINE = "bf16"
 QUANTIZED_PREFIXES = ("awq", "ct-")
+COMPILED = "+compile"  # formats.compiled.SUFFIX (this layer reads history only, no torch imports)
+
+
+def runtime_suffix(fmt: str) -> str:
+    return COMPILED if str(fmt).endswith(COMPILED) else ""
+
+
+def eager_name(fmt: str) -> str:
+    return str(fmt)[: -len(COMPILED)] if runtime_suffix(fmt) else str(fmt)
+
+
+def baseline_for(fmt: str) -> str:
+    """bf16 under the same runtime: a compiled format is compared with compiled bf16."""
+    return BASELINE + runtime_suffix(fmt)
 # describe_ct_path writes "... -> torch.matmul, behind compressed-tensors offload dispatch on N modules"
 DISPATCH_MARK = "behind "
 WITHOUT_DISPATCH = {"ct-w4a16": "ct-w4a16-nodispatch"}  # the same checkpoint and load, dispatch removed
@@ -22,13 +36,13 @@ def decode_table(gen: pd.DataFrame, model: str, prompt_len: int) -> pd.DataFrame
 
 
 def speedup_table(gen: pd.DataFrame, model: str, prompt_len: int, phase: str = "decode") -> pd.DataFrame:
-    """format x batch -> tokens/s relative to bf16 measured in the same run."""
+    """format x batch -> tokens/s relative to bf16 under the same runtime, measured in the same run
+    (formats whose baseline was not measured are left out)."""
     metric = f"{phase}_tokens_per_s"
     rows = gen[(gen["model"] == model) & (gen["prompt_len"] == prompt_len) & (gen["phase"] == phase)]
     table = rows.pivot_table(index="format", columns="batch", values=metric, aggfunc="median")
-    if BASELINE not in table.index:
-        return pd.DataFrame()
-    return table.div(table.loc[BASELINE], axis=1)
+    ratios = [(table.loc[fmt] / table.loc[baseline_for(fmt)]).rename(fmt) for fmt in table.index if baseline_for(fmt) in table.index]
+    return pd.DataFrame(ratios) if ratios else pd.DataFrame()
 
 
 def fastest_by_batch(table: pd.DataFrame) -> list[tuple[int, int, str]]:
@@ -65,6 +79,7 @@ def flags(gen: pd.DataFrame) -> list[str]:
     """The seed's failure modes, found automatically."""
     out = []
     ok = gen[gen["state"] == "ok"] if "state" in gen else gen
+    out_compile = compile_flags(ok)
     for (model, prompt), rows in ok.groupby(["model", "prompt_len"]):
         speed = speedup_table(ok, model, prompt, "decode")
         for fmt in speed.index:
@@ -74,7 +89,11 @@ def flags(gen: pd.DataFrame) -> list[str]:
             if len(slower):
                 worst_batch = slower.idxmin()
                 out.append(f"SLOWER THAN BF16: {model} p{prompt}: {fmt} decodes {1 / slower.min():.2f}x slower "
-                           f"than bf16 at batch {worst_batch} (slower at batch {', '.join(map(str, slower.index))})")
+                           f"than {baseline_for(fmt)} at batch {worst_batch} "
+                           f"(slower at batch {', '.join(map(str, slower.index))})")
+    # A +compile format holds the same weights and kernel as its eager format: flag them once.
+    measured = set(zip(ok["model"], ok["format"]))
+    ok = ok[[not (runtime_suffix(f) and (m, eager_name(f)) in measured) for m, f in zip(ok["model"], ok["format"])]]
     for model, rows in ok.groupby("model"):
         by_format = rows.groupby("format")[["weight_bytes_after_load", "weight_bytes_after_first_forward"]].max()
         if BASELINE not in by_format.index:
@@ -90,9 +109,56 @@ def flags(gen: pd.DataFrame) -> list[str]:
             kernel = str(rows["kernel"].iloc[0])
             if "naive" in kernel:
                 out.append(f"NAIVE FALLBACK: {model}: {fmt} ran AutoAWQ's naive dequantize+matmul path ({kernel})")
-            if DISPATCH_MARK in kernel:
+            if DISPATCH_MARK in kernel and not runtime_suffix(fmt):
                 out.append(f"LIBRARY DISPATCH: {model}: {fmt} runs behind {kernel.split(DISPATCH_MARK)[1]}: "
                            f"host work on every module call" + _dispatch_cost(ok, model, fmt))
+    return out + out_compile
+
+
+def compile_table(ok: pd.DataFrame) -> pd.DataFrame:
+    """(model, compiled format) -> what torch.compile made of its decode step and what it gained:
+    graphs, graph breaks, the most frequent break reason, compile seconds, and decode tokens/s
+    relative to the same format run eager in the same run (min and max over batch and prompt)."""
+    columns = ["model", "format", "graphs", "graph_breaks", "break_reason", "break_at", "compile_s", "vs_eager_min",
+               "vs_eager_max"]
+    if "compile_graphs" not in ok:
+        return pd.DataFrame(columns=columns)
+    decode = ok[ok["phase"] == "decode"]
+    speed = decode.pivot_table(index=["model", "format"], columns=["prompt_len", "batch"],
+                               values="decode_tokens_per_s", aggfunc="median")
+    rows = []
+    for (model, fmt), cases in decode[decode["compile_graphs"].notna()].groupby(["model", "format"]):
+        eager = (model, eager_name(fmt))
+        ratio = (speed.loc[(model, fmt)] / speed.loc[eager]).dropna() if eager in speed.index else pd.Series(dtype=float)
+        rows.append({"model": model, "format": fmt, "graphs": int(cases["compile_graphs"].max()),
+                     "graph_breaks": int(cases["compile_graph_breaks"].max()),
+                     "break_reason": _mode(cases, "compile_break_reason"),
+                     "break_at": _mode(cases, "compile_break_at"),
+                     "compile_s": float(cases["compile_s"].median()),
+                     "vs_eager_min": ratio.min() if len(ratio) else None,
+                     "vs_eager_max": ratio.max() if len(ratio) else None})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _mode(rows: pd.DataFrame, column: str):
+    values = rows[column].dropna() if column in rows else pd.Series(dtype=object)
+    return values.mode().iloc[0] if len(values) else None
+
+
+def compile_flags(ok: pd.DataFrame) -> list[str]:
+    """A compiled decode that broke into several graphs, or ran slower than eager: the compiled path's
+    silent slow fallbacks."""
+    out = []
+    for row in compile_table(ok).itertuples():
+        span = (f"{row.vs_eager_min:.2f}" if f"{row.vs_eager_min:.2f}" == f"{row.vs_eager_max:.2f}"
+                else f"{row.vs_eager_min:.2f}-{row.vs_eager_max:.2f}") if not pd.isna(row.vs_eager_min) else ""
+        gain = f"; decode {span}x of {eager_name(row.format)} eager" if span else ""
+        if row.graph_breaks > 0:
+            where = f", at {row.break_at}" if isinstance(row.break_at, str) else ""
+            out.append(f"GRAPH BREAKS: {row.model}: {row.format} compiled its decode step into {row.graphs} graphs "
+                       f"at {row.graph_breaks} graph breaks (most often: {row.break_reason}{where}){gain}")
+        elif not pd.isna(row.vs_eager_max) and row.vs_eager_max < 1.0:
+            out.append(f"COMPILE SLOWER: {row.model}: {row.format} compiled into one graph yet{gain}")
     return out
 
 

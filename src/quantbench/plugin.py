@@ -23,7 +23,9 @@ def pytest_addoption(parser):
     group.addoption("--qb-models", default=None, help="model specs, comma-separated (CPU default: tiny)")
     group.addoption("--model-dir", action="append", default=[], metavar="PATH",
                     help="benchmark a checkpoint directory; format detected from config.json (repeatable)")
-    group.addoption("--qb-formats", default="all", help="formats, comma-separated, or 'all'")
+    group.addoption("--qb-formats", default="all",
+                    help="formats, comma-separated, or 'all'; append +compile to a format for its torch.compile'd "
+                         "decode (e.g. bf16,bf16+compile)")
     group.addoption("--qb-batch", default=None, help="batch sizes, comma-separated")
     group.addoption("--qb-prompt", default=None, help="prompt lengths in tokens, comma-separated")
     group.addoption("--qb-new-tokens", type=int, default=None, help="decode tokens per round")
@@ -127,8 +129,9 @@ def pytest_generate_tests(metafunc):
         except QuantbenchError as exc:
             raise RuntimeError(exc.line()) from None
 
+    from .formats import base_name
     cases = build_cases(_sources(config), formats_for, config._qb_formats, config._qb_batches,
-                        config._qb_prompts, new_tokens)
+                        config._qb_prompts, new_tokens, base_of=base_name)
     metafunc.parametrize("qb_case", cases, ids=[c.id for c in cases])
 
 

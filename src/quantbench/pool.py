@@ -14,7 +14,7 @@ import torch
 
 from . import guard
 from .errors import BadCheckpoint, OutOfMemory, Unsupported
-from .formats import LoadedModel, get_format
+from .formats import LoadedModel, base_name, get_format
 from .measure import current_bytes, resident_weight_bytes
 from .models import FAKEQUANT_FILE, REFERENCE_FILE, checkpoint_dir, detect_checkpoint, ensure_checkpoint
 from .specs import load_spec
@@ -70,6 +70,7 @@ class Prepared:
     loaded: LoadedModel
     guard: guard.GuardResult
     facts: dict = field(default_factory=dict)
+    decoder: object = None  # the format's decode runtime over this model (workloads.EagerDecoder, ...)
 
 
 class ModelPool:
@@ -108,7 +109,7 @@ class ModelPool:
     def _prepare(self, source: ModelSource, format_name: str) -> Prepared:
         fmt = get_format(format_name)
         allowed = source.formats()
-        if allowed is not None and format_name not in allowed:
+        if allowed is not None and base_name(format_name) not in allowed:
             raise Unsupported(f"{source.path} holds a {detect_checkpoint(source.path).kind} checkpoint; "
                               f"{format_name} does not run it (use {', '.join(allowed)})")
         reason = fmt.unsupported_reason(self.device)
@@ -130,4 +131,4 @@ class ModelPool:
         result = guard.evaluate_outputs(got, dense_ref, fmt.min_cosine, fake_ref, note=note)
         if not all(torch.isfinite(t).all() for t in (got["logits"], got["hidden"]) if t is not None):  # NaN never passes
             result = guard.GuardResult(float("nan"), None, fmt.min_cosine, None, "non-finite outputs")
-        return Prepared(loaded, result, facts={"checkpoint": str(ckpt)})
+        return Prepared(loaded, result, facts={"checkpoint": str(ckpt)}, decoder=fmt.decoder(loaded.model, self.device))

@@ -5,6 +5,7 @@ Reads history files only (no torch). Tables come from pandas, charts from matplo
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import matplotlib
@@ -24,10 +25,16 @@ _PALETTE = plt.get_cmap("tab10").colors
 
 
 def color(name: str) -> tuple:
-    """One color per format/kernel across every chart of every report."""
+    """One color per format/kernel across every chart of every report (a compiled variant shares
+    its format's color and is drawn dashed)."""
+    name = findings.eager_name(name)
     order = FORMAT_ORDER if name in FORMAT_ORDER else KERNEL_ORDER
-    index = order.index(name) if name in order else hash(name)
+    index = order.index(name) if name in order else zlib.crc32(name.encode())  # hash() differs per process
     return _PALETTE[index % len(_PALETTE)]
+
+
+def linestyle(fmt: str) -> str:
+    return "--" if findings.runtime_suffix(fmt) else "-"
 
 
 def _save(fig, out_dir: Path, stem: str) -> str:
@@ -40,7 +47,10 @@ def _save(fig, out_dir: Path, stem: str) -> str:
 
 
 def _sorted_formats(names) -> list[str]:
-    return sorted(names, key=lambda n: (FORMAT_ORDER.index(n) if n in FORMAT_ORDER else 99, n))
+    def key(name):
+        eager = findings.eager_name(name)
+        return (FORMAT_ORDER.index(eager) if eager in FORMAT_ORDER else 99, eager, findings.runtime_suffix(name))
+    return sorted(names, key=key)
 
 
 # ----------------------------------------------------------------------------- charts
@@ -50,7 +60,7 @@ def chart_throughput(gen: pd.DataFrame, model: str, prompt: int, out_dir: Path) 
         rows = gen[(gen["model"] == model) & (gen["prompt_len"] == prompt) & (gen["phase"] == phase)]
         for fmt in _sorted_formats(rows["format"].unique()):
             series = rows[rows["format"] == fmt].groupby("batch")[f"{phase}_tokens_per_s"].median()
-            ax.plot(series.index, series.values, marker="o", label=fmt, color=color(fmt))
+            ax.plot(series.index, series.values, marker="o", label=fmt, color=color(fmt), linestyle=linestyle(fmt))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("batch size (sequences)")
@@ -81,7 +91,8 @@ def chart_speedup(speed: pd.DataFrame, model: str, prompt: int, out_dir: Path, c
             ax.text(j, i, f"{value:.2f}x", ha="center", va="center", fontsize=8)
     ax.set_xlabel("batch size (sequences)")
     where = "combined runs (separate processes)" if combined else "same run"
-    ax.set_title(f"decode speedup over bf16, {where}\n{model}, prompt {prompt} tokens")
+    compiled = " (a +compile format over bf16+compile)" if any(findings.runtime_suffix(f) for f in speed.index) else ""
+    ax.set_title(f"decode speedup over bf16{compiled}, {where}\n{model}, prompt {prompt} tokens")
     fig.colorbar(image, ax=ax, label="log2 speedup (green: faster)")
     return _save(fig, out_dir, f"speedup_{model}_p{prompt}")
 
@@ -180,6 +191,12 @@ def _md(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:
     return frame.to_markdown(floatfmt=floatfmt) if not frame.empty else "_no data_"
 
 
+def _md_compile(table: pd.DataFrame) -> str:
+    rank = {fmt: i for i, fmt in enumerate(_sorted_formats(table["format"].unique()))}
+    table = table.sort_values(["model", "format"], key=lambda col: col.map(rank) if col.name == "format" else col)
+    return table.fillna({"break_reason": "-", "break_at": "-"}).to_markdown(index=False, floatfmt=".2f")
+
+
 def stack_lines(payload: dict) -> list[str]:
     machine = (payload.get("machine_info") or {}).get("quantbench") or {}
     dev, ver = machine.get("device") or {}, machine.get("versions") or {}
@@ -272,6 +289,16 @@ def render_signature(paths: list[Path], out_dir: Path, thresholds: gate.Threshol
             mem[col] = mem[col] / 2**20
         lines += [f"![memory]({chart_memory(ok, model, out_dir)})", "", "Memory and load (MiB, seconds):", "",
                   _md(mem.loc[_sorted_formats(mem.index)], ".2f"), ""]
+
+    compiled = findings.compile_table(ok) if not ok.empty else pd.DataFrame()
+    if not compiled.empty:
+        lines += ["## torch.compile", "",
+                  "Each `+compile` format runs its format's model with a StaticCache and a torch.compile'd decode "
+                  "step (CUDA graphs on a GPU); prefill stays eager. Before timing, one compiled step is checked "
+                  "against an eager step (logits cosine >= 0.999). `vs_eager`: decode tokens/s over the same format "
+                  "run eager in this run (range over batch and prompt). A graph break hands control back to "
+                  "Python mid-step: each one is host work per token, and on a GPU it splits the CUDA graph.", "",
+                  _md_compile(compiled), ""]
 
     if not kern.empty:
         from .analysis import kernel_frame

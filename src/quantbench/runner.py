@@ -12,7 +12,9 @@ import torch
 from . import workloads
 from .cases import Case
 from .environment import stack_versions
+from .compiled import CompileMismatch
 from .errors import BadCheckpoint, QuantbenchError, Unsupported
+from .formats import get_format
 from .measure import PeakMemory, step_timer, synchronize
 from .pool import ModelPool
 
@@ -62,6 +64,10 @@ def run_case(benchmark, case: Case, pool: ModelPool, options: RunOptions, states
     if case.error is not None:
         states.add(case, "invalid-input", case.error, nodeid)
         pytest.fail(case.error, pytrace=False)
+    phase_reason = get_format(case.format).unsupported_phase(case.phase)
+    if phase_reason:
+        states.add(case, "unsupported", phase_reason, nodeid)
+        pytest.skip(f"unsupported: {phase_reason}")
     try:
         prepared = pool.get(case.source, case.format)
     except Unsupported as exc:
@@ -74,8 +80,22 @@ def run_case(benchmark, case: Case, pool: ModelPool, options: RunOptions, states
         states.add(case, "guard-failed", prepared.guard.message(), nodeid)
         pytest.fail(f"correctness guard failed for {case.format}: {prepared.guard.message()}", pytrace=False)
 
-    loaded, device = prepared.loaded, options.device
+    loaded, device, decoder = prepared.loaded, options.device, prepared.decoder
     ids = workloads.prompt_ids(case.batch, case.prompt_len, case.source.vocab_size(), device)
+    runtime_facts = {}
+    if case.phase == "decode":
+        try:  # a compiled runtime compiles and checks itself at this exact shape here, before any timing
+            runtime_facts = decoder.prepare(ids, case.new_tokens)
+        except torch.cuda.OutOfMemoryError as exc:
+            pool.release()
+            states.add(case, "oom", f"CUDA out of memory while compiling: {str(exc)[:200]}", nodeid)
+            pytest.skip(f"oom: {str(exc)[:200]}")
+        except Unsupported as exc:
+            states.add(case, exc.state, str(exc), nodeid)
+            pytest.skip(f"{exc.state}: {exc}")
+        except CompileMismatch as exc:
+            states.add(case, "guard-failed", str(exc), nodeid)
+            pytest.fail(str(exc), pytrace=False)
     peak = PeakMemory(device)
     step_times: list[float] = []
     calls = {"n": 0}
@@ -89,14 +109,14 @@ def run_case(benchmark, case: Case, pool: ModelPool, options: RunOptions, states
 
     def setup_decode():
         synchronize(device)
-        cache, token = workloads.prefill(loaded.model, ids)
+        state = decoder.start(ids, case.new_tokens)
         synchronize(device)
-        return (cache, token), {}
+        return (state,), {}
 
-    def run_decode(cache, token):
+    def run_decode(state):
         start = time.perf_counter()
         timer = step_timer(device)
-        out = workloads.decode_n_tokens(loaded.model, cache, token, case.new_tokens, timer)
+        out = decoder.decode(state, case.new_tokens, timer)
         synchronize(device)
         _stretch(start, options.inject_slowdown)
         calls["n"] += 1
@@ -134,6 +154,7 @@ def run_case(benchmark, case: Case, pool: ModelPool, options: RunOptions, states
         "peak_memory_bytes": peak.peak_bytes(),
         "peak_memory_kind": peak.kind,
         "guard": prepared.guard.as_dict(),
+        **runtime_facts,
         "stack": stack_versions(),
         "inject_slowdown": options.inject_slowdown or None,
         **loaded.facts,

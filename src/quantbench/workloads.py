@@ -42,10 +42,30 @@ def decode_n_tokens(model, cache, token: torch.Tensor, n: int, timer=None) -> to
     return torch.cat(tokens, dim=1)
 
 
+class EagerDecoder:
+    """The default runtime: the library's own forward, one call per token, a DynamicCache grown per step."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def prepare(self, ids: torch.Tensor, new_tokens: int) -> dict:
+        return {"decode_runtime": "eager"}
+
+    def start(self, ids: torch.Tensor, new_tokens: int):
+        return prefill(self.model, ids)
+
+    def decode(self, state, n: int, timer=None) -> torch.Tensor:
+        cache, token = state
+        return decode_n_tokens(self.model, cache, token, n, timer)
+
+
 GUARD_LAYERS = 2  # depth at which the correctness guard compares hidden states
 
 
-@torch.inference_mode()
+# no_grad, not inference_mode: the guard's forward is the model's first, where compressed-tensors
+# (0.10) materializes dense weights; made under inference_mode they would be inference tensors,
+# which torch.compile refuses later ("Inference tensors do not track version counter").
+@torch.no_grad()
 def guard_outputs(model, ids: torch.Tensor) -> dict:
     """What the correctness guard compares, as float32 on the CPU: the full logits of a short fixed
     prompt, and the hidden state after the first GUARD_LAYERS decoder layers.

@@ -63,6 +63,16 @@ class Format:
         """Name of the code path that multiplies by the weights (the thing a slow fallback hides in)."""
         return "torch.matmul"
 
+    def unsupported_phase(self, phase: str) -> str | None:
+        """Why this format does not measure ``phase`` (prefill/decode), or None."""
+        return None
+
+    def decoder(self, model: torch.nn.Module, device: torch.device):
+        """The decode runtime: prepare(ids, new_tokens) -> facts, start(ids, new_tokens) -> state,
+        decode(state, n, timer) -> tokens. Default: the library's own eager forward."""
+        from ..workloads import EagerDecoder
+        return EagerDecoder(model)
+
     def after_first_forward(self, model: torch.nn.Module) -> dict:
         """A runtime step that needs the first forward done (e.g. undo what a library installed
         during it); returns facts to record. Runs after the guard's forward, before any timing."""
@@ -116,19 +126,50 @@ def builder(checkpoint: str):
     return wrap
 
 
+VARIANTS: dict[str, Callable] = {}  # name suffix -> wrapper class over any registered format ("+compile")
+
+
+def variant(suffix: str):
+    """Class decorator: ``<format><suffix>`` runs that format through this wrapper (not part of 'all')."""
+    def wrap(cls):
+        VARIANTS[suffix] = cls
+        return cls
+    return wrap
+
+
+_VARIANT_CACHE: dict[str, "Format"] = {}
+
+
+def base_name(name: str) -> str:
+    """'awq-gemm+compile' -> 'awq-gemm' (what lies on disk and what a user directory can run)."""
+    for suffix in VARIANTS:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def get_format(name: str) -> Format:
-    try:
+    if name in FORMATS:
         return FORMATS[name]
-    except KeyError:
-        raise QuantbenchError(None, f"unknown format {name!r}",
-                              f"use one of: {', '.join(FORMATS)} (or 'all')") from None
+    for suffix, wrapper in VARIANTS.items():
+        if name.endswith(suffix) and name[: -len(suffix)] in FORMATS:
+            if name not in _VARIANT_CACHE:
+                _VARIANT_CACHE[name] = wrapper(FORMATS[name[: -len(suffix)]])
+            return _VARIANT_CACHE[name]
+    variants = "".join(f"; any of them with {s} appended" for s in VARIANTS)
+    raise QuantbenchError(None, f"unknown format {name!r}",
+                          f"use one of: {', '.join(FORMATS)} (or 'all'){variants}")
 
 
 def parse_formats(text: str) -> list[str]:
-    """'all' or a comma list -> validated format names, registry order for 'all'."""
-    names = list(FORMATS) if text.strip() == "all" else [t.strip() for t in text.split(",") if t.strip()]
-    for name in names:
-        get_format(name)
+    """A comma list of names, where 'all' stands for every registered format in registry order
+    (variants only by name: 'all,bf16+compile') -> validated names, each once."""
+    names: list[str] = []
+    for token in (t.strip() for t in text.split(",")):
+        for name in (list(FORMATS) if token == "all" else [token] if token else []):
+            get_format(name)
+            if name not in names:
+                names.append(name)
     return names
 
 

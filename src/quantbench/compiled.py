@@ -1,0 +1,214 @@
+"""The compiled decode runtime: a static KV cache and one torch.compile'd decode step (after gpt-fast).
+
+Why it exists: eager transformers decode launches hundreds of small kernels per token from Python.
+On a GPU at small batch that host work, not the weights, sets the speed (H100, qwen2.5-3b shape,
+bf16 at batch 1: 7.6% of the copy bandwidth), so eager numbers compare Python overheads more than
+formats. A compiled step (CUDA graphs on a GPU, mode "reduce-overhead") takes the host out.
+
+What the compiler did is recorded per case: graphs, graph breaks with the first reason, CUDA
+graph skips. A graph break is exactly the silent slow path this suite exists to expose (measured
+on CPU: compressed-tensors' offload dispatch breaks the step into 11 graphs at 42 breaks).
+Before timing, one compiled step is checked against an eager step at the same cache state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import os
+import re
+import time
+
+import torch
+
+from .errors import Unsupported
+from .measure import synchronize
+
+COMPILE_MIN_COSINE = 0.999  # compiled vs eager last-token logits of one decode step, same cache state
+RECOMPILE_LIMIT = 256  # one entry per (model, batch, cache length); the default (8) would silently fall back
+
+
+class CompileMismatch(Exception):
+    """The compiled step's logits disagree with the eager step's: the compiled path is wrong."""
+
+
+def static_cache(model, batch: int, max_len: int, device, dtype):
+    """transformers' StaticCache on either stack (4.x takes batch/device/dtype, 5.x sizes itself lazily)."""
+    from transformers import StaticCache
+    if "max_batch_size" in inspect.signature(StaticCache.__init__).parameters:
+        return StaticCache(config=model.config, max_batch_size=batch, max_cache_len=max_len, device=device, dtype=dtype)
+    return StaticCache(config=model.config, max_cache_len=max_len)
+
+
+def _counters() -> dict:
+    from torch._dynamo.utils import counters
+    return {"graphs": counters["stats"].get("unique_graphs", 0), "breaks": dict(counters["graph_break"]),
+            "cudagraph_skips": counters["inductor"].get("cudagraph_skips", 0)}
+
+
+def compile_report(before: dict, after: dict) -> dict:
+    """What one compilation did, from dynamo's counters before and after it (pure)."""
+    breaks = {reason: n - before["breaks"].get(reason, 0) for reason, n in after["breaks"].items()}
+    breaks = {reason: n for reason, n in breaks.items() if n > 0}
+    top = max(breaks, key=breaks.get) if breaks else None
+    return {"compile_graphs": after["graphs"] - before["graphs"],
+            "compile_graph_breaks": sum(breaks.values()),
+            # dynamo's reasons are paragraphs; the first line names the construct it could not trace
+            "compile_break_reason": top.strip().splitlines()[0][:160] if top else None,
+            "cudagraph_skips": after["cudagraph_skips"] - before["cudagraph_skips"]}
+
+
+BREAK_AT = re.compile(r"in user code at (\S+?):(\d+)")
+
+
+def break_location(message: str) -> str | None:
+    """'Graph break in user code at /x/site-packages/lib/mod.py:362 ...' -> 'lib/mod.py:362' (pure)."""
+    found = BREAK_AT.search(message)
+    if not found:
+        return None
+    path = found.group(1).replace("\\", "/")
+    for marker in ("site-packages/", "dist-packages/", "src/"):
+        if marker in path:
+            path = path.split(marker)[-1]
+            break
+    return f"{path}:{found.group(2)}"
+
+
+class _Handler(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.locations: list[str] = []
+
+    def emit(self, record):
+        where = break_location(record.getMessage())
+        if where:
+            self.locations.append(where)
+
+
+@contextlib.contextmanager
+def _break_locations():
+    """Where in whose code each graph break happened, from dynamo's graph_breaks log (the counters
+    only hold the reason). Leaves a user's own TORCH_LOGS setting alone."""
+    handler = _Handler()
+    configured = bool(os.environ.get("TORCH_LOGS"))
+    if not configured:
+        torch._logging.set_logs(graph_breaks=True)
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+               if name.endswith("__graph_breaks")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield handler.locations
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+        if not configured:
+            torch._logging.set_logs()
+
+
+@contextlib.contextmanager
+def _compile_limits():
+    """Many shapes of one step recompile it; past dynamo's limit it would run eager without a word."""
+    config = torch._dynamo.config
+    wanted = {"recompile_limit": RECOMPILE_LIMIT, "cache_size_limit": RECOMPILE_LIMIT,
+              "fail_on_recompile_limit_hit": True, "fail_on_cache_limit_hit": True}
+    with config.patch(**{k: v for k, v in wanted.items() if k in config._config}):
+        yield
+
+
+class CompiledDecoder:
+    """Greedy decode through a compiled one-token step over a StaticCache; prefill runs eager."""
+
+    def __init__(self, model, device, dtype):
+        self.model, self.device, self.dtype = model, torch.device(device), dtype
+        self.mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+        # One model is resident at a time (pool): drop the previous model's graphs and CUDA graph pools.
+        torch._dynamo.reset()
+        self.step = torch.compile(self._step, mode=self.mode, fullgraph=False, dynamic=False)
+        self.caches: dict[tuple[int, int], object] = {}  # reused across rounds: CUDA graphs need fixed addresses
+        self.facts: dict[tuple[int, int], dict] = {}
+
+    def _step(self, token, cache, position):
+        out = self.model(input_ids=token, past_key_values=cache, cache_position=position, use_cache=True,
+                         logits_to_keep=1)
+        logits = out.logits[:, -1]
+        return logits.argmax(dim=-1, keepdim=True), logits
+
+    def _prefill(self, cache, ids):
+        cache.reset()
+        positions = torch.arange(ids.shape[1], device=self.device)
+        out = self.model(input_ids=ids, past_key_values=cache, cache_position=positions, use_cache=True,
+                         logits_to_keep=1)
+        return out.logits[:, -1].argmax(dim=-1, keepdim=True)
+
+    def _mark_step(self):
+        if self.device.type == "cuda":  # outputs of the previous replay may be overwritten from here on
+            torch.compiler.cudagraph_mark_step_begin()
+
+    @torch.no_grad()
+    def prepare(self, ids: torch.Tensor, new_tokens: int) -> dict:
+        """Compile the step for this (batch, cache length), check it against eager, return the facts.
+        Raises Unsupported when torch.compile fails, CompileMismatch when its output is wrong."""
+        batch, prompt = ids.shape
+        key = (batch, prompt + new_tokens)
+        if key in self.facts:
+            return self.facts[key]
+        cache = static_cache(self.model, batch, prompt + new_tokens, self.device, self.dtype)
+        token = self._prefill(cache, ids)
+        position = torch.tensor([prompt], device=self.device)
+        _, eager_logits = self._step(token, cache, position)  # the eager reference
+        eager_logits = eager_logits.float().clone()
+        # Prefill again: the cache counts the tokens it holds, so stepping twice at one position would
+        # not be the same state (measured: an extra empty slot in attention moves the logits to cosine 0.996).
+        token = self._prefill(cache, ids)
+        before = _counters()
+        synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            with _compile_limits(), _break_locations() as locations:
+                self._mark_step()
+                _, logits = self.step(token, cache, position)
+                logits = logits.float().clone()
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any compiler failure is this case's stated reason
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise Unsupported(f"torch.compile failed on this model: {type(exc).__name__}: {first}") from None
+        synchronize(self.device)
+        facts = {"decode_runtime": f"torch.compile(mode={self.mode}) + StaticCache",
+                 "compile_s": time.perf_counter() - start, **compile_report(before, _counters()),
+                 "compile_break_at": max(set(locations), key=locations.count) if locations else None}
+        cosine = (torch.nn.functional.cosine_similarity(logits.flatten(), eager_logits.flatten(), dim=0).item()
+                  if logits.shape == eager_logits.shape else float("nan"))
+        facts["compile_cosine"] = cosine
+        if not cosine >= COMPILE_MIN_COSINE:  # NaN fails too
+            raise CompileMismatch(f"compiled decode step disagrees with eager: logits cosine {cosine:.6f} "
+                                  f"< {COMPILE_MIN_COSINE}")
+        if facts["compile_graphs"] == 0:
+            raise Unsupported("torch.compile produced no graph for the decode step: it would run eager")
+        self.caches[key], self.facts[key] = cache, facts
+        return facts
+
+    @torch.no_grad()
+    def start(self, ids: torch.Tensor, new_tokens: int):
+        batch, prompt = ids.shape
+        cache = self.caches[(batch, prompt + new_tokens)]
+        token = self._prefill(cache, ids)
+        return cache, token, torch.tensor([prompt], device=self.device)
+
+    @torch.no_grad()
+    def decode(self, state, n: int, timer=None) -> torch.Tensor:
+        cache, token, position = state
+        tokens = []
+        if timer is not None:
+            timer.mark()
+        for _ in range(n):
+            self._mark_step()
+            token, _ = self.step(token, cache, position)
+            token = token.clone()  # a CUDA graph's output buffer is overwritten by its next replay
+            position.add_(1)
+            tokens.append(token)
+            if timer is not None:
+                timer.mark()
+        return torch.cat(tokens, dim=1)

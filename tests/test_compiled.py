@@ -1,0 +1,168 @@
+"""The +compile runtime: names, what the compiler did (graphs, breaks), the eager check, end to end."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from quantbench import compiled, findings
+from quantbench.cases import build_cases
+from quantbench.errors import QuantbenchError, Unsupported
+from quantbench.formats import base_name, get_format, parse_formats
+from quantbench.pool import ModelPool, ModelSource
+from quantbench.workloads import decode_n_tokens, prefill, prompt_ids
+
+from .conftest import run_cli, run_pytest
+
+
+def test_variant_names_resolve_to_the_base_formats_checkpoint():
+    fmt = get_format("awq-gemm+compile")
+    assert fmt is get_format("awq-gemm+compile")  # one instance per name
+    assert fmt.checkpoint == get_format("awq-gemm").checkpoint and fmt.bits == 4
+    assert fmt.runtime.endswith("+ torch.compile") and fmt.min_cosine == get_format("awq-gemm").min_cosine
+    assert base_name("awq-gemm+compile") == "awq-gemm" and base_name("bf16") == "bf16"
+    assert parse_formats("bf16,bf16+compile") == ["bf16", "bf16+compile"]
+    assert not any(name.endswith("+compile") for name in parse_formats("all"))  # opt-in: compiling costs minutes
+    assert parse_formats("all,bf16+compile,bf16")[-1] == "bf16+compile" and parse_formats("all,bf16").count("bf16") == 1
+    with pytest.raises(QuantbenchError, match=r"\+compile appended"):
+        parse_formats("nope+compile")
+    assert "prefill runs eager" in get_format("bf16+compile").unsupported_phase("prefill")
+    assert get_format("bf16+compile").unsupported_phase("decode") is None
+    assert "own KV cache" in get_format("awq-gemm-fused+compile").unsupported_reason(torch.device("cpu"))
+
+
+def test_a_user_directory_runs_the_variants_of_the_formats_it_holds():
+    class Dense:
+        label = "dir:dense"
+    cases = build_cases([Dense()], lambda source: ("bf16", "fp16"), ["bf16+compile", "awq-gemm+compile"], [1], [8],
+                        4, base_of=base_name)
+    assert {c.format for c in cases} == {"bf16+compile"}
+
+
+def test_compile_report_counts_this_compilation_only():
+    before = {"graphs": 3, "breaks": {"Data pointer comparison\n  Explanation: ...": 2}, "cudagraph_skips": 1}
+    after = {"graphs": 14, "breaks": {"Data pointer comparison\n  Explanation: ...": 40, "ContextVar.get": 1},
+             "cudagraph_skips": 1}
+    report = compiled.compile_report(before, after)
+    assert report == {"compile_graphs": 11, "compile_graph_breaks": 39,
+                      "compile_break_reason": "Data pointer comparison", "cudagraph_skips": 0}
+    assert compiled.compile_report(after, after)["compile_break_reason"] is None
+
+
+def test_break_location_names_the_library_file_and_line():
+    message = ("Graph break (user stack suppressed due to duplicate graph break) in user code at "
+               "/venv/lib/python3.11/site-packages/compressed_tensors/utils/helpers.py:362\nGraph Break Reason: ...")
+    assert compiled.break_location(message) == "compressed_tensors/utils/helpers.py:362"
+    assert compiled.break_location("Graph break in user code at /repo/src/quantbench/compiled.py:82") \
+        == "quantbench/compiled.py:82"
+    assert compiled.break_location("Graph Break Reason: no location") is None
+
+
+@pytest.fixture(scope="module")
+def pool(tiny_checkpoints):
+    pool = ModelPool(torch.device("cpu"))
+    yield pool
+    pool.release()
+
+
+def _fresh(pool, name):
+    pool.release()  # each test gets its own model instance (some patch it)
+    return pool.get(ModelSource.from_spec("tiny"), name)
+
+
+@pytest.mark.slow
+def test_compiled_decode_is_one_graph_and_agrees_with_eager(pool):
+    prepared = _fresh(pool, "bf16+compile")
+    model, decoder = prepared.loaded.model, prepared.decoder
+    ids = prompt_ids(2, 16, 256, "cpu")
+    facts = decoder.prepare(ids, 8)
+    assert facts["compile_graphs"] == 1 and facts["compile_graph_breaks"] == 0, facts
+    assert facts["compile_cosine"] >= compiled.COMPILE_MIN_COSINE and facts["compile_s"] > 0
+    assert decoder.prepare(ids, 8) is facts  # compiled once per shape
+    tokens = decoder.decode(decoder.start(ids, 8), 8)
+    cache, token = prefill(model, ids)
+    eager = decode_n_tokens(model, cache, token, 8)
+    assert tokens.shape == eager.shape == (2, 8)
+    assert torch.equal(tokens[:, 0], eager[:, 0])  # later tokens may part on a near-tie; the cosine check is exact
+
+
+@pytest.mark.slow
+def test_a_graph_break_is_counted_not_hidden(pool):
+    prepared = _fresh(pool, "bf16+compile")
+    layer = prepared.loaded.model.model.layers[0]
+    original = layer.forward
+
+    def forward_with_a_break(*args, **kwargs):
+        torch._dynamo.graph_break()  # what a Python-side hook in a library does to the compiled step
+        return original(*args, **kwargs)
+
+    layer.forward = forward_with_a_break
+    facts = prepared.decoder.prepare(prompt_ids(1, 16, 256, "cpu"), 4)
+    assert facts["compile_graphs"] >= 2 and facts["compile_graph_breaks"] >= 1, facts
+    assert facts["compile_break_reason"] and "test_compiled.py:" in facts["compile_break_at"], facts
+    table = findings.compile_table(pd.DataFrame([{
+        "model": "tiny", "format": "bf16+compile", "phase": "decode", "batch": 1, "prompt_len": 16,
+        "decode_tokens_per_s": 50.0, **facts}, {
+        "model": "tiny", "format": "bf16", "phase": "decode", "batch": 1, "prompt_len": 16,
+        "decode_tokens_per_s": 100.0}]))
+    assert table.iloc[0]["vs_eager_max"] == 0.5
+    assert findings.compile_flags(table.assign(phase="decode").iloc[:0]) == []
+    flag = findings.compile_flags(pd.DataFrame([
+        {"model": "tiny", "format": "bf16+compile", "phase": "decode", "batch": 1, "prompt_len": 16,
+         "decode_tokens_per_s": 50.0, **facts},
+        {"model": "tiny", "format": "bf16", "phase": "decode", "batch": 1, "prompt_len": 16,
+         "decode_tokens_per_s": 100.0}]))
+    assert len(flag) == 1 and flag[0].startswith("GRAPH BREAKS: tiny: bf16+compile") and "0.50x of bf16 eager" in flag[0]
+    assert f"at {facts['compile_break_at']})" in flag[0]
+
+
+@pytest.mark.slow
+def test_a_wrong_or_failing_compiled_step_is_never_timed(pool):
+    prepared = _fresh(pool, "bf16+compile")
+    decoder, vocab = prepared.decoder, prepared.loaded.model.config.vocab_size
+    ids = prompt_ids(1, 16, vocab, "cpu")
+    decoder.step = lambda token, cache, position: (token, torch.randn(1, vocab))  # a miscompiled step
+    with pytest.raises(compiled.CompileMismatch, match="disagrees with eager"):
+        decoder.prepare(ids, 4)
+
+    def broken(token, cache, position):
+        raise RuntimeError("backend exploded\nsecond line")
+    decoder.step = broken
+    with pytest.raises(Unsupported, match="torch.compile failed on this model: RuntimeError: backend exploded$"):
+        decoder.prepare(ids, 4)
+
+
+def test_speedups_compare_within_one_runtime():
+    rows = pd.DataFrame([{"model": "m", "prompt_len": 8, "phase": "decode", "batch": 1, "format": f,
+                          "decode_tokens_per_s": v, "weight_bytes_after_load": 1, "weight_bytes_after_first_forward": 1}
+                         for f, v in [("bf16", 100), ("awq-gemm", 50), ("bf16+compile", 400), ("awq-gemm+compile", 600),
+                                      ("ct-w4a16+compile", 200)]])
+    speed = findings.speedup_table(rows, "m", 8)
+    assert speed.loc["awq-gemm", 1] == 0.5 and speed.loc["awq-gemm+compile", 1] == 1.5
+    assert speed.loc["ct-w4a16+compile", 1] == 0.5 and speed.loc["bf16+compile", 1] == 1.0
+    flags = findings.flags(rows.assign(state="ok"))
+    assert any("ct-w4a16+compile decodes 2.00x slower than bf16+compile" in f for f in flags)
+
+
+@pytest.mark.slow
+def test_compiled_format_end_to_end_with_its_guide_section(tiny_checkpoints, tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_pytest("benchmarks/test_generation.py", "--qb-models", "tiny", "--qb-formats", "bf16,bf16+compile",
+                        "--qb-batch", "1", "--qb-prompt", "16", "--qb-new-tokens", "4", "--qb-rounds", "2",
+                        f"--benchmark-json={out}", "-q")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    payload = json.loads(out.read_text())
+    compiled_case = [b for b in payload["benchmarks"] if b["extra_info"]["format"] == "bf16+compile"]
+    assert len(compiled_case) == 1
+    info = compiled_case[0]["extra_info"]
+    assert info["decode_runtime"].startswith("torch.compile(mode=default)") and info["compile_graphs"] == 1
+    assert info["decode_tokens_per_s"] > 0 and info["guard"]["passed"]
+    eager = [b for b in payload["benchmarks"] if b["extra_info"]["format"] == "bf16" and b["extra_info"]["phase"] == "decode"]
+    assert eager[0]["extra_info"]["decode_runtime"] == "eager"
+    stated = [s for s in payload["quantbench"]["states"] if s["format"] == "bf16+compile"]
+    assert [s["phase"] for s in stated] == ["prefill"] and "prefill runs eager" in stated[0]["reason"]
+    report = run_cli("report", "--history", str(tmp_path / "h"), "--out", str(tmp_path / "out"), str(out))
+    assert report.returncode == 0, report.stderr
+    guide = next((tmp_path / "out").glob("*/README.md")).read_text()
+    assert "## torch.compile" in guide and "| tiny    | bf16+compile |" in guide
