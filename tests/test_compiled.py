@@ -59,6 +59,24 @@ def test_break_location_names_the_library_file_and_line():
     assert compiled.break_location("Graph Break Reason: no location") is None
 
 
+def test_a_skipped_cuda_graph_is_recorded_and_flagged():
+    from torch._inductor.cudagraph_utils import log_cudagraph_skip_and_bump_counter
+    before = compiled._counters()
+    with compiled._compiler_log() as log:  # inductor's own skip path, as it runs on a GPU
+        log_cudagraph_skip_and_bump_counter("skipping cudagraphs due to mutated inputs (2 instances). Found from :\n x")
+    assert compiled.compile_report(before, compiled._counters())["cudagraph_skips"] == 1
+    assert log.facts()["cudagraph_skip_reason"] == "skipping cudagraphs due to mutated inputs (2 instances). Found from :"
+    rows = pd.DataFrame([{"model": "m", "format": "bf16+compile", "phase": "decode", "batch": 1, "prompt_len": 8,
+                          "decode_tokens_per_s": 90.0, "compile_graphs": 1, "compile_graph_breaks": 0, "compile_s": 30.0,
+                          "cudagraph_skips": 1, **log.facts()},
+                         {"model": "m", "format": "bf16", "phase": "decode", "batch": 1, "prompt_len": 8,
+                          "decode_tokens_per_s": 100.0}])
+    assert findings.compile_flags(rows) == [
+        "COMPILE SLOWER: m: bf16+compile compiled into one graph yet; decode 0.90x of bf16 eager",
+        "CUDA GRAPHS SKIPPED: m: bf16+compile: inductor skipped CUDA graphs for 1 graph(s) (skipping cudagraphs due "
+        "to mutated inputs (2 instances). Found from :); decode 0.90x of bf16 eager"]
+
+
 @pytest.fixture(scope="module")
 def pool(tiny_checkpoints):
     pool = ModelPool(torch.device("cpu"))

@@ -75,31 +75,47 @@ def break_location(message: str) -> str | None:
     return f"{path}:{found.group(2)}"
 
 
-class _Handler(logging.Handler):
+class CompilerLog(logging.Handler):
+    """What dynamo and inductor log while compiling that their counters do not hold: where each graph
+    break happened, and why a CUDA graph was skipped."""
+
     def __init__(self):
         super().__init__()
-        self.locations: list[str] = []
+        self.break_locations: list[str] = []
+        self.cudagraph_skips: list[str] = []
 
     def emit(self, record):
-        where = break_location(record.getMessage())
-        if where:
-            self.locations.append(where)
+        message = record.getMessage()
+        if record.name.endswith("__graph_breaks"):
+            where = break_location(message)
+            if where:
+                self.break_locations.append(where)
+        elif "skipping cudagraphs" in message:
+            self.cudagraph_skips.append(message.strip().splitlines()[0][:200])
+
+    def facts(self) -> dict:
+        where = self.break_locations
+        return {"compile_break_at": max(set(where), key=where.count) if where else None,
+                "cudagraph_skip_reason": self.cudagraph_skips[0] if self.cudagraph_skips else None}
 
 
 @contextlib.contextmanager
-def _break_locations():
-    """Where in whose code each graph break happened, from dynamo's graph_breaks log (the counters
-    only hold the reason). Leaves a user's own TORCH_LOGS setting alone."""
-    handler = _Handler()
+def _compiler_log():
+    """Listen to dynamo's graph_breaks and inductor's cudagraphs logs for one compilation. Leaves a
+    user's own TORCH_LOGS setting alone."""
+    with contextlib.suppress(ImportError):  # the modules that own those loggers
+        import torch._dynamo.symbolic_convert  # noqa: F401
+        import torch._inductor.cudagraph_utils  # noqa: F401
+    handler = CompilerLog()
     configured = bool(os.environ.get("TORCH_LOGS"))
     if not configured:
-        torch._logging.set_logs(graph_breaks=True)
+        torch._logging.set_logs(graph_breaks=True, cudagraphs=True)
     loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
-               if name.endswith("__graph_breaks")]
+               if name.endswith(("__graph_breaks", "__cudagraphs"))]
     for logger in loggers:
         logger.addHandler(handler)
     try:
-        yield handler.locations
+        yield handler
     finally:
         for logger in loggers:
             logger.removeHandler(handler)
@@ -166,7 +182,7 @@ class CompiledDecoder:
         synchronize(self.device)
         start = time.perf_counter()
         try:
-            with _compile_limits(), _break_locations() as locations:
+            with _compile_limits(), _compiler_log() as compiler_log:
                 self._mark_step()
                 _, logits = self.step(token, cache, position)
                 logits = logits.float().clone()
@@ -178,7 +194,7 @@ class CompiledDecoder:
         synchronize(self.device)
         facts = {"decode_runtime": f"torch.compile(mode={self.mode}) + StaticCache",
                  "compile_s": time.perf_counter() - start, **compile_report(before, _counters()),
-                 "compile_break_at": max(set(locations), key=locations.count) if locations else None}
+                 **compiler_log.facts()}
         cosine = (torch.nn.functional.cosine_similarity(logits.flatten(), eager_logits.flatten(), dim=0).item()
                   if logits.shape == eager_logits.shape else float("nan"))
         facts["compile_cosine"] = cosine

@@ -119,8 +119,8 @@ def compile_table(ok: pd.DataFrame) -> pd.DataFrame:
     """(model, compiled format) -> what torch.compile made of its decode step and what it gained:
     graphs, graph breaks, the most frequent break reason, compile seconds, and decode tokens/s
     relative to the same format run eager in the same run (min and max over batch and prompt)."""
-    columns = ["model", "format", "graphs", "graph_breaks", "break_reason", "break_at", "compile_s", "vs_eager_min",
-               "vs_eager_max"]
+    columns = ["model", "format", "graphs", "graph_breaks", "break_reason", "break_at", "cudagraph_skips",
+               "compile_s", "vs_eager_min", "vs_eager_max"]
     if "compile_graphs" not in ok:
         return pd.DataFrame(columns=columns)
     decode = ok[ok["phase"] == "decode"]
@@ -134,10 +134,12 @@ def compile_table(ok: pd.DataFrame) -> pd.DataFrame:
                      "graph_breaks": int(cases["compile_graph_breaks"].max()),
                      "break_reason": _mode(cases, "compile_break_reason"),
                      "break_at": _mode(cases, "compile_break_at"),
+                     "cudagraph_skips": int(cases["cudagraph_skips"].max()) if "cudagraph_skips" in cases else 0,
+                     "cudagraph_skip_reason": _mode(cases, "cudagraph_skip_reason"),
                      "compile_s": float(cases["compile_s"].median()),
                      "vs_eager_min": ratio.min() if len(ratio) else None,
                      "vs_eager_max": ratio.max() if len(ratio) else None})
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=columns + ["cudagraph_skip_reason"])
 
 
 def _mode(rows: pd.DataFrame, column: str):
@@ -159,6 +161,10 @@ def compile_flags(ok: pd.DataFrame) -> list[str]:
                        f"at {row.graph_breaks} graph breaks (most often: {row.break_reason}{where}){gain}")
         elif not pd.isna(row.vs_eager_max) and row.vs_eager_max < 1.0:
             out.append(f"COMPILE SLOWER: {row.model}: {row.format} compiled into one graph yet{gain}")
+        if row.cudagraph_skips > 0:  # compiled, but the host still launches every kernel
+            reason = f" ({row.cudagraph_skip_reason})" if isinstance(row.cudagraph_skip_reason, str) else ""
+            out.append(f"CUDA GRAPHS SKIPPED: {row.model}: {row.format}: inductor skipped CUDA graphs for "
+                       f"{row.cudagraph_skips} graph(s){reason}{gain}")
     return out
 
 

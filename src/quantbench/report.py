@@ -194,6 +194,7 @@ def _md(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:
 def _md_compile(table: pd.DataFrame) -> str:
     rank = {fmt: i for i, fmt in enumerate(_sorted_formats(table["format"].unique()))}
     table = table.sort_values(["model", "format"], key=lambda col: col.map(rank) if col.name == "format" else col)
+    table = table.drop(columns=["cudagraph_skip_reason"])  # the findings quote it
     return table.fillna({"break_reason": "-", "break_at": "-"}).to_markdown(index=False, floatfmt=".2f")
 
 
