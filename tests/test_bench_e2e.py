@@ -59,8 +59,8 @@ def test_user_checkpoint_of_another_architecture_is_detected_and_benchmarked(tmp
     data = json.loads(out.read_text())
     formats = {b["extra_info"]["format"] for b in data["benchmarks"]}
     stated = {s["format"] for s in data["quantbench"]["states"]}
-    assert formats | stated == {"ct-w4a16", "ct-w4a16-dequant", "ct-w4a16-nodispatch"}
-    assert {"ct-w4a16", "ct-w4a16-dequant"} <= formats  # nodispatch is stated unsupported on ct 0.10
+    assert formats | stated == {"ct-w4a16", "ct-w4a16-dequant", "ct-w4a16-nodispatch", "ct-w4a16-bare"}
+    assert {"ct-w4a16", "ct-w4a16-dequant"} <= formats  # nodispatch and bare are stated unsupported on ct 0.10
     assert all(b["extra_info"]["model"].startswith("dir:") for b in data["benchmarks"])
 
 

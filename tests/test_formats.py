@@ -8,7 +8,8 @@ from quantbench.formats import FORMATS, get_format
 from quantbench.pool import ModelPool, ModelSource
 
 CPU_UNSUPPORTED = {"awq-gemv": "awq_ext", "awq-gemm-fused": "CUDA", "awq-gemm-hf": "",
-                   "ct-w4a16-nodispatch": "compressed_tensors.offload"}  # the last: compressed-tensors 0.10 only
+                   "ct-w4a16-nodispatch": "compressed_tensors.offload",  # these two: compressed-tensors 0.10 only
+                   "ct-w4a16-bare": "compressed_tensors.offload"}
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +93,16 @@ def test_ct_offload_dispatch_is_recorded_and_the_nodispatch_variant_removes_it(p
     assert ct_dispatched_modules(stripped.loaded.model) == 0 and "dispatch" not in stripped.loaded.facts["kernel"]
     assert not any("compressed_tensors/offload" in f for f in _python_files_called(stripped.loaded.model, ids))
     assert not stripped.loaded.facts["still_compressed_after_first_forward"]  # same dense weights as ct-w4a16
+    # What is left: compressed-tensors' own forward wrapper on every Linear; ct-w4a16-bare removes it too.
+    from quantbench.formats.compressed_tensors import ct_wrapped_modules
+    wrapped = len(ct_wrapped_modules(stripped.loaded.model))
+    assert wrapped > 0 and f"forward wrapper on {wrapped} modules" in stripped.loaded.facts["kernel"]
+    bare = pool.get(tiny, "ct-w4a16-bare")
+    assert bare.guard.passed, bare.guard.message()
+    assert bare.loaded.facts["ct_forward_wrappers_removed"] == wrapped and not ct_wrapped_modules(bare.loaded.model)
+    assert bare.loaded.facts["kernel"] == "Linear [dense float16] -> torch.matmul"
+    assert not any("compressed_tensors/" in f for f in _python_files_called(bare.loaded.model, ids))
+    assert abs(bare.guard.cosine_vs_dense - stripped.guard.cosine_vs_dense) < 1e-6  # the wrapper changed no number
 
 
 def test_gptq_runtime_is_a_stated_state_not_a_crash():

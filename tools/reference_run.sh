@@ -119,13 +119,13 @@ stage_sweep() {
 
 stage_formats() {
   bench "formats-$STACK" benchmarks/test_generation.py --qb-models "$MODEL" \
-    --qb-formats "${QB_OTHER_FORMATS:-fp16,ct-w4a16-dequant,ct-w4a16-nodispatch,ct-w8a16,ct-fp8,awq-gemm-hf}" --qb-batch 1,16 \
+    --qb-formats "${QB_OTHER_FORMATS:-fp16,ct-w4a16-dequant,ct-w4a16-nodispatch,ct-w4a16-bare,ct-w8a16,ct-fp8,awq-gemm-hf}" --qb-batch 1,16 \
     --qb-prompt 128 --qb-new-tokens "$NEW" --qb-rounds "$ROUNDS"
 }
 
 stage_compile() {
   bench "compile-$STACK" benchmarks/test_generation.py --qb-models "$MODEL" \
-    --qb-formats "${QB_COMPILE_FORMATS:-bf16,bf16+compile,awq-gemm+compile,ct-w4a16+compile,ct-w4a16-nodispatch+compile}" \
+    --qb-formats "${QB_COMPILE_FORMATS:-bf16,bf16+compile,awq-gemm+compile,ct-w4a16+compile,ct-w4a16-bare+compile}" \
     --qb-batch "${QB_COMPILE_BATCH:-1,16}" --qb-prompt 128 --qb-new-tokens "$NEW" --qb-rounds "$ROUNDS" -k decode
 }
 

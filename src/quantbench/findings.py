@@ -22,7 +22,9 @@ def baseline_for(fmt: str) -> str:
     return BASELINE + runtime_suffix(fmt)
 # describe_ct_path writes "... -> torch.matmul, behind compressed-tensors offload dispatch on N modules"
 DISPATCH_MARK = "behind "
-WITHOUT_DISPATCH = {"ct-w4a16": "ct-w4a16-nodispatch"}  # the same checkpoint and load, dispatch removed
+# The same checkpoint and load with the library's per-call host work removed, step by step.
+WITHOUT_DISPATCH = {"ct-w4a16": (("ct-w4a16-nodispatch", "without it"),
+                                 ("ct-w4a16-bare", "without its forward wrappers too"))}
 
 
 def is_quantized(fmt: str) -> bool:
@@ -169,16 +171,19 @@ def compile_flags(ok: pd.DataFrame) -> list[str]:
 
 
 def _dispatch_cost(ok: pd.DataFrame, model: str, fmt: str) -> str:
-    """'; without it (<variant>, same weights) decode ran a-bx faster (batch ...)' where both were measured."""
-    variant = WITHOUT_DISPATCH.get(fmt)
+    """'; without it (<variant>, same dense weights) decode ran a-bx as fast (batch ...)' for each
+    variant that was measured beside ``fmt``."""
     decode = ok[(ok["model"] == model) & (ok["phase"] == "decode")]
     table = decode.pivot_table(index="format", columns=["prompt_len", "batch"], values="decode_tokens_per_s",
                                aggfunc="median")
-    if variant is None or fmt not in table.index or variant not in table.index:
+    if fmt not in table.index:
         return ""
-    ratios = (table.loc[variant] / table.loc[fmt]).dropna()
-    if ratios.empty:
-        return ""
-    batches = sorted({batch for _, batch in ratios.index})
-    return (f"; without it ({variant}, same dense weights) decode ran {ratios.min():.2f}-{ratios.max():.2f}x "
-            f"as fast (batch {', '.join(map(str, batches))})")
+    out = ""
+    for variant, label in WITHOUT_DISPATCH.get(fmt, ()):
+        ratios = (table.loc[variant] / table.loc[fmt]).dropna() if variant in table.index else pd.Series(dtype=float)
+        if ratios.empty:
+            continue
+        batches = sorted({batch for _, batch in ratios.index})
+        out += (f"; {label} ({variant}, same dense weights) decode ran {ratios.min():.2f}-{ratios.max():.2f}x "
+                f"as fast (batch {', '.join(map(str, batches))})")
+    return out

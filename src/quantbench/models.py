@@ -171,7 +171,7 @@ FORMATS_BY_KIND = {
     "dense": ("bf16", "fp16"),
     "awq-gemm": ("awq-gemm", "awq-gemm-fused", "awq-gemm-hf"),
     "awq-gemv": ("awq-gemv",),
-    "ct-w4a16": ("ct-w4a16", "ct-w4a16-dequant", "ct-w4a16-nodispatch"),
+    "ct-w4a16": ("ct-w4a16", "ct-w4a16-dequant", "ct-w4a16-nodispatch", "ct-w4a16-bare"),
     "ct-w8a16": ("ct-w8a16",),
     "ct-fp8": ("ct-fp8",),
 }
