@@ -106,6 +106,17 @@ def test_compiled_decode_is_one_graph_and_agrees_with_eager(pool):
 
 
 @pytest.mark.slow
+def test_releasing_a_compiled_model_drops_its_graphs(tiny_checkpoints):
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+    step_code = compiled.CompiledDecoder._step.__code__  # where dynamo keeps every decoder's compiled steps
+    pool = ModelPool(torch.device("cpu"))
+    pool.get(ModelSource.from_spec("tiny"), "bf16+compile").decoder.prepare(prompt_ids(1, 16, 256, "cpu"), 4)
+    assert len(_debug_get_cache_entry_list(step_code)) >= 1
+    pool.release()
+    assert _debug_get_cache_entry_list(step_code) == []  # they would pile up over a run's models
+
+
+@pytest.mark.slow
 def test_a_graph_break_is_counted_not_hidden(pool):
     prepared = _fresh(pool, "bf16+compile")
     layer = prepared.loaded.model.model.layers[0]

@@ -145,6 +145,14 @@ class CompiledDecoder:
         self.caches: dict[tuple[int, int], object] = {}  # reused across rounds: CUDA graphs need fixed addresses
         self.facts: dict[tuple[int, int], dict] = {}
 
+    def close(self) -> None:
+        """Forget this model's graphs: dynamo keeps compiled code on ``_step``'s code object, shared by
+        every decoder, so without a reset the graphs of every model a run released would pile up (and
+        count toward the recompile limit)."""
+        self.caches.clear()
+        self.step = None
+        torch._dynamo.reset()
+
     def _step(self, token, cache, position):
         out = self.model(input_ids=token, past_key_values=cache, cache_position=position, use_cache=True,
                          logits_to_keep=1)

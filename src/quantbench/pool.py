@@ -101,6 +101,8 @@ class ModelPool:
         return self.current
 
     def release(self) -> None:
+        if self.current is not None and hasattr(self.current.decoder, "close"):
+            self.current.decoder.close()  # a compiled runtime drops its graphs
         self.key, self.current = None, None
         gc.collect()
         if self.device.type == "cuda":
