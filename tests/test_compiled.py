@@ -130,18 +130,14 @@ def test_a_graph_break_is_counted_not_hidden(pool):
     facts = prepared.decoder.prepare(prompt_ids(1, 16, 256, "cpu"), 4)
     assert facts["compile_graphs"] >= 2 and facts["compile_graph_breaks"] >= 1, facts
     assert facts["compile_break_reason"] and "test_compiled.py:" in facts["compile_break_at"], facts
-    table = findings.compile_table(pd.DataFrame([{
-        "model": "tiny", "format": "bf16+compile", "phase": "decode", "batch": 1, "prompt_len": 16,
-        "decode_tokens_per_s": 50.0, **facts}, {
-        "model": "tiny", "format": "bf16", "phase": "decode", "batch": 1, "prompt_len": 16,
-        "decode_tokens_per_s": 100.0}]))
-    assert table.iloc[0]["vs_eager_max"] == 0.5
-    assert findings.compile_flags(table.assign(phase="decode").iloc[:0]) == []
-    flag = findings.compile_flags(pd.DataFrame([
+    rows = pd.DataFrame([
         {"model": "tiny", "format": "bf16+compile", "phase": "decode", "batch": 1, "prompt_len": 16,
          "decode_tokens_per_s": 50.0, **facts},
         {"model": "tiny", "format": "bf16", "phase": "decode", "batch": 1, "prompt_len": 16,
-         "decode_tokens_per_s": 100.0}]))
+         "decode_tokens_per_s": 100.0}])
+    assert findings.compile_table(rows).iloc[0]["vs_eager_max"] == 0.5
+    assert findings.compile_flags(rows.iloc[:0]) == []
+    flag = findings.compile_flags(rows)
     assert len(flag) == 1 and flag[0].startswith("GRAPH BREAKS: tiny: bf16+compile") and "0.50x of bf16 eager" in flag[0]
     assert f"at {facts['compile_break_at']})" in flag[0]
 

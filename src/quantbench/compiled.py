@@ -139,8 +139,6 @@ class CompiledDecoder:
     def __init__(self, model, device, dtype):
         self.model, self.device, self.dtype = model, torch.device(device), dtype
         self.mode = "reduce-overhead" if self.device.type == "cuda" else "default"
-        # One model is resident at a time (pool): drop the previous model's graphs and CUDA graph pools.
-        torch._dynamo.reset()
         self.step = torch.compile(self._step, mode=self.mode, fullgraph=False, dynamic=False)
         self.caches: dict[tuple[int, int], object] = {}  # reused across rounds: CUDA graphs need fixed addresses
         self.facts: dict[tuple[int, int], dict] = {}
@@ -148,8 +146,9 @@ class CompiledDecoder:
     def close(self) -> None:
         """Forget this model's graphs: dynamo keeps compiled code on ``_step``'s code object, shared by
         every decoder, so without a reset the graphs of every model a run released would pile up (and
-        count toward the recompile limit)."""
+        count toward the recompile limit), with their CUDA graph pools."""
         self.caches.clear()
+        self.facts.clear()
         self.step = None
         torch._dynamo.reset()
 

@@ -81,7 +81,6 @@ def flags(gen: pd.DataFrame) -> list[str]:
     """The seed's failure modes, found automatically."""
     out = []
     ok = gen[gen["state"] == "ok"] if "state" in gen else gen
-    out_compile = compile_flags(ok)
     for (model, prompt), rows in ok.groupby(["model", "prompt_len"]):
         speed = speedup_table(ok, model, prompt, "decode")
         for fmt in speed.index:
@@ -95,8 +94,8 @@ def flags(gen: pd.DataFrame) -> list[str]:
                            f"(slower at batch {', '.join(map(str, slower.index))})")
     # A +compile format holds the same weights and kernel as its eager format: flag them once.
     measured = set(zip(ok["model"], ok["format"]))
-    ok = ok[[not (runtime_suffix(f) and (m, eager_name(f)) in measured) for m, f in zip(ok["model"], ok["format"])]]
-    for model, rows in ok.groupby("model"):
+    once = ok[[not (runtime_suffix(f) and (m, eager_name(f)) in measured) for m, f in zip(ok["model"], ok["format"])]]
+    for model, rows in once.groupby("model"):
         by_format = rows.groupby("format")[["weight_bytes_after_load", "weight_bytes_after_first_forward"]].max()
         if BASELINE not in by_format.index:
             continue
@@ -106,15 +105,15 @@ def flags(gen: pd.DataFrame) -> list[str]:
                 out.append(f"NO MEMORY SAVING: {model}: {fmt} holds {row['weight_bytes_after_first_forward'] / 2**20:.1f} "
                            f"MiB of weights after the first forward vs {dense / 2**20:.1f} MiB for bf16 "
                            f"({row['weight_bytes_after_load'] / 2**20:.1f} MiB right after load)")
-    if "kernel" in ok:
-        for (model, fmt), rows in ok.groupby(["model", "format"]):
+    if "kernel" in once:
+        for (model, fmt), rows in once.groupby(["model", "format"]):
             kernel = str(rows["kernel"].iloc[0])
             if "naive" in kernel:
                 out.append(f"NAIVE FALLBACK: {model}: {fmt} ran AutoAWQ's naive dequantize+matmul path ({kernel})")
             if DISPATCH_MARK in kernel and not runtime_suffix(fmt):
                 out.append(f"LIBRARY DISPATCH: {model}: {fmt} runs behind {kernel.split(DISPATCH_MARK)[1]}: "
-                           f"host work on every module call" + _dispatch_cost(ok, model, fmt))
-    return out + out_compile
+                           f"host work on every module call" + _dispatch_cost(once, model, fmt))
+    return out + compile_flags(ok)
 
 
 def compile_table(ok: pd.DataFrame) -> pd.DataFrame:

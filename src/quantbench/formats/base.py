@@ -140,22 +140,27 @@ def variant(suffix: str):
 _VARIANT_CACHE: dict[str, "Format"] = {}
 
 
-def base_name(name: str) -> str:
-    """'awq-gemm+compile' -> 'awq-gemm' (what lies on disk and what a user directory can run)."""
+def _split_variant(name: str) -> tuple[str, str | None]:
+    """'awq-gemm+compile' -> ('awq-gemm', '+compile'); a name without a variant suffix -> (name, None)."""
     for suffix in VARIANTS:
         if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+            return name[: -len(suffix)], suffix
+    return name, None
+
+
+def base_name(name: str) -> str:
+    """'awq-gemm+compile' -> 'awq-gemm' (what lies on disk and what a user directory can run)."""
+    return _split_variant(name)[0]
 
 
 def get_format(name: str) -> Format:
     if name in FORMATS:
         return FORMATS[name]
-    for suffix, wrapper in VARIANTS.items():
-        if name.endswith(suffix) and name[: -len(suffix)] in FORMATS:
-            if name not in _VARIANT_CACHE:
-                _VARIANT_CACHE[name] = wrapper(FORMATS[name[: -len(suffix)]])
-            return _VARIANT_CACHE[name]
+    base, suffix = _split_variant(name)
+    if suffix is not None and base in FORMATS:
+        if name not in _VARIANT_CACHE:
+            _VARIANT_CACHE[name] = VARIANTS[suffix](FORMATS[base])
+        return _VARIANT_CACHE[name]
     variants = "".join(f"; any of them with {s} appended" for s in VARIANTS)
     raise QuantbenchError(None, f"unknown format {name!r}",
                           f"use one of: {', '.join(FORMATS)} (or 'all'){variants}")
