@@ -23,10 +23,11 @@ STACKS = ["current", "legacy"]
 CPU_TORCH = "torch==2.13.0"
 HISTORY = "history"
 # Every registered format, plus the compiled decode of bf16 (the baseline the compiled formats are
-# compared with), of the seed's two int4 formats and of ct-w4a16 without compressed-tensors' per-call
-# host work (what the library's own path could reach): compiling costs seconds per shape on CPU and
+# compared with), of the seed's two int4 formats, of the AWQ checkpoint through transformers' own
+# runtime (gptqmodel's kernel) and of ct-w4a16 without compressed-tensors' per-call host work (what the
+# library's own path could reach): compiling costs seconds per shape on CPU and
 # about a minute on a GPU, so the other formats' +compile variants are opt-in (--qb-formats).
-BENCH_FORMATS = "all,bf16+compile,awq-gemm+compile,ct-w4a16+compile,ct-w4a16-bare+compile"
+BENCH_FORMATS = "all,bf16+compile,awq-gemm+compile,awq-gemm-hf+compile,ct-w4a16+compile,ct-w4a16-bare+compile"
 # transformers / compressed-tensors pairs for the upgrade matrix; each lands in its own history
 # signature, and `quantbench gate --allow-incomparable` compares two of them explicitly.
 VERSION_MATRIX = [("5.17.0", "0.20.0"), ("5.23.0", "0.20.0"), ("4.51.3", "0.10.2")]

@@ -8,6 +8,9 @@ from quantbench.formats import FORMATS, get_format
 from quantbench.pool import ModelPool, ModelSource
 
 CPU_UNSUPPORTED = {"awq-gemv": "awq_ext", "awq-gemm-fused": "CUDA", "awq-gemm-hf": "",
+                   # gptqmodel's CUDA kernels; on transformers 4.x none of the backends (awq-gemm-hf-torch too)
+                   **{name: "gptqmodel" for name in ("awq-gemm-hf-torch", "awq-gemm-hf-gemm", "awq-gemm-hf-triton",
+                                                     "awq-gemm-hf-marlin", "awq-gemm-hf-machete", "awq-gemv-hf")},
                    "ct-w4a16-nodispatch": "compressed_tensors.offload",  # these two: compressed-tensors 0.10 only
                    "ct-w4a16-bare": "compressed_tensors.offload"}
 
@@ -108,11 +111,77 @@ def test_ct_offload_dispatch_is_recorded_and_the_nodispatch_variant_removes_it(p
 def test_gptq_runtime_is_a_stated_state_not_a_crash():
     reason = get_format("awq-gemm-hf").unsupported_reason(torch.device("cpu"))
     import importlib.util
+
     import transformers
     if transformers.__version__.startswith("4."):
         assert "IPEX" in reason
     elif importlib.util.find_spec("gptqmodel") is None:
         assert "gptqmodel" in reason
+    else:
+        assert reason is None
+
+
+def _gptqmodel_stack():
+    import importlib.util
+
+    import transformers
+    return importlib.util.find_spec("gptqmodel") is not None and not transformers.__version__.startswith("4.")
+
+
+needs_gptqmodel = pytest.mark.skipif(not _gptqmodel_stack(), reason="gptqmodel on transformers 5.x not installed")
+
+
+@needs_gptqmodel
+def test_awq_gemm_hf_runs_the_kernel_gptqmodel_picks_and_names_it(pool):
+    import os
+    facts = pool.get(ModelSource.from_spec("tiny"), "awq-gemm-hf").loaded.facts
+    assert facts["linear_classes"] == {"TorchAtenAwqLinear": 14}  # gptqmodel's CPU pick: ATen int4pack_mm
+    assert "backend=auto -> TorchAtenAwqLinear: torch int4pack_mm" in facts["kernel"]
+    assert facts["kernel_select_s"] is not None and facts["weight_bytes_after_first_forward"] < \
+        0.5 * pool.get(ModelSource.from_spec("tiny"), "fp16").loaded.facts["weight_bytes_after_first_forward"]
+    # gptqmodel's import sets the CUDA allocator config for the whole process; it is undone.
+    assert "PYTORCH_ALLOC_CONF" in facts["gptqmodel_env_undone"]
+    assert os.environ.get("PYTORCH_ALLOC_CONF") != facts["gptqmodel_env_undone"]["PYTORCH_ALLOC_CONF"]
+
+
+@needs_gptqmodel
+def test_a_named_gptqmodel_backend_runs_that_kernel_or_the_case_fails(pool, monkeypatch):
+    facts = pool.get(ModelSource.from_spec("tiny"), "awq-gemm-hf-torch").loaded.facts
+    assert facts["linear_classes"] == {"AwqTorchLinear": 14} and facts["gptqmodel_backend"] == "torch_awq"
+    pool.release()
+    fmt = get_format("awq-gemm-hf-torch")
+    ckpt = ModelSource.from_spec("tiny").checkpoint("awq-gemm-hf-torch", torch.device("cpu"))
+    # Had gptqmodel put another class in than the one selected for the backend: no silent fallback.
+    monkeypatch.setitem(fmt._selected, "cpu", ("AwqMarlinLinear", 0.0))
+    with pytest.raises(RuntimeError, match="selected AwqMarlinLinear for backend 'torch_awq'"):
+        fmt.open(ckpt, torch.device("cpu"))
+
+
+@needs_gptqmodel
+def test_gptqmodel_cuda_backends_are_stated_with_gptqmodels_reason():
+    reasons = {name: get_format(name).unsupported_reason(torch.device("cpu"))
+               for name in ("awq-gemm-hf-gemm", "awq-gemm-hf-marlin", "awq-gemm-hf-machete", "awq-gemv-hf")}
+    for name, reason in reasons.items():
+        assert reason and reason.startswith("gptqmodel has no AWQ kernel for backend"), (name, reason)
+    assert "CUDA" in reasons["awq-gemm-hf-marlin"]
+
+
+@needs_gptqmodel
+def test_a_gptqmodel_that_does_not_import_is_a_stated_state(monkeypatch):
+    from quantbench.formats import gptqmodel as module
+
+    def broken():
+        raise ImportError("libpcre2-8.so.0: cannot open shared object file")
+    monkeypatch.setattr(module, "import_gptqmodel", broken)
+    fresh = type(get_format("awq-gemm-hf-marlin"))()  # no selection cached yet
+    assert fresh.unsupported_reason(torch.device("cpu")) == \
+        "gptqmodel does not import here: ImportError: libpcre2-8.so.0: cannot open shared object file"
+
+
+def test_checkpoint_kinds_map_to_every_registered_format_that_runs_them():
+    from quantbench.models import formats_for_kind
+    assert set(formats_for_kind("awq-gemv")) == {"awq-gemv", "awq-gemv-hf"}
+    assert "awq-gemm-hf-marlin" in formats_for_kind("awq-gemm") and "bf16" in formats_for_kind("dense")
 
 
 TIED_RTN_SPEC = """

@@ -196,3 +196,15 @@ def test_paired_gate_needs_as_many_current_runs_as_baseline_runs(tmp_path):
     assert wrong.returncode == 2 and f"{merged}: --paired needs" in wrong.stderr and "holds 2" in wrong.stderr
     right = run_cli("gate", "--paired", "--current", str(merged), "--baseline", ",".join(map(str, files[:2])))
     assert right.returncode == 0, right.stdout + right.stderr
+
+
+def test_signature_names_gptqmodel_only_where_installed():
+    from quantbench.environment import signature_of
+    device = {"gpu": "NVIDIA H100 80GB HBM3", "gpu_count": 1, "driver": "580.159.04", "cuda": "13.0"}
+    base = {"torch": "2.11.0", "transformers": "5.17.0", "autoawq": "0.2.9", "compressed-tensors": "0.20.0",
+            "triton": "3.6.0", "stack": "current"}
+    # The committed H100 history was written before gptqmodel joined the stack: its folder must not move.
+    assert signature_of(device, {**base, "gptqmodel": None}) == "nvidia-h100-80gb-hbm3-current-9b2dbb38ba"
+    with_gptq = signature_of(device, {**base, "gptqmodel": "7.5.0"})
+    assert with_gptq != signature_of(device, base)  # its kernels changed: another signature
+    assert with_gptq != signature_of(device, {**base, "gptqmodel": "7.6.0"})

@@ -21,8 +21,12 @@ from .conftest import run_pytest
 #             qzeros 256*1*4 = 1024 -> 37888                              -> 38912
 #   ct-w4a16: weight_packed 32768 + weight_scale 2*256*2 = 1024 + 262144  -> 296960
 #   fp8: W 65536 + scale 4, x read 512 + fp8 x 256 + scale 4, y 512        -> 66824
+#   awq-hf-* (gptqmodel): the AWQ checkpoint's bytes, as awq-gemm / awq-gemv; awq-hf-torch dequantizes
+#             every call, as awq-gemm-naive
 HAND = {"torch-fp16": 132096, "torch-bf16": 132096, "awq-gemm-awq_ext": 35072, "awq-gemm-triton": 35072,
-        "awq-gemm-naive": 297216, "awq-gemv": 38912, "ct-w4a16": 296960, "fp8-scaled-mm": 66824}
+        "awq-gemm-naive": 297216, "awq-gemv": 38912, "ct-w4a16": 296960, "fp8-scaled-mm": 66824,
+        "awq-hf-aten": 35072, "awq-hf-marlin": 35072, "awq-hf-machete": 35072, "awq-hf-gemm": 35072,
+        "awq-hf-triton": 35072, "awq-hf-gemv": 38912, "awq-hf-torch": 297216}
 
 
 @pytest.mark.parametrize("name", list(HAND))
@@ -90,4 +94,41 @@ def test_kernel_suite_on_cpu(tmp_path):
     shapes = {(b["extra_info"]["K"], b["extra_info"]["N"]) for b in data["benchmarks"]}
     assert (5632, 2048) in shapes and (2048, 256) in shapes  # TinyLlama down and k/v projections
     states = data["quantbench"]["states"]
-    assert {s["kernel"] for s in states} == {"awq-gemm-awq_ext", "awq-gemm-triton", "awq-gemv", "fp8-scaled-mm"}
+    cuda_only = {"awq-gemm-awq_ext", "awq-gemm-triton", "awq-gemv", "fp8-scaled-mm", "awq-hf-gemm", "awq-hf-gemv",
+                 "awq-hf-triton", "awq-hf-marlin", "awq-hf-machete"}
+    expected = cuda_only if _gptqmodel_stack() else cuda_only | {"awq-hf-aten", "awq-hf-torch"}
+    assert {s["kernel"] for s in states} == expected
+    if _gptqmodel_stack():  # gptqmodel's ATen int4 kernel beats fp16 at M=1 on 1.1B shapes (measured 3.4x)
+        assert any(row["kernel"] == "awq-hf-aten" and row["model"] == "tinyllama-1.1b" and row["speedup_at_min_M"] > 1
+                   for row in data["quantbench"]["crossover"]), data["quantbench"]["crossover"]
+
+
+def _gptqmodel_stack() -> bool:
+    import transformers
+
+    from quantbench.formats.gptqmodel import gptqmodel_available
+    return gptqmodel_available() and not transformers.__version__.startswith("4.")
+
+
+needs_gptqmodel = pytest.mark.skipif(not _gptqmodel_stack(), reason="gptqmodel on transformers 5.x not installed")
+
+
+@needs_gptqmodel
+@pytest.mark.parametrize("name", ["awq-hf-aten", "awq-hf-torch"])
+def test_gptqmodel_kernels_match_fp32_and_are_repacked_before_timing(name):
+    kernel = kernels.KERNELS[name]
+    prepared = kernel.prepare(512, 256, torch.device("cpu"), copies=3, seed=5)
+    # TorchAtenAwqLinear converts its weights to int4pack on its first forward: every copy must have
+    # had it before the first timed call (seen: 150 ms per call instead of 5 ms on 1.1B shapes).
+    assert all(mod.linear_mode == "inference" for mod in prepared.copies if hasattr(mod, "linear_mode"))
+    assert prepared.path.startswith("gptqmodel ")
+    x = torch.randn(4, 512).to(kernel.dtype)
+    err = kernels.rel_err(prepared.call(x, prepared.copies[2]), x.float() @ prepared.reference_weight.t())
+    assert err <= kernels.tolerance(kernel), err
+
+
+@needs_gptqmodel
+def test_gptqmodel_cuda_kernels_are_stated_on_cpu():
+    for name in ("awq-hf-marlin", "awq-hf-machete", "awq-hf-gemm", "awq-hf-gemv"):
+        reason = kernels.KERNELS[name].unsupported_reason(torch.device("cpu"))
+        assert reason and reason.startswith("gptqmodel has no AWQ kernel for backend"), (name, reason)

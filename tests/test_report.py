@@ -104,6 +104,18 @@ def test_naive_fallback_is_flagged():
     assert any(f.startswith("NAIVE FALLBACK") for f in findings.flags(rows))
 
 
+def test_naive_kernel_is_a_fallback_only_where_the_library_picked_it():
+    def flags(fmt, kernel):
+        rows = pd.DataFrame([{"model": "m", "format": fmt, "kernel": kernel, "state": "ok", "prompt_len": 1,
+                              "phase": "decode", "batch": 1, "decode_tokens_per_s": 1.0,
+                              "weight_bytes_after_load": 1, "weight_bytes_after_first_forward": 1}])
+        return [f for f in findings.flags(rows) if f.startswith("NAIVE FALLBACK")]
+    assert flags("awq-gemm-hf", "gptqmodel 7.5.0 backend=auto -> AwqTorchLinear: naive dequantize in torch + matmul")
+    assert not flags("awq-gemm-hf-torch", "gptqmodel 7.5.0 backend=torch_awq -> AwqTorchLinear: naive dequantize "
+                                          "in torch + matmul")  # the format asked for that kernel
+    assert not flags("awq-gemm-hf", "gptqmodel 7.5.0 backend=auto -> TorchAtenAwqLinear: torch int4pack_mm")
+
+
 def test_quantization_stops_paying():
     speed = pd.DataFrame({1: [1.0, 2.0], 8: [1.0, 1.2], 32: [1.0, 0.8], 64: [1.0, 0.7]}, index=["bf16", "awq-gemm"])
     assert findings.quantization_stops_paying(speed) == 32

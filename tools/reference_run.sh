@@ -3,10 +3,12 @@
 #   tools/reference_run.sh STAGE [STAGE ...]
 # Stages (default: all, in this order):
 #   setup    install a stack's wheels (offline) and probe AutoAWQ's awq_ext on this torch
+#   gptq     build gptqmodel's CUDA kernels (AWQ GEMM/GEMV, Marlin, Machete) with nvcc, each timed
 #   peaks    measure the device ceilings (copy bandwidth, bf16/fp16 matmul) into the history
 #   sweep    decode/prefill over the batch sweep for the formats the seed asks about
 #   formats  every other registered format at two batch sizes
 #   compile  decode with torch.compile + CUDA graphs (the +compile formats) beside bf16 eager, two batch sizes
+#   hf       the AWQ checkpoints through transformers + gptqmodel, one format per kernel (GEMM vs GEMV at 1 and 8)
 #   prompts  longer prompts for bf16, awq-gemm and ct-w4a16
 #   kernels  the GEMM/GEMV kernel suite over the specs' (K, N) shapes and the full M sweep
 #   repeat   decode of bf16 and awq-gemm at batch 1 and 16, QB_REPEATS times (CV and A/A gate)
@@ -17,13 +19,16 @@
 # a stack is installed with --no-index --no-deps into its own --target folder, first on PYTHONPATH.
 # An autoawq-kernels build (its awq_ext*.so files, zipped) may sit in .whl/awq-kernels/*.zip: setup
 # puts it beside the stack and keeps it only if awq_ext imports AND computes the right GEMM/GEMV.
+# gptqmodel (transformers 5.x's AWQ runtime) comes from .whl/gptq (tools/gptq-wheels.sh) into the current
+# stack; its CUDA kernels are built on the machine (nvcc) into QB_STATE/torch_extensions, kept between stages.
 #
 # State (built checkpoints, stacks, history) lives in QB_STATE so stages can run in separate
 # commands; every stage copies what it produced to $OUT (default results/reference).
 # Knobs: QB_STACK (current|legacy), QB_MODEL, QB_KERNEL_MODELS, QB_NEW_TOKENS, QB_ROUNDS,
 #        QB_REPEATS, QB_STAGE_TIMEOUT (seconds per pytest stage; SIGINT, so JSON is still written),
 #        QB_REPEAT_FIRST (first repeat index, to spread the repeats over several slots),
-#        QB_SWEEP_FORMATS, QB_OTHER_FORMATS, QB_COMPILE_FORMATS, QB_COMPILE_BATCH, QB_BATCH, QB_DEADLINE (epoch seconds: later pytest stages shrink or skip to end before it)
+#        QB_SWEEP_FORMATS, QB_OTHER_FORMATS, QB_COMPILE_FORMATS, QB_COMPILE_BATCH, QB_HF_FORMATS, QB_HF_BATCH,
+#        QB_GPTQ_EXTENSIONS, QB_KERNELS, QB_BATCH, QB_DEADLINE (epoch seconds: later pytest stages shrink or skip to end before it)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/reference}
@@ -41,16 +46,28 @@ mkdir -p "$OUT" "$STATE"
 export QUANTBENCH_CACHE="$STATE/cache"
 export PYTHONPATH="$PWD/src:$SITE"
 export PYTHONUNBUFFERED=1
+export TORCH_EXTENSIONS_DIR="$STATE/torch_extensions"  # gptqmodel's nvcc builds, reused by later stages
+if command -v nvidia-smi >/dev/null && [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+  # build for this GPU only (nvcc time); gptqmodel adds the sm_90a target Machete needs itself
+  TORCH_CUDA_ARCH_LIST=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d ' ')
+  export TORCH_CUDA_ARCH_LIST
+fi
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/timings.txt"; }
+
+remaining() {  # seconds a stage may run (QB_STAGE_TIMEOUT, cut to end 40 s before QB_DEADLINE)
+  local limit=$LIMIT
+  if [ -n "${QB_DEADLINE:-}" ]; then
+    limit=$(( QB_DEADLINE - $(date +%s) - 40 ))
+    [ "$limit" -gt "$LIMIT" ] && limit=$LIMIT
+  fi
+  echo "$limit"
+}
 
 bench() {  # bench NAME PYTEST-ARGS...: one pytest run, stopped by SIGINT at the stage limit
   local name=$1; shift
-  local t0=$SECONDS limit=$LIMIT
-  if [ -n "${QB_DEADLINE:-}" ]; then  # epoch seconds by which every stage must have written its JSON
-    limit=$(( QB_DEADLINE - $(date +%s) - 40 ))
-    [ "$limit" -gt "$LIMIT" ] && limit=$LIMIT
-    if [ "$limit" -lt 30 ]; then log "$name ($STACK): skipped, no time left before QB_DEADLINE"; return; fi
-  fi
+  local t0=$SECONDS limit
+  limit=$(remaining)  # QB_DEADLINE: epoch seconds by which every stage must have written its JSON
+  if [ "$limit" -lt 30 ]; then log "$name ($STACK): skipped, no time left before QB_DEADLINE"; return; fi
   timeout -s INT -k 30 "$limit" python3 -m pytest -p no:cacheprovider -q -rs --benchmark-columns=median,iqr,rounds \
     --qb-history "$HIST" --benchmark-json "$OUT/$name.json" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
@@ -60,7 +77,10 @@ bench() {  # bench NAME PYTEST-ARGS...: one pytest run, stopped by SIGINT at the
 
 stage_setup() {
   if [ ! -d "$SITE" ] && [ -d ".whl/$STACK" ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/"$STACK"/*.whl
+    local wheels=(.whl/"$STACK"/*.whl)
+    # gptqmodel needs transformers 5.x: the current stack only
+    [ "$STACK" = current ] && [ -d .whl/gptq ] && wheels+=(.whl/gptq/*.whl)
+    python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "${wheels[@]}"
   fi
   python3 -c "import awq, compressed_tensors, transformers, torch; print('stack', '$STACK', 'torch', torch.__version__, \
 'transformers', transformers.__version__, 'compressed-tensors', compressed_tensors.__version__, 'cuda', torch.version.cuda, \
@@ -125,8 +145,36 @@ stage_formats() {
 
 stage_compile() {
   bench "compile-$STACK" benchmarks/test_generation.py --qb-models "$MODEL" \
-    --qb-formats "${QB_COMPILE_FORMATS:-bf16,bf16+compile,awq-gemm+compile,ct-w4a16+compile,ct-w4a16-bare+compile}" \
+    --qb-formats "${QB_COMPILE_FORMATS:-bf16,bf16+compile,awq-gemm+compile,awq-gemm-hf+compile,ct-w4a16+compile,ct-w4a16-bare+compile}" \
     --qb-batch "${QB_COMPILE_BATCH:-1,16}" --qb-prompt 128 --qb-new-tokens "$NEW" --qb-rounds "$ROUNDS" -k decode
+}
+
+stage_gptq() {
+  # gptqmodel builds each CUDA kernel with nvcc on first use; built here, timed, a benchmark's load time
+  # holds no compile and a failed build is on record with its error (the formats then state it).
+  local limit; limit=$(remaining)
+  if [ "$limit" -lt 30 ]; then log "gptq ($STACK): skipped, no time left before QB_DEADLINE"; return; fi
+  timeout -k 10 "$limit" python3 - "${QB_GPTQ_EXTENSIONS:-awq,marlin,machete}" <<'PY' 2>&1 | grep -v "^\s*$" \
+    | tail -n 40 | tee -a "$OUT/gptq-build-$STACK.txt"
+import sys, time
+from quantbench.formats.gptqmodel import import_gptqmodel
+import_gptqmodel()
+from gptqmodel import extension
+for name in sys.argv[1].split(","):
+    start = time.time()
+    try:
+        extension.load(name)
+        print(f"gptqmodel extension {name}: ready in {time.time() - start:.0f} s")
+    except Exception as exc:  # a failed build is a result: record it, go on with the next
+        print(f"gptqmodel extension {name}: FAILED after {time.time() - start:.0f} s: {str(exc)[:1500]}")
+PY
+  log "gptq ($STACK): TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-} extensions in $TORCH_EXTENSIONS_DIR"
+}
+
+stage_hf() {
+  bench "hf-$STACK" benchmarks/test_generation.py --qb-models "$MODEL" \
+    --qb-formats "${QB_HF_FORMATS:-bf16,awq-gemm-hf,awq-gemm-hf-gemm,awq-gemv-hf,awq-gemm-hf-marlin,awq-gemm-hf-machete,awq-gemm-hf-triton}" \
+    --qb-batch "${QB_HF_BATCH:-1,8,16}" --qb-prompt 128 --qb-new-tokens "$NEW" --qb-rounds "$ROUNDS"
 }
 
 stage_prompts() {
@@ -137,7 +185,7 @@ stage_prompts() {
 
 stage_kernels() {
   bench "kernels-$STACK" benchmarks/test_kernels.py --qb-kernel-models "$KERNEL_MODELS" \
-    --qb-rounds "${QB_KERNEL_ROUNDS:-10}"
+    --qb-kernels "${QB_KERNELS:-all}" --qb-rounds "${QB_KERNEL_ROUNDS:-10}"
 }
 
 stage_repeat() {
@@ -156,7 +204,7 @@ stage_report() {
 }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(setup peaks sweep compile formats prompts kernels repeat report)
+[ ${#stages[@]} -eq 0 ] && stages=(setup gptq peaks sweep compile hf formats prompts kernels repeat report)
 for stage in "${stages[@]}"; do
   t0=$SECONDS
   log "stage $stage ($STACK) begins"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-INT4_KERNELS = ("awq-gemm-awq_ext", "awq-gemm-triton", "awq-gemm-naive", "awq-gemv", "ct-w4a16")
+INT4_KERNELS = ("awq-gemm-awq_ext", "awq-gemm-triton", "awq-gemm-naive", "awq-gemv", "ct-w4a16",
+                # the same AWQ weights through gptqmodel's kernels (transformers 5.x's AWQ runtime)
+                "awq-hf-aten", "awq-hf-torch", "awq-hf-gemm", "awq-hf-gemv", "awq-hf-triton", "awq-hf-marlin",
+                "awq-hf-machete")
 
 
 def crossover(frame: pd.DataFrame, baseline: str = "torch-fp16") -> pd.DataFrame:

@@ -19,6 +19,7 @@ LIBRARIES = ("torch", "transformers", "autoawq", "compressed-tensors", "triton",
              "safetensors", "gptqmodel", "pytest-benchmark")
 # What makes two runs comparable: same device model and count, driver, CUDA, and these versions.
 SIGNATURE_LIBRARIES = ("torch", "transformers", "autoawq", "compressed-tensors", "triton")
+OPTIONAL_SIGNATURE_LIBRARIES = ("gptqmodel",)
 
 
 def version(dist: str) -> str | None:
@@ -105,6 +106,9 @@ def signature_of(device: dict, versions: dict) -> str:
     count = device.get("gpu_count") or 0
     parts = [hw, f"x{count}" if count else "", device.get("driver") or "", device.get("cuda") or "cpu"]
     parts += [f"{lib}={versions.get(lib)}" for lib in SIGNATURE_LIBRARIES]
+    # gptqmodel holds the kernels of transformers 5.x's AWQ formats; named only where installed, so
+    # the signatures of runs without it (all runs before it joined the current stack) stay as they were.
+    parts += [f"{lib}={versions[lib]}" for lib in OPTIONAL_SIGNATURE_LIBRARIES if versions.get(lib)]
     digest = hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:10]
     slug = re.sub(r"[^A-Za-z0-9]+", "-", hw).strip("-").lower()[:40]
     return f"{slug}-{versions.get('stack', 'none')}-{digest}"

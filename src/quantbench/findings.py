@@ -22,6 +22,8 @@ def baseline_for(fmt: str) -> str:
     return BASELINE + runtime_suffix(fmt)
 # describe_ct_path writes "... -> torch.matmul, behind compressed-tensors offload dispatch on N modules"
 DISPATCH_MARK = "behind "
+# gptqmodel formats write "... backend=<name> -> <class>: <what it does>"; auto is the library's own pick.
+AUTO_BACKEND_MARK = "backend=auto "
 # The same checkpoint and load with the library's per-call host work removed, step by step.
 WITHOUT_DISPATCH = {"ct-w4a16": (("ct-w4a16-nodispatch", "without it"),
                                  ("ct-w4a16-bare", "without its forward wrappers too"))}
@@ -108,8 +110,10 @@ def flags(gen: pd.DataFrame) -> list[str]:
     if "kernel" in once:
         for (model, fmt), rows in once.groupby(["model", "format"]):
             kernel = str(rows["kernel"].iloc[0])
-            if "naive" in kernel:
-                out.append(f"NAIVE FALLBACK: {model}: {fmt} ran AutoAWQ's naive dequantize+matmul path ({kernel})")
+            # A kernel picked for the user (AutoAWQ's routing, gptqmodel's auto) that dequantizes the
+            # whole weight every call: the slow path nobody asked for. A backend named by the format is not.
+            if "naive" in kernel and ("backend=" not in kernel or AUTO_BACKEND_MARK in kernel):
+                out.append(f"NAIVE FALLBACK: {model}: {fmt} ran a naive dequantize+matmul path ({kernel})")
             if DISPATCH_MARK in kernel and not runtime_suffix(fmt):
                 out.append(f"LIBRARY DISPATCH: {model}: {fmt} runs behind {kernel.split(DISPATCH_MARK)[1]}: "
                            f"host work on every module call" + _dispatch_cost(once, model, fmt))

@@ -13,6 +13,9 @@ kernel                    bytes
 dense fp16/bf16           2KN (W) + 2MK (x) + 2MN (y)
 awq-gemm (awq_ext/triton) KN/2 (qweight) + KN/(2G) (qzeros) + 2KN/G (scales) + 2MK + 2MN
 awq-gemm naive / dequant  the above + 4KN: the fp16 weight is written, then read by the matmul
+awq-hf-* (gptqmodel)      as awq-gemm (awq-hf-gemv as awq-gemv): the checkpoint's bytes, whatever
+                          layout the kernel repacks them into at load (Marlin, Machete, ATen int4pack)
+awq-hf-torch              as awq-gemm naive: gptqmodel's torch kernel dequantizes every call
 awq-gemv                  KN/2 + N*Z*8*2 (fp16 scales) + N*Z*4 (int32 zeros) + 2MK + 2MN, with
                           Z = ceil(ceil(K/G)/8) (AutoAWQ's calculate_zeros_width)
 ct-w4a16 (dequant+mm)     KN/2 (weight_packed) + 2KN/G (weight_scale) + 4KN (dense fp16
@@ -46,11 +49,11 @@ def weight_bytes(kernel: str, k: int, n: int, group: int = GROUP) -> int:
     """Bytes of one copy of the kernel's weights as stored (what must come from memory each call)."""
     if kernel.startswith("torch-"):
         return 2 * k * n
-    if kernel.startswith("awq-gemm"):
-        return k * n // 2 + (k // group) * (n // 8) * 4 + (k // group) * n * 2
-    if kernel == "awq-gemv":
+    if kernel == "awq-gemv" or kernel == "awq-hf-gemv":
         width = awq_gemv_zeros_width(k, group)
         return k * n // 2 + n * width * 8 * 2 + n * width * 4
+    if kernel.startswith(("awq-gemm", "awq-hf-")):
+        return k * n // 2 + (k // group) * (n // 8) * 4 + (k // group) * n * 2
     if kernel == "ct-w4a16":
         return k * n // 2 + 2 * n * (k // group)
     if kernel == "fp8-scaled-mm":
@@ -61,7 +64,7 @@ def weight_bytes(kernel: str, k: int, n: int, group: int = GROUP) -> int:
 def bytes_moved(kernel: str, m: int, k: int, n: int, group: int = GROUP) -> int:
     """Bytes a kernel reads and writes for one call (see the module docstring for the model)."""
     moved = weight_bytes(kernel, k, n, group) + 2 * m * k + 2 * m * n
-    if kernel in ("awq-gemm-naive", "ct-w4a16"):
+    if kernel in ("awq-gemm-naive", "awq-hf-torch", "ct-w4a16"):
         moved += 4 * k * n  # the dequantized fp16 weight is written, then read by the matmul
     if kernel == "fp8-scaled-mm":
         moved += m * k + 4  # x is re-written in fp8, plus its scale
@@ -206,6 +209,63 @@ class AWQGemv(Kernel):
                         "awq_ext.gemv_forward_cuda")
 
 
+class GptqAWQ(Kernel):
+    """An AWQ-packed weight (AutoAWQ's own packing, as in a checkpoint) run by one of gptqmodel's
+    QuantLinear kernels, built the way transformers 5.x builds them: the class gptqmodel selects
+    for the backend, the checkpoint's buffers copied in, then ``post_init`` (where Marlin, Machete
+    and the ATen kernel repack)."""
+    bits = 4
+
+    def __init__(self, short: str, backend: str, version: str = "gemm"):
+        self.name, self.backend, self.version = f"awq-hf-{short}", backend, version
+        self._selected: dict[str, object] = {}
+
+    def _select(self, device):
+        key = str(device)
+        if key not in self._selected:  # selection builds gptqmodel's CUDA extension on first use
+            from .errors import Unsupported
+            from .formats.gptqmodel import gptqmodel_available, select_awq_linear
+            if not gptqmodel_available():
+                self._selected[key] = "gptqmodel is not installed (the current stack's extra has it)"
+            else:
+                try:
+                    self._selected[key] = select_awq_linear(self.backend, self.version, device)[0]
+                except Unsupported as exc:
+                    self._selected[key] = str(exc)
+        return self._selected[key]
+
+    def unsupported_reason(self, device):
+        selected = self._select(device)
+        return selected if isinstance(selected, str) else None
+
+    def prepare(self, k, n, device, copies, seed=0):
+        cls = self._select(device)
+        (source,), ref = _awq_modules(self.version, k, n, "cpu", 1, seed)
+        mods = []
+        for _ in range(copies):
+            mod = cls(bits=4, group_size=GROUP, sym=False, desc_act=False, in_features=k, out_features=n,
+                      bias=False, register_buffers=True).to(device)
+            with torch.no_grad():
+                for name in ("qweight", "qzeros", "scales"):
+                    getattr(mod, name).copy_(source._buffers[name])
+            mod.post_init()
+            mods.append(mod.eval())
+        # Some kernels repack on their first call (the ATen CPU kernel converts to int4pack there):
+        # one call per copy here, so no timed call pays it (seen: 150 ms instead of 5 ms per call).
+        warm = torch.randn(1, k, dtype=self.dtype, device=device)
+        with torch.no_grad():
+            for mod in mods:
+                mod(warm)
+        from .formats.gptqmodel import KERNEL_WORDS
+
+        def call(x, mod):
+            with torch.no_grad():
+                return mod(x)
+        held = [t for t in (*mods[0].buffers(), *mods[0].parameters())]
+        return Prepared(mods, call, ref.to(device), _nbytes(*held),
+                        f"gptqmodel {cls.__name__}: {KERNEL_WORDS.get(cls.__name__, 'gptqmodel kernel')}")
+
+
 class CTW4A16(Kernel):
     """compressed-tensors W4A16 as its decompressor runs it: unpack int32 -> dequantize -> matmul."""
     name = "ct-w4a16"
@@ -266,7 +326,11 @@ class FP8ScaledMM(Kernel):
 
 KERNELS: dict[str, Kernel] = {k.name: k for k in (
     Dense(torch.bfloat16), Dense(torch.float16), AWQGemm("awq_ext"), AWQGemm("triton"), AWQGemm("naive"),
-    AWQGemv(), CTW4A16(), FP8ScaledMM())}
+    AWQGemv(), CTW4A16(), FP8ScaledMM(),
+    # The same AWQ weights through gptqmodel's kernels (transformers 5.x's AWQ runtime).
+    GptqAWQ("aten", "awq_torch_aten"), GptqAWQ("torch", "awq_torch"), GptqAWQ("gemm", "awq_gemm"),
+    GptqAWQ("gemv", "awq_gemv", version="gemv"), GptqAWQ("triton", "awq_gemm_triton"),
+    GptqAWQ("marlin", "awq_marlin"), GptqAWQ("machete", "awq_machete"))}
 DENSE_BASELINE = "torch-fp16"
 
 

@@ -167,14 +167,10 @@ class DetectedCheckpoint:
     quant_method: str | None
 
 
-FORMATS_BY_KIND = {
-    "dense": ("bf16", "fp16"),
-    "awq-gemm": ("awq-gemm", "awq-gemm-fused", "awq-gemm-hf"),
-    "awq-gemv": ("awq-gemv",),
-    "ct-w4a16": ("ct-w4a16", "ct-w4a16-dequant", "ct-w4a16-nodispatch", "ct-w4a16-bare"),
-    "ct-w8a16": ("ct-w8a16",),
-    "ct-fp8": ("ct-fp8",),
-}
+def formats_for_kind(kind: str) -> tuple[str, ...]:
+    """The registered formats that run a checkpoint kind, in registry order."""
+    from .formats import FORMATS
+    return tuple(name for name, fmt in FORMATS.items() if fmt.checkpoint == kind)
 
 
 def validate_safetensors(path: Path) -> None:
@@ -220,7 +216,7 @@ def detect_checkpoint(path: str | Path) -> DetectedCheckpoint:
         validate_safetensors(shard)
     qc = config.get("quantization_config")
     if not qc:
-        return DetectedCheckpoint(path, "dense", FORMATS_BY_KIND["dense"], None)
+        return DetectedCheckpoint(path, "dense", formats_for_kind("dense"), None)
     method = str(qc.get("quant_method", "")).lower()
     if method == "awq":
         from .formats.autoawq import read_awq_config
@@ -245,4 +241,4 @@ def detect_checkpoint(path: str | Path) -> DetectedCheckpoint:
     else:
         raise BadCheckpoint(config_path, f"unknown quant_method {qc.get('quant_method')!r}",
                             "quantbench detects 'awq' and 'compressed-tensors' (or none for dense)")
-    return DetectedCheckpoint(path, kind, FORMATS_BY_KIND[kind], method)
+    return DetectedCheckpoint(path, kind, formats_for_kind(kind), method)

@@ -18,10 +18,14 @@ import pandas as pd  # noqa: E402
 from . import findings, gate, gating, history  # noqa: E402
 
 FORMAT_ORDER = ["bf16", "fp16", "awq-gemm", "awq-gemv", "awq-gemm-fused", "awq-gemm-hf", "ct-w4a16",
-                "ct-w4a16-dequant", "ct-w4a16-nodispatch", "ct-w4a16-bare", "ct-w8a16", "ct-fp8"]
+                "ct-w4a16-dequant", "ct-w4a16-nodispatch", "ct-w4a16-bare", "ct-w8a16", "ct-fp8",
+                "awq-gemm-hf-torch", "awq-gemm-hf-gemm", "awq-gemm-hf-triton", "awq-gemm-hf-marlin",
+                "awq-gemm-hf-machete", "awq-gemv-hf"]
 KERNEL_ORDER = ["torch-bf16", "torch-fp16", "awq-gemm-awq_ext", "awq-gemm-triton", "awq-gemm-naive", "awq-gemv",
-                "ct-w4a16", "fp8-scaled-mm"]
-_PALETTE = plt.get_cmap("tab10").colors
+                "ct-w4a16", "fp8-scaled-mm", "awq-hf-aten", "awq-hf-torch", "awq-hf-gemm", "awq-hf-gemv",
+                "awq-hf-triton", "awq-hf-marlin", "awq-hf-machete"]
+# 20 colors, the ten strong hues first, then their light partners: up to 20 formats never share one.
+_PALETTE = [plt.get_cmap("tab20").colors[i] for i in (*range(0, 20, 2), *range(1, 20, 2))]
 
 
 def color(name: str) -> tuple:

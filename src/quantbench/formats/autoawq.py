@@ -9,7 +9,6 @@ user gets; ``kernel()`` names it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -163,33 +162,6 @@ class AWQGemmFused(_AWQ):
 
     def kernel(self, model, device):
         return "awq_ext fused (gemm_forward_cuda + fused attention/norm)"
-
-
-@register
-class AWQGemmTransformers(_AWQ):
-    name = "awq-gemm-hf"
-    checkpoint = "awq-gemm"
-    runtime = "transformers"
-    description = "AWQ GEMM checkpoint loaded by transformers itself (gptqmodel kernels on 5.x)"
-
-    def unsupported_reason(self, device):
-        import transformers
-        if transformers.__version__.startswith("4."):
-            if device.type != "cuda":
-                return "transformers 4.x runs AWQ through AutoAWQ, which demands IPEX on CPU"
-            return None
-        if importlib.util.find_spec("gptqmodel") is None:
-            return ("transformers 5.x loads AWQ checkpoints through gptqmodel, which is not installed "
-                    "(pip install gptqmodel==7.5.0)")
-        return None
-
-    def load(self, ckpt_dir, device):
-        read_awq_config(ckpt_dir)
-        return from_pretrained_strict(ckpt_dir, device, torch.float16)
-
-    def kernel(self, model, device):
-        classes = sorted({type(m).__name__ for n, m in model.named_modules() if n.endswith("q_proj")})
-        return "transformers:" + ",".join(classes)
 
 
 # ----------------------------------------------------------------------------- building
