@@ -131,3 +131,20 @@ def test_report_layer_needs_no_torch():
             "print('ok' if 'torch' not in sys.modules else 'torch was imported')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_gemv_vs_gemm_answers_autoawqs_batch_1_claim_or_says_why_not():
+    def row(fmt, batch, tps, state="ok", reason=None):
+        return {"model": "m", "format": fmt, "state": state, "reason": reason, "prompt_len": 128, "phase": "decode",
+                "batch": batch, "decode_tokens_per_s": tps}
+    gen = pd.DataFrame([row("awq-gemm", 1, 100.0), row("awq-gemm", 8, 400.0),
+                        row("awq-gemv", 1, None, "unsupported", "WQLinear_GEMV needs awq_ext"),
+                        row("awq-gemm-hf-gemm", 1, 100.0), row("awq-gemm-hf-gemm", 8, 400.0),
+                        row("awq-gemv-hf", 1, 130.0), row("awq-gemv-hf", 8, 300.0)])
+    lines = findings.gemv_vs_gemm(gen)
+    assert lines == [
+        "GEMV VS GEMM: m: awq-gemv could not run (unsupported: WQLinear_GEMV needs awq_ext); awq-gemm ran, so this "
+        "stack cannot answer which wins at batch 1",
+        "GEMV VS GEMM: m p128 (AutoAWQ's CUDA kernels as gptqmodel builds them): awq-gemv-hf decodes at 1.30x at "
+        "batch 1, 0.75x at batch 8 of awq-gemm-hf-gemm; GEMV faster at batch 1"]
+    assert findings.gemv_vs_gemm(gen[gen["format"].str.startswith("awq-gemv")]) == []  # no GEMM: nothing to say

@@ -79,6 +79,45 @@ def quantization_stops_paying(speedups: pd.DataFrame) -> int | None | str:
     return stops if stops is not None else "never"
 
 
+# AutoAWQ's guide: GEMV beats GEMM only at batch 1. Pairs of formats that run the two kernels of one family.
+GEMV_PAIRS = (("awq-gemv", "awq-gemm", "AutoAWQ's modules"),
+              ("awq-gemv-hf", "awq-gemm-hf-gemm", "AutoAWQ's CUDA kernels as gptqmodel builds them"))
+
+
+def gemv_vs_gemm(gen: pd.DataFrame) -> list[str]:
+    """For each GEMV/GEMM pair: GEMV's decode tokens/s over GEMM's by batch (per model and prompt), and
+    the batches where GEMV is faster; or, where GEMM ran and GEMV did not, the stated reason.
+    ``gen``: generation rows of one run, every state (the reasons live in the non-ok rows)."""
+    out: list[str] = []
+    if gen.empty or "format" not in gen:
+        return out
+    ok = gen[gen["state"] == "ok"]
+    for gemv, gemm, family in GEMV_PAIRS:
+        for model in sorted(ok["model"].dropna().unique()):
+            formats = set(ok[ok["model"] == model]["format"])
+            if gemm not in formats:
+                continue
+            if gemv not in formats:
+                stated = gen[(gen["model"] == model) & (gen["format"] == gemv) & (gen["state"] != "ok")]
+                if not stated.empty:
+                    row = stated.iloc[0]
+                    out.append(f"GEMV VS GEMM: {model}: {gemv} could not run ({row['state']}: {row.get('reason', '')}); "
+                               f"{gemm} ran, so this stack cannot answer which wins at batch 1")
+                continue
+            for prompt in sorted(ok[ok["model"] == model]["prompt_len"].unique()):
+                table = decode_table(ok, model, prompt)
+                if gemv not in table.index or gemm not in table.index:
+                    continue
+                ratio = (table.loc[gemv] / table.loc[gemm]).dropna()
+                if ratio.empty:
+                    continue
+                faster = [str(b) for b in ratio.index if ratio[b] > 1.0]
+                out.append(f"GEMV VS GEMM: {model} p{prompt} ({family}): {gemv} decodes at "
+                           + ", ".join(f"{ratio[b]:.2f}x at batch {b}" for b in ratio.index)
+                           + f" of {gemm}; GEMV faster at batch {', '.join(faster) if faster else 'none measured'}")
+    return out
+
+
 def flags(gen: pd.DataFrame) -> list[str]:
     """The seed's failure modes, found automatically."""
     out = []
