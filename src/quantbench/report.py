@@ -17,10 +17,9 @@ import pandas as pd  # noqa: E402
 
 from . import findings, gate, gating, history  # noqa: E402
 
-FORMAT_ORDER = ["bf16", "fp16", "awq-gemm", "awq-gemv", "awq-gemm-fused", "awq-gemm-hf", "ct-w4a16",
-                "ct-w4a16-dequant", "ct-w4a16-nodispatch", "ct-w4a16-bare", "ct-w8a16", "ct-fp8",
-                "awq-gemm-hf-torch", "awq-gemm-hf-gemm", "awq-gemm-hf-triton", "awq-gemm-hf-marlin",
-                "awq-gemm-hf-machete", "awq-gemv-hf"]
+FORMAT_ORDER = ["bf16", "fp16", "awq-gemm", "awq-gemv", "awq-gemm-fused", "awq-gemm-hf", "awq-gemm-hf-torch",
+                "awq-gemm-hf-gemm", "awq-gemv-hf", "awq-gemm-hf-triton", "awq-gemm-hf-marlin", "awq-gemm-hf-machete",
+                "ct-w4a16", "ct-w4a16-dequant", "ct-w4a16-nodispatch", "ct-w4a16-bare", "ct-w8a16", "ct-fp8"]
 KERNEL_ORDER = ["torch-bf16", "torch-fp16", "awq-gemm-awq_ext", "awq-gemm-triton", "awq-gemm-naive", "awq-gemv",
                 "ct-w4a16", "fp8-scaled-mm", "awq-hf-aten", "awq-hf-torch", "awq-hf-gemm", "awq-hf-gemv",
                 "awq-hf-triton", "awq-hf-marlin", "awq-hf-machete"]
