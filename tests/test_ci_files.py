@@ -39,3 +39,10 @@ def test_ci_run_calls_the_readme_test_command():
     assert "nox -s tests" in (REPO / ".ci" / "run").read_text()
     readme = (REPO / "README.md").read_text()
     assert "nox -s tests" in readme and "nox -s bench" in readme
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "tools").glob("*.sh")) + [REPO / ".ci" / "run"], ids=lambda p: p.name)
+def test_shell_scripts_parse(path):
+    """The tools run on a lent GPU machine between slots: a syntax error must show here."""
+    result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

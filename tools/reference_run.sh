@@ -211,5 +211,5 @@ for stage in "${stages[@]}"; do
   "stage_$stage"
   log "stage $stage ($STACK) done in $((SECONDS - t0)) s"
   # History goes with every stage, so a slot that ends early still brings back what was measured.
-  [ -d "$HIST" ] && cp -r "$HIST" "$OUT/" 2>/dev/null
+  if [ -d "$HIST" ]; then cp -r "$HIST" "$OUT/" 2>/dev/null; fi
 done

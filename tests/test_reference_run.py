@@ -1,0 +1,60 @@
+"""tools/reference_run.sh end to end on CPU, on the tiny spec: a GPU slot is rare and short, so a
+broken stage must show here, not on the lent machine."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.stack_independent
+
+SCRIPT = REPO / "tools" / "reference_run.sh"
+
+
+def reference_run(tmp_path, *stages, **knobs):
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "QB_STATE": str(tmp_path / "state"),
+           # the interpreter running the tests is the one the script's python3 must be
+           "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}",
+           "QB_MODEL": "tiny", "QB_KERNEL_MODELS": "tiny", "QB_NEW_TOKENS": "4", "QB_ROUNDS": "2",
+           "QB_REPEATS": "2", "QB_BATCH": "1,2", "QB_HF_BATCH": "1", "QB_KERNELS": "torch-fp16,awq-hf-aten",
+           "QB_KERNEL_ROUNDS": "2", "QB_GPTQ_EXTENSIONS": "awq", **knobs}
+    return subprocess.run(["bash", str(SCRIPT), *stages], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900)
+
+
+def test_the_reference_stages_run_and_write_what_the_guide_needs(tmp_path):
+    # setup is left out: it installs the offline wheel folder (.whl, built for the GPU machine's Python)
+    result = reference_run(tmp_path, "gptq", "sweep", "hf", "kernels", "repeat", "report")
+    out = tmp_path / "out"
+    timings = (out / "timings.txt").read_text()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for name in ("sweep-current", "hf-current", "kernels-current", "repeat-current-1", "repeat-current-2"):
+        assert f"{name} (current): rc 0" in timings, timings
+        assert json.loads((out / f"{name}.json").read_text())["benchmarks"]
+    hf = json.loads((out / "hf-current.json").read_text())
+    ran = {b["extra_info"]["format"] for b in hf["benchmarks"]}
+    stated = {s["format"]: s["reason"] for s in hf["quantbench"]["states"]}
+    if "awq-gemm-hf" in ran:  # the current stack with gptqmodel: its CPU kernel runs, CUDA kernels are stated
+        assert "Marlin kernel requires CUDA" in stated["awq-gemm-hf-marlin"]
+        assert "gptqmodel extension awq: FAILED" in (out / "gptq-build-current.txt").read_text()
+    else:
+        assert "awq-gemm-hf" in stated
+    assert "cv_pct" in (out / "repeatability-current.txt").read_text()
+    assert (out / "aa-gate-current.md").is_file()
+    guides = list((out / "reports").glob("*/README.md"))  # rendered from the newest run: a repeat
+    assert guides and "awq-gemm" in guides[0].read_text()
+    assert list((out / "history").glob("*/*.json"))  # every stage copies the history to OUT
+
+
+def test_a_stage_past_the_deadline_is_skipped_with_a_line(tmp_path):
+    result = reference_run(tmp_path, "sweep", "gptq", QB_DEADLINE=str(int(time.time())))
+    timings = (tmp_path / "out" / "timings.txt").read_text()
+    assert result.returncode == 0
+    assert "sweep-current (current): skipped, no time left before QB_DEADLINE" in timings
+    assert "gptq (current): skipped, no time left before QB_DEADLINE" in timings
+    assert not (tmp_path / "out" / "sweep-current.json").exists()
