@@ -8,6 +8,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def gptqmodel_stack() -> bool:
+    """gptqmodel installed beside transformers 5.x: the AWQ runtime of the awq-*-hf formats and kernels."""
+    import transformers
+
+    from quantbench.formats.gptqmodel import gptqmodel_available
+    return gptqmodel_available() and not transformers.__version__.startswith("4.")
+
+
+needs_gptqmodel = pytest.mark.skipif(not gptqmodel_stack(), reason="gptqmodel on transformers 5.x not installed")
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints():
     """Every checkpoint kind of the tiny spec, built once (cached across runs in .cache/)."""

@@ -7,6 +7,8 @@ from quantbench.errors import Unsupported
 from quantbench.formats import FORMATS, get_format
 from quantbench.pool import ModelPool, ModelSource
 
+from .conftest import needs_gptqmodel
+
 CPU_UNSUPPORTED = {"awq-gemv": "awq_ext", "awq-gemm-fused": "CUDA", "awq-gemm-hf": "",
                    # gptqmodel's CUDA kernels; on transformers 4.x none of the backends (awq-gemm-hf-torch too)
                    **{name: "gptqmodel" for name in ("awq-gemm-hf-torch", "awq-gemm-hf-gemm", "awq-gemm-hf-triton",
@@ -121,16 +123,6 @@ def test_gptq_runtime_is_a_stated_state_not_a_crash():
         assert reason is None
 
 
-def _gptqmodel_stack():
-    import importlib.util
-
-    import transformers
-    return importlib.util.find_spec("gptqmodel") is not None and not transformers.__version__.startswith("4.")
-
-
-needs_gptqmodel = pytest.mark.skipif(not _gptqmodel_stack(), reason="gptqmodel on transformers 5.x not installed")
-
-
 @needs_gptqmodel
 def test_awq_gemm_hf_runs_the_kernel_gptqmodel_picks_and_names_it(pool):
     import os
@@ -149,10 +141,11 @@ def test_a_named_gptqmodel_backend_runs_that_kernel_or_the_case_fails(pool, monk
     facts = pool.get(ModelSource.from_spec("tiny"), "awq-gemm-hf-torch").loaded.facts
     assert facts["linear_classes"] == {"AwqTorchLinear": 14} and facts["gptqmodel_backend"] == "torch_awq"
     pool.release()
+    from quantbench.formats import gptqmodel as module
     fmt = get_format("awq-gemm-hf-torch")
     ckpt = ModelSource.from_spec("tiny").checkpoint("awq-gemm-hf-torch", torch.device("cpu"))
     # Had gptqmodel put another class in than the one selected for the backend: no silent fallback.
-    monkeypatch.setitem(fmt._selected, "cpu", ("AwqMarlinLinear", 0.0))
+    monkeypatch.setitem(module._SELECTIONS, ("torch_awq", "gemm", "cpu"), (type("AwqMarlinLinear", (), {}), 0.0))
     with pytest.raises(RuntimeError, match="selected AwqMarlinLinear for backend 'torch_awq'"):
         fmt.open(ckpt, torch.device("cpu"))
 
@@ -173,8 +166,8 @@ def test_a_gptqmodel_that_does_not_import_is_a_stated_state(monkeypatch):
     def broken():
         raise ImportError("libpcre2-8.so.0: cannot open shared object file")
     monkeypatch.setattr(module, "import_gptqmodel", broken)
-    fresh = type(get_format("awq-gemm-hf-marlin"))()  # no selection cached yet
-    assert fresh.unsupported_reason(torch.device("cpu")) == \
+    monkeypatch.setattr(module, "_SELECTIONS", {})  # no selection cached yet
+    assert get_format("awq-gemm-hf-marlin").unsupported_reason(torch.device("cpu")) == \
         "gptqmodel does not import here: ImportError: libpcre2-8.so.0: cannot open shared object file"
 
 

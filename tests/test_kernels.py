@@ -9,7 +9,7 @@ import torch
 from quantbench import kernels
 from quantbench.analysis import crossover
 
-from .conftest import run_pytest
+from .conftest import gptqmodel_stack, needs_gptqmodel, run_pytest
 
 # K = N = 256, M = 1, group 128, worked by hand:
 #   activations: x 2*1*256 = 512, y 2*1*256 = 512
@@ -96,21 +96,11 @@ def test_kernel_suite_on_cpu(tmp_path):
     states = data["quantbench"]["states"]
     cuda_only = {"awq-gemm-awq_ext", "awq-gemm-triton", "awq-gemv", "fp8-scaled-mm", "awq-hf-gemm", "awq-hf-gemv",
                  "awq-hf-triton", "awq-hf-marlin", "awq-hf-machete"}
-    expected = cuda_only if _gptqmodel_stack() else cuda_only | {"awq-hf-aten", "awq-hf-torch"}
+    expected = cuda_only if gptqmodel_stack() else cuda_only | {"awq-hf-aten", "awq-hf-torch"}
     assert {s["kernel"] for s in states} == expected
-    if _gptqmodel_stack():  # gptqmodel's ATen int4 kernel beats fp16 at M=1 on 1.1B shapes (measured 3.4x)
+    if gptqmodel_stack():  # gptqmodel's ATen int4 kernel beats fp16 at M=1 on 1.1B shapes (measured 3.4x)
         assert any(row["kernel"] == "awq-hf-aten" and row["model"] == "tinyllama-1.1b" and row["speedup_at_min_M"] > 1
                    for row in data["quantbench"]["crossover"]), data["quantbench"]["crossover"]
-
-
-def _gptqmodel_stack() -> bool:
-    import transformers
-
-    from quantbench.formats.gptqmodel import gptqmodel_available
-    return gptqmodel_available() and not transformers.__version__.startswith("4.")
-
-
-needs_gptqmodel = pytest.mark.skipif(not _gptqmodel_stack(), reason="gptqmodel on transformers 5.x not installed")
 
 
 @needs_gptqmodel

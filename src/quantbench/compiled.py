@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from .errors import Unsupported
+from .errors import Unsupported, first_line
 from .measure import synchronize
 
 COMPILE_MIN_COSINE = 0.999  # compiled vs eager last-token logits of one decode step, same cache state
@@ -196,8 +196,8 @@ class CompiledDecoder:
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as exc:  # noqa: BLE001 - any compiler failure is this case's stated reason
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise Unsupported(f"torch.compile failed on this model: {type(exc).__name__}: {first}") from None
+            raise Unsupported(f"torch.compile failed on this model: {type(exc).__name__}: "
+                              f"{first_line(exc, 200)}") from None
         synchronize(self.device)
         facts = {"decode_runtime": f"torch.compile(mode={self.mode}) + StaticCache",
                  "compile_s": time.perf_counter() - start, **compile_report(before, _counters()),

@@ -34,3 +34,9 @@ class Unsupported(Exception):
 
 class OutOfMemory(Unsupported):
     state = "oom"
+
+
+def first_line(exc: BaseException, limit: int = 300, default: str = "") -> str:
+    """The first line of an exception's message, cut to ``limit`` (``default`` when it has none):
+    what a stated reason quotes of a library's error."""
+    return (str(exc).strip().splitlines() or [default])[0][:limit]

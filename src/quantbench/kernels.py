@@ -218,28 +218,21 @@ class GptqAWQ(Kernel):
 
     def __init__(self, short: str, backend: str, version: str = "gemm"):
         self.name, self.backend, self.version = f"awq-hf-{short}", backend, version
-        self._selected: dict[str, object] = {}
-
-    def _select(self, device):
-        key = str(device)
-        if key not in self._selected:  # selection builds gptqmodel's CUDA extension on first use
-            from .errors import Unsupported
-            from .formats.gptqmodel import gptqmodel_available, select_awq_linear
-            if not gptqmodel_available():
-                self._selected[key] = "gptqmodel is not installed (the current stack's extra has it)"
-            else:
-                try:
-                    self._selected[key] = select_awq_linear(self.backend, self.version, device)[0]
-                except Unsupported as exc:
-                    self._selected[key] = str(exc)
-        return self._selected[key]
 
     def unsupported_reason(self, device):
-        selected = self._select(device)
-        return selected if isinstance(selected, str) else None
+        from .errors import Unsupported
+        from .formats.gptqmodel import gptqmodel_available, selected_awq_linear
+        if not gptqmodel_available():
+            return "gptqmodel is not installed (the current stack's extra has it)"
+        try:
+            selected_awq_linear(self.backend, self.version, device)  # builds gptqmodel's CUDA extension
+        except Unsupported as exc:
+            return str(exc)
+        return None
 
     def prepare(self, k, n, device, copies, seed=0):
-        cls = self._select(device)
+        from .formats.gptqmodel import selected_awq_linear
+        cls = selected_awq_linear(self.backend, self.version, device)[0]
         (source,), ref = _awq_modules(self.version, k, n, "cpu", 1, seed)
         mods = []
         for _ in range(copies):

@@ -26,7 +26,7 @@ import traceback
 
 import torch
 
-from ..errors import Unsupported
+from ..errors import Unsupported, first_line
 from .autoawq import read_awq_config
 from .base import Format, LoadedModel, from_pretrained_strict, register
 
@@ -85,8 +85,7 @@ def select_awq_linear(backend: str, checkpoint_format: str, device: torch.device
     try:
         import_gptqmodel()
     except Exception as exc:  # noqa: BLE001  any import failure (e.g. pypcre built for another system)
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise Unsupported(f"gptqmodel does not import here: {type(exc).__name__}: {first}") from None
+        raise Unsupported(f"gptqmodel does not import here: {type(exc).__name__}: {first_line(exc)}") from None
     from gptqmodel.quantization import METHOD
     from gptqmodel.utils.importer import hf_select_quant_linear_v2
 
@@ -96,10 +95,28 @@ def select_awq_linear(backend: str, checkpoint_format: str, device: torch.device
                                         format=checkpoint_format, quant_method=METHOD.AWQ, zero_point=True,
                                         backend=backend, device_map={"": str(device)}, pack=False)
     except (ValueError, ImportError, RuntimeError, NotImplementedError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise Unsupported(f"gptqmodel has no AWQ kernel for backend {backend!r} ({checkpoint_format} "
-                          f"checkpoint) on {device.type}: {first}") from None
+                          f"checkpoint) on {device.type}: {first_line(exc, default=type(exc).__name__)}") from None
     return cls, time.perf_counter() - start
+
+
+_SELECTIONS: dict[tuple[str, str, str], tuple[type, float] | Unsupported] = {}
+
+
+def selected_awq_linear(backend: str, checkpoint_format: str, device: torch.device) -> tuple[type, float]:
+    """select_awq_linear once per (backend, checkpoint format, device) in this process, for the
+    formats and the kernel suite alike: a selection may build a CUDA extension, and its seconds are
+    those of the first call. Raises the selection's Unsupported every time."""
+    key = (backend, checkpoint_format, str(device))
+    if key not in _SELECTIONS:
+        try:
+            _SELECTIONS[key] = select_awq_linear(backend, checkpoint_format, device)
+        except Unsupported as exc:
+            _SELECTIONS[key] = exc
+    selected = _SELECTIONS[key]
+    if isinstance(selected, Unsupported):
+        raise Unsupported(str(selected))
+    return selected
 
 
 def _raised_in_gptqmodel(exc: BaseException) -> bool:
@@ -122,9 +139,6 @@ class _AWQTransformers(Format):
     backend = "auto"               # transformers' AwqBackend value
     checkpoint_format = "gemm"     # gptqmodel FORMAT of the checkpoint (AutoAWQ's version)
 
-    def __init__(self):
-        self._selected: dict[str, tuple[str, float] | Unsupported] = {}
-
     def _legacy_reason(self, device) -> str | None:
         return ("transformers 4.x has no AWQ kernel backends (it runs AutoAWQ's modules); gptqmodel's "
                 "AWQ kernels load through transformers 5.x")
@@ -135,15 +149,11 @@ class _AWQTransformers(Format):
         if not gptqmodel_available():
             return ("transformers 5.x loads AWQ checkpoints through gptqmodel, which is not installed "
                     "(pip install gptqmodel==7.5.0; the current stack's extra has it)")
-        key = str(device)
-        if key not in self._selected:  # once per process: selection may build a CUDA extension
-            try:
-                cls, seconds = select_awq_linear(self.backend, self.checkpoint_format, device)
-                self._selected[key] = (cls.__name__, seconds)
-            except Unsupported as exc:
-                self._selected[key] = exc
-        selected = self._selected[key]
-        return str(selected) if isinstance(selected, Unsupported) else None
+        try:
+            selected_awq_linear(self.backend, self.checkpoint_format, device)
+        except Unsupported as exc:
+            return str(exc)
+        return None
 
     def load(self, ckpt_dir, device):
         qc = read_awq_config(ckpt_dir)
@@ -161,22 +171,21 @@ class _AWQTransformers(Format):
                 raise
             # gptqmodel re-selects for this checkpoint's own group size and layer shapes
             raise Unsupported(f"gptqmodel could not load {ckpt_dir} with backend {self.backend!r}: "
-                              f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}") from None
+                              f"{first_line(exc, default=type(exc).__name__)}") from None
 
     def open(self, ckpt_dir, device) -> LoadedModel:
         loaded = super().open(ckpt_dir, device)
         if _transformers_4():
             return loaded
         present = quant_linear_classes(loaded.model)
-        selected = self._selected.get(str(device))
-        expected = selected[0] if isinstance(selected, tuple) else None
-        if expected is not None and present != [expected]:
+        expected, seconds = selected_awq_linear(self.backend, self.checkpoint_format, device)  # cached
+        if present != [expected.__name__]:
             # A named backend must not fall back; for auto, transformers' own pick must be the one we timed.
-            raise RuntimeError(f"{self.name}: gptqmodel selected {expected} for backend {self.backend!r}, "
+            raise RuntimeError(f"{self.name}: gptqmodel selected {expected.__name__} for backend {self.backend!r}, "
                                f"but the loaded model holds {present}")
         loaded.facts.update(import_gptqmodel())
         loaded.facts["gptqmodel_backend"] = self.backend
-        loaded.facts["kernel_select_s"] = selected[1] if isinstance(selected, tuple) else None
+        loaded.facts["kernel_select_s"] = seconds
         return loaded
 
     def kernel(self, model, device):
