@@ -171,6 +171,35 @@ def test_a_gptqmodel_that_does_not_import_is_a_stated_state(monkeypatch):
         "gptqmodel does not import here: ImportError: libpcre2-8.so.0: cannot open shared object file"
 
 
+@needs_gptqmodel
+def test_gptqmodel_never_downloads_cutlass_and_machete_says_what_is_missing(monkeypatch, tmp_path):
+    import os
+
+    from gptqmodel.utils import importer, machete
+
+    from quantbench.formats import gptqmodel as module
+    facts = module.import_gptqmodel()
+    if "GPTQMODEL_OFFLINE" not in facts.get("gptqmodel_env_before", {}):
+        assert os.environ["GPTQMODEL_OFFLINE"] == facts["gptqmodel_offline"] == "1"
+    # gptqmodel's own CUTLASS lookup, as quantbench leaves it: an empty cache is an error, not a download.
+    monkeypatch.setenv("GPTQMODEL_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("GPTQMODEL_CUTLASS_DIR", raising=False)
+    monkeypatch.setattr(machete.urllib.request, "urlopen", lambda *a, **k: pytest.fail("gptqmodel tried to download"))
+    with pytest.raises(RuntimeError) as missing:
+        machete._ensure_cutlass_source()
+    # On CUDA that error reaches the selection inside gptqmodel's build-failure line (gptqmodel/utils/cpp.py).
+    built = f"Machete: failed to build torch.ops JIT extension: {missing.value} | build_root=/x"
+
+    def select(**kwargs):
+        raise ImportError(built)
+    monkeypatch.setattr(importer, "hf_select_quant_linear_v2", select)
+    monkeypatch.setattr(module, "_SELECTIONS", {})
+    reason = get_format("awq-gemm-hf-machete").unsupported_reason(torch.device("cuda"))
+    assert reason.startswith("gptqmodel has no AWQ kernel for backend 'machete' (gemm checkpoint) on cuda: its CUDA "
+                             "extension is built from CUTLASS v4.7.1 source, which is not on this machine"), reason
+    assert "Fix: set GPTQMODEL_CUTLASS_DIR to a CUTLASS v4.7.1 source checkout" in reason
+
+
 def test_checkpoint_kinds_map_to_every_registered_format_that_runs_them():
     from quantbench.models import formats_for_kind
     assert set(formats_for_kind("awq-gemv")) == {"awq-gemv", "awq-gemv-hf"}

@@ -79,3 +79,18 @@ def test_a_bad_model_dir_fails_its_case_and_the_run_goes_on(awq_copy, tmp_path):
                         "--qb-rounds", "1", "--benchmark-disable", "-q")
     assert "unsupported AWQ group_size 96" in result.stdout
     assert "1 failed, 2 passed" in result.stdout, result.stdout[-2000:]
+
+
+def test_the_hub_libraries_run_offline_so_a_hub_id_fails_at_once(tmp_path):
+    import time
+
+    import huggingface_hub.constants as hub
+    from transformers import AutoConfig
+
+    # The plugin set offline mode before anything imported the Hub libraries (they read it at import).
+    assert hub.HF_HUB_OFFLINE, "HF_HUB_OFFLINE was not in force when huggingface_hub was imported"
+    start = time.perf_counter()
+    with pytest.raises(OSError) as raised:
+        AutoConfig.from_pretrained("Qwen/Qwen2.5-3B", cache_dir=tmp_path)  # a hub id, never fetched
+    assert time.perf_counter() - start < 10
+    assert "offline" in str(raised.value).lower() or "couldn't connect" in str(raised.value).lower(), raised.value

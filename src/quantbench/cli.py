@@ -10,6 +10,7 @@ import json
 import sys
 
 from .errors import QuantbenchError
+from .offline import stay_offline
 
 
 def _device(name: str):
@@ -285,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stay_offline()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -14,7 +14,10 @@ import pytest
 
 from .cases import CPU_DEFAULTS, GPU_DEFAULTS, build_cases, parse_int_list
 from .history import SCHEMA_VERSION
+from .offline import stay_offline
 from .paths import THRESHOLDS
+
+stay_offline()  # on plugin import: before any test or fixture imports transformers
 
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import time
 import traceback
 
@@ -46,6 +47,13 @@ KERNEL_WORDS = {
 # a benchmark process must not have one format's import change the allocator of the next.
 _ENV_WRITTEN_ON_IMPORT = ("PYTORCH_ALLOC_CONF", "CUDA_DEVICE_ORDER")
 _IMPORT_FACTS: dict = {}
+# gptqmodel builds Machete (and Swordfish) from CUTLASS source that it downloads from GitHub on first use
+# (gptqmodel/utils/machete.py, no timeout). quantbench downloads nothing at run time, and on an offline
+# GPU machine the download only fails with a DNS error: offline mode makes gptqmodel say what is missing
+# instead. A user who wants the download sets GPTQMODEL_OFFLINE=0; GPTQMODEL_CUTLASS_DIR names a checkout.
+OFFLINE_ENV = "GPTQMODEL_OFFLINE"
+CUTLASS_FIX = ("set GPTQMODEL_CUTLASS_DIR to a CUTLASS {version} source checkout (include/, tools/, python/), "
+               "or GPTQMODEL_OFFLINE=0 to let gptqmodel download it")
 
 
 def _transformers_4() -> bool:
@@ -61,6 +69,10 @@ def import_gptqmodel() -> dict:
     """Import gptqmodel once, undoing the environment variables it sets for the whole process
     (the CUDA caching allocator's config among them); returns what was undone."""
     if "gptqmodel_env_undone" not in _IMPORT_FACTS:
+        if OFFLINE_ENV in os.environ:  # the user's choice stands
+            _IMPORT_FACTS["gptqmodel_env_before"] = {OFFLINE_ENV: os.environ[OFFLINE_ENV]}
+        os.environ.setdefault(OFFLINE_ENV, "1")
+        _IMPORT_FACTS["gptqmodel_offline"] = os.environ[OFFLINE_ENV]
         before = {key: os.environ.get(key) for key in _ENV_WRITTEN_ON_IMPORT}
         undone = {}
         try:
@@ -95,8 +107,13 @@ def select_awq_linear(backend: str, checkpoint_format: str, device: torch.device
                                         format=checkpoint_format, quant_method=METHOD.AWQ, zero_point=True,
                                         backend=backend, device_map={"": str(device)}, pack=False)
     except (ValueError, ImportError, RuntimeError, NotImplementedError) as exc:
+        why = first_line(exc, default=type(exc).__name__)
+        cutlass = re.search(r"CUTLASS (v[\d.]+)", why)
+        if cutlass and f"{OFFLINE_ENV}=1" in why:  # its message runs on with cache paths: say it, with the fix
+            why = (f"its CUDA extension is built from CUTLASS {cutlass[1]} source, which is not on this machine "
+                   f"and is not downloaded. Fix: {CUTLASS_FIX.format(version=cutlass[1])}")
         raise Unsupported(f"gptqmodel has no AWQ kernel for backend {backend!r} ({checkpoint_format} "
-                          f"checkpoint) on {device.type}: {first_line(exc, default=type(exc).__name__)}") from None
+                          f"checkpoint) on {device.type}: {why}") from None
     return cls, time.perf_counter() - start
 
 

@@ -1,0 +1,21 @@
+"""quantbench downloads nothing at run time: models are built from specs, checkpoints are local paths.
+
+The Hugging Face libraries reach for the Hub on their own in places (a hub id where a path was meant,
+a missing file looked up remotely, a dataset name in a calibration call); in offline mode they fail at
+once with a message instead, and a run on a machine without a network cannot hang on one. Set before
+transformers, datasets or huggingface_hub are imported (they read these once, at import); a value the
+user set stands.
+"""
+
+from __future__ import annotations
+
+import os
+
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+def stay_offline() -> dict[str, str]:
+    """Default the Hub libraries to offline mode; returns the values now in force."""
+    for key in OFFLINE_ENV:
+        os.environ.setdefault(key, "1")
+    return {key: os.environ[key] for key in OFFLINE_ENV}
