@@ -35,7 +35,9 @@ def bench(fmt, batch, phase, tps, scale=1.0):
                            "phase": phase, "state": "ok", metric: tps * scale, "kernel": kernel,
                            "weight_bytes_after_load": load, "weight_bytes_after_first_forward": after,
                            "peak_memory_bytes": after + 10 * MIB, "peak_memory_kind": "cuda_max_allocated",
-                           "disk_bytes": load, "load_s": 1.0, "rate_metrics": {metric: batch * new}}}
+                           "disk_bytes": load, "load_s": 1.0, "rate_metrics": {metric: batch * new},
+                           # as runner.py computes it: every weight read once per decode step
+                           **({"decode_weight_gbps": after * new / seconds / 1e9} if phase == "decode" else {})}}
 
 
 def payload(scale=1.0, when="2026-11-20T00:00:00+00:00"):
@@ -97,6 +99,31 @@ def test_findings_flag_the_seed_failure_modes(rendered):
     assert "LIBRARY DISPATCH: m: ct-w4a16-nodispatch" not in text
 
 
+def test_decode_bandwidth_is_stated_against_the_devices_ceiling(rendered, tmp_path):
+    _, text = rendered
+    # No ceiling measured for this signature: the H100's datasheet copy bandwidth, named as such.
+    # bf16 at batch 1: 100 MiB of weights x 100 tokens/s = 10.5 GB/s = 0.3% of 3350 GB/s.
+    assert ("DECODE BANDWIDTH: m p128 batch 1: weights read per second, and % of the 3350 GB/s copy ceiling "
+            "(NVIDIA H100 SXM datasheet): bf16 10.5 GB/s (0.3%), ct-w4a16-bare 8.07 GB/s (0.2%), awq-gemm 7.34 GB/s "
+            "(0.2%), ct-w4a16-nodispatch 5.38 GB/s (0.2%), ct-w4a16 2.69 GB/s (0.1%)") in text
+    rows = [" ".join(line.split()) for line in text.split("Decode weight bandwidth")[1].splitlines()[:8]]
+    assert rows[0].startswith("(every weight read once per step), % of the 3350 GB/s copy ceiling")
+    # The weights are read once per step whatever the batch: 380 tok/s at batch 4 = 95 steps/s = 9.96 GB/s.
+    assert "| bf16 | 0.3 | 0.3 | 0.3 |" in rows and "| ct-w4a16 | 0.1 | 0.1 | 0.1 |" in rows
+    # A ceiling measured on the machine (quantbench peaks, beside the history) takes precedence.
+    history.save_run(tmp_path, payload())
+    (tmp_path / "h100-test" / "peaks.json").write_text('{"memory_gbps": 2000.0, "source": "measured: 2048 MiB copy"}')
+    measured = report.render_all(tmp_path, tmp_path / "out", load_thresholds(THRESHOLDS))[0].read_text()
+    assert "and % of the 2000 GB/s copy ceiling (measured): bf16 10.5 GB/s (0.5%)" in measured
+
+
+def test_decode_bandwidth_without_any_ceiling_is_in_gb_per_s():
+    rows = history.run_frame(payload())
+    lines = findings.bandwidth_lines(rows, None)
+    assert lines == [l for l in lines if "(no ceiling stored: run `quantbench peaks`)" in l] and len(lines) == 1
+    assert findings.decode_bandwidth(rows, "m", 128, None).loc["bf16", 1] == pytest.approx(0.32 * 32.768, rel=1e-3)
+
+
 def test_naive_fallback_is_flagged():
     rows = pd.DataFrame([{"model": "m", "format": "awq-gemm", "kernel": "naive-dequant", "state": "ok",
                           "prompt_len": 1, "phase": "decode", "batch": 1, "decode_tokens_per_s": 1.0,
@@ -148,3 +175,13 @@ def test_gemv_vs_gemm_answers_autoawqs_batch_1_claim_or_says_why_not():
         "GEMV VS GEMM: m p128 (AutoAWQ's CUDA kernels as gptqmodel builds them): awq-gemv-hf decodes at 1.30x at "
         "batch 1, 0.75x at batch 8 of awq-gemm-hf-gemm; GEMV faster at batch 1"]
     assert findings.gemv_vs_gemm(gen[gen["format"].str.startswith("awq-gemv")]) == []  # no GEMM: nothing to say
+
+
+def test_a_guide_rendered_twice_from_the_same_history_is_byte_identical(tmp_path):
+    history.save_run(tmp_path / "hist", payload())
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        report.render_all(tmp_path / "hist", out, load_thresholds(THRESHOLDS))
+    files = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*") if p.is_file())
+    assert any(f.suffix == ".svg" for f in files) and any(f.suffix == ".png" for f in files)
+    assert [f for f in files if (outs[0] / f).read_bytes() != (outs[1] / f).read_bytes()] == []

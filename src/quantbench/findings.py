@@ -79,6 +79,38 @@ def quantization_stops_paying(speedups: pd.DataFrame) -> int | None | str:
     return stops if stops is not None else "never"
 
 
+def decode_bandwidth(gen: pd.DataFrame, model: str, prompt_len: int, ceiling_gbps: float | None) -> pd.DataFrame:
+    """format x batch -> the rate at which decode read the model's weights (every weight once per step:
+    gpt-fast's achieved bandwidth), as % of the copy ceiling; GB/s where no ceiling is known.
+    At small batch, memory-bound decode should approach the ceiling: far below it, something else
+    (the host launching kernels, a slow kernel) sets the pace."""
+    rows = gen[(gen["model"] == model) & (gen["prompt_len"] == prompt_len) & (gen["phase"] == "decode")]
+    if "decode_weight_gbps" not in rows or rows["decode_weight_gbps"].isna().all():
+        return pd.DataFrame()
+    table = rows.pivot_table(index="format", columns="batch", values="decode_weight_gbps", aggfunc="median")
+    return table * 100.0 / ceiling_gbps if ceiling_gbps else table
+
+
+def bandwidth_lines(gen: pd.DataFrame, ceiling_gbps: float | None, ceiling_source: str = "") -> list[str]:
+    """Per model and prompt, at the smallest batch measured: each format's decode weight bandwidth and its
+    share of the copy ceiling, fastest first (the seed's 'decode bandwidth as % of peak at batch 1')."""
+    out: list[str] = []
+    ok = gen[gen["state"] == "ok"] if "state" in gen else gen
+    if ok.empty or "decode_weight_gbps" not in ok:
+        return out
+    decode = ok[(ok["phase"] == "decode") & ok["decode_weight_gbps"].notna()]
+    for (model, prompt), rows in decode.groupby(["model", "prompt_len"]):
+        batch = int(rows["batch"].min())
+        rates = rows[rows["batch"] == batch].groupby("format")["decode_weight_gbps"].median().sort_values(ascending=False)
+        parts = [f"{fmt} {gbps:.3g} GB/s" + (f" ({100.0 * gbps / ceiling_gbps:.1f}%)" if ceiling_gbps else "")
+                 for fmt, gbps in rates.items()]
+        ceiling = (f", and % of the {ceiling_gbps:.0f} GB/s copy ceiling" + (f" ({ceiling_source})" if ceiling_source else "")
+                   if ceiling_gbps else " (no ceiling stored: run `quantbench peaks`)")
+        out.append(f"DECODE BANDWIDTH: {model} p{prompt} batch {batch}: weights read per second{ceiling}: "
+                   + ", ".join(parts))
+    return out
+
+
 # AutoAWQ's guide: GEMV beats GEMM only at batch 1. Pairs of formats that run the two kernels of one family.
 GEMV_PAIRS = (("awq-gemv", "awq-gemm", "AutoAWQ's modules"),
               ("awq-gemv-hf", "awq-gemm-hf-gemm", "AutoAWQ's CUDA kernels as gptqmodel builds them"))
