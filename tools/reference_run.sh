@@ -47,7 +47,10 @@ mkdir -p "$OUT" "$STATE"
 export QUANTBENCH_CACHE="$STATE/cache"
 export PYTHONPATH="$PWD/src:$SITE"
 export PYTHONUNBUFFERED=1
-export TORCH_EXTENSIONS_DIR="$STATE/torch_extensions"  # gptqmodel's nvcc builds, reused by later stages
+# gptqmodel's nvcc builds, reused by later stages: gptqmodel reads its own variable (gptqmodel/utils/cpp.py,
+# default ~/.cache/gptqmodel/torch_extensions), torch's JIT loader the other
+export GPTQMODEL_TORCH_EXTENSIONS_DIR="$STATE/torch_extensions"
+export TORCH_EXTENSIONS_DIR="$STATE/torch_extensions"
 if command -v nvidia-smi >/dev/null && [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
   # build for this GPU only (nvcc time); gptqmodel adds the sm_90a target Machete needs itself
   TORCH_CUDA_ARCH_LIST=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d ' ')
@@ -175,7 +178,7 @@ for name in sys.argv[1].split(","):
     except Exception as exc:  # a failed build is a result: record it, go on with the next
         print(f"gptqmodel extension {name}: FAILED after {time.time() - start:.0f} s: {str(exc)[:1500]}")
 PY
-  log "gptq ($STACK): TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-} extensions in $TORCH_EXTENSIONS_DIR"
+  log "gptq ($STACK): TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-} extensions in $GPTQMODEL_TORCH_EXTENSIONS_DIR"
 }
 
 stage_hf() {

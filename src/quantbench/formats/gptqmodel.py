@@ -8,8 +8,8 @@ format (gptqmodel's priority order), the others name one kernel. The same AutoAW
 run through Marlin, Machete (Hopper), AutoAWQ's own GEMM/GEMV CUDA kernels (gptqmodel builds them
 itself, so they run where the autoawq-kernels wheel does not import), a Triton GEMM, or plain
 torch. gptqmodel builds its CUDA kernels with nvcc on first use (torch's JIT extension loader,
-cached under ``TORCH_EXTENSIONS_DIR``); selection, and with it the build, is done and timed
-before the load is timed (``kernel_select_s``), and a build or selection failure is a stated
+cached under ``GPTQMODEL_TORCH_EXTENSIONS_DIR``, default ``~/.cache/gptqmodel/torch_extensions``);
+selection, and with it the build, is done and timed before the load is timed (``kernel_select_s``), and a build or selection failure is a stated
 ``unsupported`` in gptqmodel's words. A named backend never falls back: the loaded model must hold
 that class, else the case fails.
 
