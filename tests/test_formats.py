@@ -179,8 +179,7 @@ def test_gptqmodel_never_downloads_cutlass_and_machete_says_what_is_missing(monk
 
     from quantbench.formats import gptqmodel as module
     facts = module.import_gptqmodel()
-    if "GPTQMODEL_OFFLINE" not in facts.get("gptqmodel_env_before", {}):
-        assert os.environ["GPTQMODEL_OFFLINE"] == facts["gptqmodel_offline"] == "1"
+    assert os.environ["GPTQMODEL_OFFLINE"] == facts["gptqmodel_offline"] == "1"
     # gptqmodel's own CUTLASS lookup, as quantbench leaves it: an empty cache is an error, not a download.
     monkeypatch.setenv("GPTQMODEL_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("GPTQMODEL_CUTLASS_DIR", raising=False)

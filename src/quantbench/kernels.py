@@ -231,7 +231,7 @@ class GptqAWQ(Kernel):
         return None
 
     def prepare(self, k, n, device, copies, seed=0):
-        from .formats.gptqmodel import selected_awq_linear
+        from .formats.gptqmodel import KERNEL_WORDS, selected_awq_linear
         cls = selected_awq_linear(self.backend, self.version, device)[0]
         (source,), ref = _awq_modules(self.version, k, n, "cpu", 1, seed)
         mods = []
@@ -249,12 +249,10 @@ class GptqAWQ(Kernel):
         with torch.no_grad():
             for mod in mods:
                 mod(warm)
-        from .formats.gptqmodel import KERNEL_WORDS
-
         def call(x, mod):
             with torch.no_grad():
                 return mod(x)
-        held = [t for t in (*mods[0].buffers(), *mods[0].parameters())]
+        held = [*mods[0].buffers(), *mods[0].parameters()]
         return Prepared(mods, call, ref.to(device), _nbytes(*held),
                         f"gptqmodel {cls.__name__}: {KERNEL_WORDS.get(cls.__name__, 'gptqmodel kernel')}")
 

@@ -5,17 +5,21 @@ a missing file looked up remotely, a dataset name in a calibration call); in off
 once with a message instead, and a run on a machine without a network cannot hang on one. Set before
 transformers, datasets or huggingface_hub are imported (they read these once, at import); a value the
 user set stands.
+
+gptqmodel builds Machete (and Swordfish) from CUTLASS source that it downloads from GitHub on first use
+(gptqmodel/utils/machete.py, urlopen without a timeout); offline, it says what is missing instead. A user
+who wants that download sets GPTQMODEL_OFFLINE=0; GPTQMODEL_CUTLASS_DIR names a checkout.
 """
 
 from __future__ import annotations
 
 import os
 
-OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "GPTQMODEL_OFFLINE")
 
 
 def stay_offline() -> dict[str, str]:
-    """Default the Hub libraries to offline mode; returns the values now in force."""
+    """Default the Hub libraries and gptqmodel to offline mode; returns the values now in force."""
     for key in OFFLINE_ENV:
         os.environ.setdefault(key, "1")
     return {key: os.environ[key] for key in OFFLINE_ENV}

@@ -248,8 +248,8 @@ def device_ceilings(payloads: list[dict], signature_dir: Path) -> dict | None:
         return stored
     for payload in payloads:
         gpu = (((payload.get("machine_info") or {}).get("quantbench") or {}).get("device") or {}).get("gpu")
-        if peaks.datasheet_peaks(gpu):
-            return peaks.datasheet_peaks(gpu)
+        if datasheet := peaks.datasheet_peaks(gpu):
+            return datasheet
     return None
 
 

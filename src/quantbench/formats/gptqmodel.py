@@ -9,8 +9,8 @@ run through Marlin, Machete (Hopper), AutoAWQ's own GEMM/GEMV CUDA kernels (gptq
 itself, so they run where the autoawq-kernels wheel does not import), a Triton GEMM, or plain
 torch. gptqmodel builds its CUDA kernels with nvcc on first use (torch's JIT extension loader,
 cached under ``GPTQMODEL_TORCH_EXTENSIONS_DIR``, default ``~/.cache/gptqmodel/torch_extensions``);
-selection, and with it the build, is done and timed before the load is timed (``kernel_select_s``), and a build or selection failure is a stated
-``unsupported`` in gptqmodel's words. A named backend never falls back: the loaded model must hold
+selection, and with it the build, is done and timed before the load is timed (``kernel_select_s``),
+and a build or selection failure is a stated ``unsupported`` in gptqmodel's words. A named backend never falls back: the loaded model must hold
 that class, else the case fails.
 
 On transformers 4.x, ``awq-gemm-hf`` runs AutoAWQ's modules through transformers (CUDA only) and
@@ -28,6 +28,7 @@ import traceback
 import torch
 
 from ..errors import Unsupported, first_line
+from ..offline import stay_offline
 from .autoawq import read_awq_config
 from .base import Format, LoadedModel, from_pretrained_strict, register
 
@@ -47,10 +48,7 @@ KERNEL_WORDS = {
 # a benchmark process must not have one format's import change the allocator of the next.
 _ENV_WRITTEN_ON_IMPORT = ("PYTORCH_ALLOC_CONF", "CUDA_DEVICE_ORDER")
 _IMPORT_FACTS: dict = {}
-# gptqmodel builds Machete (and Swordfish) from CUTLASS source that it downloads from GitHub on first use
-# (gptqmodel/utils/machete.py, no timeout). quantbench downloads nothing at run time, and on an offline
-# GPU machine the download only fails with a DNS error: offline mode makes gptqmodel say what is missing
-# instead. A user who wants the download sets GPTQMODEL_OFFLINE=0; GPTQMODEL_CUTLASS_DIR names a checkout.
+# gptqmodel is imported offline (quantbench.offline): Machete's CUTLASS source is then not downloaded.
 OFFLINE_ENV = "GPTQMODEL_OFFLINE"
 CUTLASS_FIX = ("set GPTQMODEL_CUTLASS_DIR to a CUTLASS {version} source checkout (include/, tools/, python/), "
                "or GPTQMODEL_OFFLINE=0 to let gptqmodel download it")
@@ -69,10 +67,7 @@ def import_gptqmodel() -> dict:
     """Import gptqmodel once, undoing the environment variables it sets for the whole process
     (the CUDA caching allocator's config among them); returns what was undone."""
     if "gptqmodel_env_undone" not in _IMPORT_FACTS:
-        if OFFLINE_ENV in os.environ:  # the user's choice stands
-            _IMPORT_FACTS["gptqmodel_env_before"] = {OFFLINE_ENV: os.environ[OFFLINE_ENV]}
-        os.environ.setdefault(OFFLINE_ENV, "1")
-        _IMPORT_FACTS["gptqmodel_offline"] = os.environ[OFFLINE_ENV]
+        _IMPORT_FACTS["gptqmodel_offline"] = stay_offline()[OFFLINE_ENV]  # also where no plugin or CLI set it
         before = {key: os.environ.get(key) for key in _ENV_WRITTEN_ON_IMPORT}
         undone = {}
         try:
