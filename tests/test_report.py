@@ -185,3 +185,31 @@ def test_a_guide_rendered_twice_from_the_same_history_is_byte_identical(tmp_path
     files = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*") if p.is_file())
     assert any(f.suffix == ".svg" for f in files) and any(f.suffix == ".png" for f in files)
     assert [f for f in files if (outs[0] / f).read_bytes() != (outs[1] / f).read_bytes()] == []
+
+
+def _section(markdown: str, title: str) -> list[str]:
+    lines = markdown.splitlines()
+    start = lines.index(title) + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return [line for line in lines[start:end] if line.strip()]
+
+
+@pytest.mark.stack_independent
+def test_every_committed_guide_is_rendered_from_the_committed_history(tmp_path):
+    """reports/<signature>/ is what people read: it must come from reports/history/<signature>/, not from a
+    history nobody kept. Compared: the files, the stack table and the findings (our own f-strings; the
+    pandas tables and chart bytes can move with a pandas or matplotlib release, the findings cannot)."""
+    from quantbench.paths import REPO_ROOT
+    reports = REPO_ROOT / "reports"
+    committed = sorted(p.parent.name for p in reports.glob("*/README.md") if p.parent.name != "history")
+    assert committed, "no committed guide under reports/"
+    report.render_all(reports / "history", tmp_path, load_thresholds(THRESHOLDS))
+    assert sorted(p.parent.name for p in tmp_path.glob("*/README.md")) == committed
+    for signature in committed:
+        files = sorted(p.name for p in (reports / signature).iterdir())
+        assert sorted(p.name for p in (tmp_path / signature).iterdir()) == files, signature
+        fresh, kept = ((root / signature / "README.md").read_text() for root in (tmp_path, reports))
+        for title in ("## Findings",):
+            assert _section(fresh, title) == _section(kept, title), f"{signature}: {title} differs; re-render"
+        assert [ln for ln in fresh.splitlines() if ln.startswith("| ")][:12] == \
+            [ln for ln in kept.splitlines() if ln.startswith("| ")][:12], f"{signature}: stack table differs"
