@@ -116,6 +116,15 @@ def test_gate_states_and_markdown():
     assert "awq-gemv" not in md and "Stated in both runs (not listed): 1 unsupported" in md
 
 
+def test_the_gate_reads_the_device_kind_from_the_run():
+    """A 20% slower case: past the 5% bound of a GPU run, within the CPU runs' per-case noise bound."""
+    case = ("test_generation[tiny-bf16-b1-p32-decode]", "decode_tokens_per_s")
+    for gpu, state in (("H100", "regressed"), (None, "unchanged")):
+        assert history.device_kind(payload(gpu=gpu)) == ("gpu" if gpu else "cpu")
+        result = gating.run_gate(payload(gpu=gpu, value=0.0125), [payload(gpu=gpu)], _thresholds())
+        assert {(d.case, d.metric): d.state for d in result.decisions}[case] == state
+
+
 def test_export_github_action_benchmark(tmp_path):
     from quantbench.export import write_github_action_benchmark
     paths = write_github_action_benchmark(payload(), _thresholds(), tmp_path)

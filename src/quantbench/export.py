@@ -14,10 +14,11 @@ UNITS = {"decode_tokens_per_s": "tokens/s", "prefill_tokens_per_s": "tokens/s", 
 def github_action_benchmark(payload: dict, thresholds: Thresholds) -> dict[str, list[dict]]:
     """{'customBiggerIsBetter': [...], 'customSmallerIsBetter': [...]} entries of name/unit/value/range."""
     out = {"customBiggerIsBetter": [], "customSmallerIsBetter": []}
+    device = history.device_kind(payload)
     for (case, metric), sample in sorted(history.samples(payload).items()):
         if sample.state != "ok":
             continue
-        direction = thresholds.for_case(case, metric).direction
+        direction = thresholds.for_case(case, metric, device).direction
         entry = {"name": f"{case} {metric}", "unit": UNITS.get(metric, ""), "value": sample.value}
         if len(sample.rounds) > 1:
             entry["range"] = f"{min(sample.rounds):.6g} .. {max(sample.rounds):.6g}"

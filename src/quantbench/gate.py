@@ -191,17 +191,36 @@ def _mann_whitney(current, baseline, alternative: str) -> float:
 
 
 # ----------------------------------------------------------------------------- thresholds
+DEVICE_KINDS = ("cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class Override:
+    """Threshold fields for the cases an override selects: by case-name pattern, by metric, and by the
+    kind of device the current run measured on (noise belongs to the machine, not to a model name)."""
+    pattern: str = "*"
+    metric: str | None = None
+    device: str | None = None      # "cpu" or "gpu"; None: any
+    fields: dict = field(default_factory=dict)
+
+    def selects(self, case: str, metric: str, device: str | None) -> bool:
+        return (wildcard_match(self.pattern, case) and self.metric in (None, metric)
+                and self.device in (None, device))
+
+
 @dataclass(frozen=True)
 class Thresholds:
     metrics: dict[str, Threshold]
-    overrides: tuple[tuple[str, str | None, dict], ...] = ()   # (case pattern, metric or None, fields)
+    overrides: tuple[Override, ...] = ()
     fallback: Threshold = field(default_factory=Threshold)
 
-    def for_case(self, case: str, metric: str) -> Threshold:
+    def for_case(self, case: str, metric: str, device: str | None = None) -> Threshold:
+        """The metric's threshold with every selecting override applied in file order (later wins).
+        ``device``: the current run's device kind; without it, device overrides select nothing."""
         base = self.metrics.get(metric, self.fallback)
-        for pattern, only_metric, fields in self.overrides:
-            if wildcard_match(pattern, case) and only_metric in (None, metric):
-                base = replace(base, **fields)
+        for override in self.overrides:
+            if override.selects(case, metric, device):
+                base = replace(base, **override.fields)
         return base
 
 
@@ -221,8 +240,12 @@ def parse_thresholds(text: str, source: str = "<thresholds>") -> Thresholds:
         overrides = []
         for item in data.get("overrides", []):
             item = dict(item)
-            pattern, metric = item.pop("pattern"), item.pop("metric", None)
-            overrides.append((pattern, metric, item))
+            device = item.pop("device", None)
+            if device not in (None, *DEVICE_KINDS):
+                raise ValueError(f"override device must be one of {DEVICE_KINDS}, got {device!r}")
+            if "pattern" not in item and device is None:
+                raise ValueError("an override needs a pattern, a device, or both")
+            overrides.append(Override(item.pop("pattern", "*"), item.pop("metric", None), device, item))
             Threshold(**{**defaults, **item})  # validate the fields now, not at first use
         return Thresholds(metrics, tuple(overrides), Threshold(**defaults))
     except (tomllib.TOMLDecodeError, TypeError, ValueError, KeyError) as exc:
@@ -316,12 +339,13 @@ def fold_stated_cases(current: dict[tuple[str, str], Sample], baseline: dict[tup
 
 
 def compare_runs(current: dict[tuple[str, str], Sample], baseline: dict[tuple[str, str], Sample],
-                 thresholds: Thresholds, paired: bool = False) -> list[Decision]:
+                 thresholds: Thresholds, paired: bool = False, device: str | None = None) -> list[Decision]:
     """Decide every (case, metric) in either run, plus one suite-level decision per metric,
-    sorted worst-first by state."""
+    sorted worst-first by state. ``device``: the current run's device kind, for device overrides;
+    the suite-level decisions keep the metric's own threshold (a global slowdown is what they catch)."""
     keys = sorted(set(current) | set(baseline))
     decisions = [decide(case, metric, current.get((case, metric)), baseline.get((case, metric)),
-                        thresholds.for_case(case, metric), paired) for case, metric in keys]
+                        thresholds.for_case(case, metric, device), paired) for case, metric in keys]
     for metric in sorted({d.metric for d in decisions}):
         suite = decide_suite(metric, decisions, thresholds.metrics.get(metric, thresholds.fallback), current, baseline,
                              paired)

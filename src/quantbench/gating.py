@@ -76,7 +76,7 @@ def run_gate(current: dict, baselines: list[dict], thresholds: gate.Thresholds,
     if diffs:
         note = "compared across different machines/stacks (--allow-incomparable): " + "; ".join(diffs)
     cur_samples, base_samples = gate.fold_stated_cases(cur_samples, base_samples)
-    decisions = gate.compare_runs(cur_samples, base_samples, thresholds, paired)
+    decisions = gate.compare_runs(cur_samples, base_samples, thresholds, paired, history.device_kind(current))
     return GateResult(decisions, gate.exit_code(decisions, fail_on), note)
 
 
@@ -118,13 +118,14 @@ def confirm(result: GateResult, rerun: dict, baselines: list[dict], thresholds: 
             fail_on: tuple[str, ...]) -> GateResult:
     """A regression stands only if the rerun of that case regresses too (run-level noise is independent)."""
     rerun_samples, base_samples = history.samples(rerun), history.merged_samples(baselines)
+    device = history.device_kind(rerun)
     confirmed = []
     for d in result.decisions:
         if d.state != "regressed" or d.case == gate.SUITE:  # the suite decision is robust to one slow case
             confirmed.append(d)
             continue
         again = gate.decide(d.case, d.metric, rerun_samples.get((d.case, d.metric)),
-                            base_samples.get((d.case, d.metric)), thresholds.for_case(d.case, d.metric))
+                            base_samples.get((d.case, d.metric)), thresholds.for_case(d.case, d.metric, device))
         if again.state == "regressed":
             confirmed.append(replace(d, note=(d.note + "; " if d.note else "") +
                                           f"confirmed by rerun (ratio {again.ratio:.3f})"))

@@ -240,6 +240,11 @@ def environment_fields(payload: dict) -> dict:
     return flat
 
 
+def device_kind(payload: dict) -> str:
+    """'gpu' where the run measured on a GPU, else 'cpu': what device overrides in the thresholds select on."""
+    return "gpu" if environment_fields(payload).get("device.gpu") else "cpu"
+
+
 def merged_samples(payloads: list[dict]) -> dict:
     """Several baseline runs -> one Sample per key: the median of the run medians (robust to one
     slow run), the run medians themselves (what the gate tests when both sides hold enough runs)
