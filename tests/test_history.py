@@ -89,6 +89,40 @@ def test_empty_baseline_folder(tmp_path):
         gating.resolve_baselines("latest", tmp_path, payload(), None)
 
 
+def _night(when: str, value: float = 0.01) -> dict:
+    run = payload(value=value)
+    run["datetime"] = when
+    return run
+
+
+def test_latest_baseline_never_holds_the_run_being_gated(tmp_path):
+    """`nox -s nightly`: the run is in the history already when its --benchmark-json is gated against
+    'latest'. Baselines are the newest earlier runs, the run itself never among them."""
+    nights = [_night(f"2026-11-2{i}T03:00:00") for i in range(5)]
+    saved = [history.save_run(tmp_path, night) for night in nights]
+    tonight = json.loads(json.dumps(nights[-1]))  # the benchmark JSON: same run, another file
+    tonight["quantbench"]["telemetry_end"] = []
+    assert gating.resolve_baselines("latest", tmp_path, tonight, tmp_path / "results" / "bench.json") == saved[1:4]
+    assert gating.resolve_baselines("latest", tmp_path, tonight, saved[-1], runs=2) == saved[2:4]
+    # a merge of the last two nights: neither of them is its baseline; a combination likewise
+    merged = history.merge_runs(nights[-2:])
+    assert history.run_ids(merged) == history.run_ids(nights[-2]) | history.run_ids(nights[-1])
+    assert gating.resolve_baselines("latest", tmp_path, merged, None) == saved[0:3]
+    assert gating.resolve_baselines("latest", tmp_path, history.combine_runs(nights[-2:]), None) == saved[0:3]
+    with pytest.raises(BadHistory, match="holds only this run"):
+        gating.resolve_baselines("latest", tmp_path / "one", tonight, history.save_run(tmp_path / "one", tonight))
+
+
+def test_a_nightly_regression_is_not_diluted_by_comparing_the_run_with_itself(tmp_path):
+    history.save_run(tmp_path, _night("2026-11-21T03:00:00"))
+    slow = _night("2026-11-22T03:00:00", value=0.0125)  # 20% slower
+    history.save_run(tmp_path, slow)
+    baselines = [history.load_run(p) for p in gating.resolve_baselines("latest", tmp_path, slow, None)]
+    decision = {(d.case, d.metric): d for d in gating.run_gate(slow, baselines, _thresholds()).decisions}[
+        ("test_generation[tiny-bf16-b1-p32-decode]", "decode_tokens_per_s")]
+    assert decision.state == "regressed" and decision.ratio == pytest.approx(0.8)
+
+
 def test_baseline_from_another_machine_is_never_compared_silently():
     result = gating.run_gate(payload(), [payload(gpu="A100", torch="2.9")], _thresholds())
     assert {d.state for d in result.decisions} == {"incomparable"}

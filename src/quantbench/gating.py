@@ -82,16 +82,28 @@ def run_gate(current: dict, baselines: list[dict], thresholds: gate.Thresholds,
 
 def resolve_baselines(baseline: str, history_root: Path, current: dict, current_path: Path | None,
                       runs: int = 3) -> list[Path]:
-    """'latest' = the newest ``runs`` files in the current run's signature folder, the current run excluded."""
+    """'latest' = the newest ``runs`` files in the current run's signature folder that hold none of the
+    current run's runs. Excluded by identity, not only by path: `nox -s nightly` gates its
+    --benchmark-json while the same run already sits in the history, and comparing a run with itself
+    would dilute the regression it is there to catch (with one earlier night, by half)."""
     if baseline != "latest":
         return [Path(p) for p in baseline.split(",")]
     sig = history.signature(current)
-    files = [p for p in history.run_files(history_root, sig)
-             if current_path is None or p.resolve() != Path(current_path).resolve()]
-    if not files:
-        raise BadHistory(Path(history_root) / sig, "no baseline run for this machine signature (empty baseline folder)",
+    own = history.run_ids(current)
+    chosen: list[Path] = []
+    for path in reversed(history.run_files(history_root, sig)):
+        if len(chosen) == runs:
+            break
+        if current_path is not None and path.resolve() == Path(current_path).resolve():
+            continue
+        if history.run_ids(history.load_run(path)) & own:
+            continue
+        chosen.append(path)
+    if not chosen:
+        raise BadHistory(Path(history_root) / sig, "no earlier run for this machine signature (empty baseline folder, "
+                         "or it holds only this run)",
                          "run the benchmark with --qb-history on the baseline first, or pass --baseline PATH")
-    return files[-runs:]
+    return chosen[::-1]
 
 
 def rerun_args(current: dict, nodeids: list[str], out_json: Path) -> list[str]:

@@ -300,7 +300,22 @@ def merge_runs(payloads: list[dict]) -> dict:
                               max=data[-1], mean=statistics.fmean(data), iqr=q3 - q1,
                               stddev=statistics.stdev(data) if len(data) > 1 else 0.0)
     merged.setdefault("quantbench", {})["merged_from"] = sum(runs_in(p) for p in payloads)
+    merged["quantbench"]["run_ids"] = _sources(payloads)
     return merged
+
+
+def run_ids(payload: dict) -> set[str]:
+    """The runs a payload holds, each named by pytest-benchmark's start time and the commit: one for a
+    plain run, its sources' for a merge or a combination. The benchmark JSON and the history file of
+    one run carry the same ids, so a gate can tell that a history file *is* the run it gates."""
+    stored = (payload.get("quantbench") or {}).get("run_ids")
+    if stored:
+        return set(stored)
+    return {f"{payload.get('datetime')}@{(payload.get('commit_info') or {}).get('id')}"}
+
+
+def _sources(payloads: list[dict]) -> list[str]:
+    return sorted(set().union(*(run_ids(p) for p in payloads)))
 
 
 def runs_in(payload: dict) -> int:
@@ -334,6 +349,7 @@ def combine_runs(payloads: list[dict]) -> dict:
     qb = combined.setdefault("quantbench", {})
     qb["states"] = [s for name, s in states.items() if name not in benches]
     qb["throttled"] = any((p.get("quantbench") or {}).get("throttled") for p in ordered)
+    qb["run_ids"] = _sources(ordered)
     qb["combined_from"] = [{"datetime": p.get("datetime"), "commit": (p.get("commit_info") or {}).get("id"),
                             "dirty": (p.get("commit_info") or {}).get("dirty"),
                             "args": (p.get("quantbench") or {}).get("args"),
