@@ -83,12 +83,14 @@ def nightly(session: nox.Session, stack: str) -> None:
     gpu = ["--qb-models", "qwen2.5-3b,mistral-7b", "--qb-batch", "1,2,4,8,16,32,64",
            "--qb-prompt", "128,512,2048", "--qb-new-tokens", "128"] if has_gpu() else []
     out = f"results/nightly-{stack}"
-    baseline_exists = any(Path(HISTORY).glob("*/[0-9]*_*.json"))
     run_benchmarks(session, out, "--qb-formats", BENCH_FORMATS, *gpu)
     session.run("quantbench", "report", "--history", HISTORY, "--out", "reports")
-    if baseline_exists:
-        session.run("quantbench", "gate", "--current", f"{out}/bench.json", "--baseline", "latest",
-                    "--history", HISTORY, "--confirm-rerun", "1", "--markdown", f"{out}/gate.md")
+    # 'previous': the newest earlier runs of this stack (never this run, though it is in the history
+    # now), or on the night after an upgrade (new driver, CUDA, torch, transformers...) the runs of the
+    # stack it replaced, labelled with what changed. The first night of a stack has nothing to compare.
+    session.run("quantbench", "gate", "--current", f"{out}/bench.json", "--baseline", "previous",
+                "--history", HISTORY, "--if-no-baseline", "pass", "--confirm-rerun", "1", "--markdown",
+                f"{out}/gate.md")
 
 
 @nox.session(default=False)

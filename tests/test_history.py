@@ -113,6 +113,55 @@ def test_latest_baseline_never_holds_the_run_being_gated(tmp_path):
         gating.resolve_baselines("latest", tmp_path / "one", tonight, history.save_run(tmp_path / "one", tonight))
 
 
+def _stack(when: str, transformers: str, stack: str = "current", gpu: str = "H100", value: float = 0.01) -> dict:
+    run = _night(when, value)
+    qb = run["machine_info"]["quantbench"]
+    qb["device"]["gpu"] = gpu
+    qb["versions"].update(transformers=transformers, stack=stack)
+    qb["signature"] = f"{gpu}-{stack}-{transformers}"
+    return run
+
+
+def test_previous_baseline_is_the_stack_an_upgrade_replaced(tmp_path):
+    """The night after `transformers` 5.17 -> 5.23: 'latest' has nothing to compare with, 'previous'
+    takes the newest runs of the stack it replaced on this hardware, never another stack or GPU."""
+    old = [history.save_run(tmp_path, _stack(f"2026-11-2{i}T03:00:00", "5.17.0")) for i in range(3)]
+    history.save_run(tmp_path, _stack("2026-11-23T04:00:00", "4.51.3", stack="legacy"))  # newer, other stack
+    history.save_run(tmp_path, _stack("2026-11-23T05:00:00", "5.17.0", gpu="A100"))      # newer, other GPU
+    upgraded = _stack("2026-11-24T03:00:00", "5.23.0", value=0.0125)  # and 20% slower
+    saved = history.save_run(tmp_path, upgraded)
+    with pytest.raises(BadHistory, match="no earlier run"):
+        gating.resolve_baselines("latest", tmp_path, upgraded, saved)
+    paths = gating.resolve_baselines("previous", tmp_path, upgraded, saved, runs=2)
+    assert paths == old[1:]
+    baselines = [history.load_run(p) for p in paths]
+    assert gating.crosses_upgrade(upgraded, baselines)
+    result = gating.run_gate(upgraded, baselines, _thresholds(), upgrade=True)
+    assert "upgraded since the baseline" in result.machine_note and "5.17.0 -> 5.23.0" in result.machine_note
+    assert result.exit_code == 1 and "regressed" in {d.state for d in result.decisions}
+    # the next night of the new stack compares with the new stack again
+    nxt = _stack("2026-11-25T03:00:00", "5.23.0")
+    assert gating.resolve_baselines("previous", tmp_path, nxt, None) == [saved]
+    assert not gating.crosses_upgrade(nxt, [history.load_run(saved)])
+
+
+def test_gate_cli_previous_and_a_first_night(tmp_path):
+    from .conftest import run_cli
+    history.save_run(tmp_path, _stack("2026-11-21T03:00:00", "5.17.0"))
+    upgraded = _stack("2026-11-24T03:00:00", "5.23.0", value=0.0125)
+    current = history.save_run(tmp_path, upgraded)
+    out = run_cli("gate", "--current", str(current), "--baseline", "previous", "--history", str(tmp_path))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "comparing with the stack it replaced" in out.stdout and "5.17.0 -> 5.23.0" in out.stdout
+    first = _stack("2026-11-24T03:00:00", "4.51.3", stack="legacy")
+    alone = history.save_run(tmp_path, first)
+    out = run_cli("gate", "--current", str(alone), "--baseline", "previous", "--history", str(tmp_path))
+    assert out.returncode == 2 and "no earlier run" in out.stderr
+    out = run_cli("gate", "--current", str(alone), "--baseline", "previous", "--history", str(tmp_path),
+                  "--if-no-baseline", "pass")
+    assert out.returncode == 0 and "nothing to compare with, passed" in out.stdout
+
+
 def test_a_nightly_regression_is_not_diluted_by_comparing_the_run_with_itself(tmp_path):
     history.save_run(tmp_path, _night("2026-11-21T03:00:00"))
     slow = _night("2026-11-22T03:00:00", value=0.0125)  # 20% slower

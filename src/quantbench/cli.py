@@ -73,10 +73,17 @@ def cmd_gate(args) -> int:
     from pathlib import Path
 
     from . import gating, history
+    from .errors import NoBaseline
     current_path = Path(args.current) if args.current != "latest" else history.latest_run(args.history)
     current = history.load_run(current_path)
-    baseline_paths = gating.resolve_baselines(args.baseline, Path(args.history), current, current_path,
-                                              args.baseline_runs)
+    try:
+        baseline_paths = gating.resolve_baselines(args.baseline, Path(args.history), current, current_path,
+                                                  args.baseline_runs)
+    except NoBaseline as exc:
+        if args.if_no_baseline != "pass":
+            raise
+        print(f"quantbench gate: nothing to compare with, passed: {exc.line()}")
+        return 0
     baselines = [history.load_run(p) for p in baseline_paths]
     fail_on = tuple(s.strip() for s in args.fail_on.split(",") if s.strip())
     thresholds = _thresholds(args)
@@ -86,7 +93,11 @@ def cmd_gate(args) -> int:
               f"runs as the baseline holds ({baseline_runs}), it holds {current_runs}. Fix: quantbench "
               "merge the current side's runs, in the order of the baseline runs", file=sys.stderr)
         return 2
-    result = gating.run_gate(current, baselines, thresholds, fail_on, args.allow_incomparable, args.paired)
+    upgrade = args.baseline == "previous" and gating.crosses_upgrade(current, baselines)
+    if upgrade:
+        print(f"quantbench gate: first run of signature {history.signature(current)}: comparing with the stack it "
+              f"replaced ({history.signature(baselines[-1])})")
+    result = gating.run_gate(current, baselines, thresholds, fail_on, args.allow_incomparable, args.paired, upgrade)
     for attempt in range(args.confirm_rerun):
         if not result.exit_code:
             break
@@ -233,8 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     gate = sub.add_parser("gate", help="fail when the current run regressed against a baseline")
     gate.add_argument("--current", required=True, help="history file of this run, or 'latest'")
     gate.add_argument("--baseline", required=True,
-                      help="history file(s), comma-separated, or 'latest' (same machine signature)")
-    gate.add_argument("--history", default="history", help="history root for 'latest' (default: history)")
+                      help="history file(s), comma-separated; 'latest' (the newest earlier runs of this "
+                           "machine signature); or 'previous' (as latest, and on the first run after an upgrade the "
+                           "newest runs of the stack it replaced on this hardware, labelled with what changed)")
+    gate.add_argument("--if-no-baseline", choices=("fail", "pass"), default="fail",
+                      help="with 'latest' / 'previous' and no earlier run to compare with (a first night, a new "
+                           "stack): fail (default) or pass with a line saying so")
+    gate.add_argument("--history", default="history", help="history root for 'latest' / 'previous' (default: history)")
     gate.add_argument("--thresholds", default=None, help="default: fixtures/thresholds.toml")
     gate.add_argument("--fail-on", default="regressed", help="states that fail, comma-separated")
     gate.add_argument("--allow-incomparable", action="store_true",

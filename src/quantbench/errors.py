@@ -26,6 +26,10 @@ class BadHistory(QuantbenchError):
     """A history file that cannot be read (corrupt, truncated, old schema)."""
 
 
+class NoBaseline(BadHistory):
+    """'latest' / 'previous' found no earlier run to compare with (a first run, not a broken file)."""
+
+
 class Unsupported(Exception):
     """This format/kernel cannot run here; the message says why. Stored as a state, not a crash."""
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
 from . import gate, history
-from .errors import BadHistory
+from .errors import BadHistory, NoBaseline
 
 
 @dataclass
@@ -53,10 +54,12 @@ class GateResult:
 
 def run_gate(current: dict, baselines: list[dict], thresholds: gate.Thresholds,
              fail_on: tuple[str, ...] = gate.DEFAULT_FAIL_ON, allow_incomparable: bool = False,
-             paired: bool = False) -> GateResult:
+             paired: bool = False, upgrade: bool = False) -> GateResult:
     """Compare a run with one or more baseline runs. A baseline from another machine/stack is never
-    compared silently. ``paired``: the current run is a merge whose i-th run was made together with
-    the i-th baseline run."""
+    compared silently: it is incomparable, or compared and labelled with what differs
+    (``allow_incomparable``, or ``upgrade``: the baseline is the stack this run's upgrade replaced, from
+    ``resolve_baselines('previous')``). ``paired``: the current run is a merge whose i-th run was made
+    together with the i-th baseline run."""
     if isinstance(baselines, dict):
         baselines = [baselines]
     cur_env = history.environment_fields(current)
@@ -68,13 +71,14 @@ def run_gate(current: dict, baselines: list[dict], thresholds: gate.Thresholds,
                 diffs.append(diff)
     cur_samples, base_samples = history.samples(current), history.merged_samples(baselines)
     note = ""
-    if diffs and not allow_incomparable:
+    if diffs and not (allow_incomparable or upgrade):
         note = "incomparable machines: " + "; ".join(diffs)
         keys = sorted({k[0] for k in cur_samples} | {k[0] for k in base_samples})
         decisions = [gate.Decision(case, "*", "incomparable", note=note) for case in keys]
         return GateResult(decisions, gate.exit_code(decisions, fail_on), note)
     if diffs:
-        note = "compared across different machines/stacks (--allow-incomparable): " + "; ".join(diffs)
+        note = ("upgraded since the baseline (--baseline previous): " if upgrade else
+                "compared across different machines/stacks (--allow-incomparable): ") + "; ".join(diffs)
     cur_samples, base_samples = gate.fold_stated_cases(cur_samples, base_samples)
     decisions = gate.compare_runs(cur_samples, base_samples, thresholds, paired, history.device_kind(current))
     return GateResult(decisions, gate.exit_code(decisions, fail_on), note)
@@ -82,28 +86,64 @@ def run_gate(current: dict, baselines: list[dict], thresholds: gate.Thresholds,
 
 def resolve_baselines(baseline: str, history_root: Path, current: dict, current_path: Path | None,
                       runs: int = 3) -> list[Path]:
-    """'latest' = the newest ``runs`` files in the current run's signature folder that hold none of the
-    current run's runs. Excluded by identity, not only by path: `nox -s nightly` gates its
-    --benchmark-json while the same run already sits in the history, and comparing a run with itself
-    would dilute the regression it is there to catch (with one earlier night, by half)."""
-    if baseline != "latest":
+    """Baseline files for ``--baseline``: paths as given, or
+
+    - 'latest': the newest ``runs`` files in the current run's signature folder that hold none of the
+      current run's runs. Excluded by identity, not only by path: `nox -s nightly` gates its
+      --benchmark-json while the same run already sits in the history, and comparing a run with itself
+      would dilute the regression it is there to catch (with one earlier night, by half).
+    - 'previous': as 'latest' while this signature has earlier runs; on the first run after an
+      upgrade (a new driver, CUDA or library version makes a new signature) the newest runs of the
+      signature it replaced: same hardware, same stack. That is the comparison a nightly exists for;
+      the gate labels it with what changed (``crosses_upgrade``)."""
+    if baseline not in ("latest", "previous"):
         return [Path(p) for p in baseline.split(",")]
     sig = history.signature(current)
     own = history.run_ids(current)
-    chosen: list[Path] = []
-    for path in reversed(history.run_files(history_root, sig)):
-        if len(chosen) == runs:
-            break
-        if current_path is not None and path.resolve() == Path(current_path).resolve():
-            continue
-        if history.run_ids(history.load_run(path)) & own:
-            continue
-        chosen.append(path)
+    skip = Path(current_path).resolve() if current_path is not None else None
+
+    def newest(signature_name: str) -> list[Path]:
+        chosen: list[Path] = []
+        for path in reversed(history.run_files(history_root, signature_name)):
+            if len(chosen) == runs:
+                break
+            if path.resolve() != skip and not history.run_ids(history.load_run(path)) & own:
+                chosen.append(path)
+        return chosen[::-1]
+
+    chosen = newest(sig)
+    if not chosen and baseline == "previous":
+        replaced = _replaced_signature(Path(history_root), current, sig, own)
+        chosen = newest(replaced) if replaced else []
     if not chosen:
-        raise BadHistory(Path(history_root) / sig, "no earlier run for this machine signature (empty baseline folder, "
+        where = "for this machine signature" + (" or the stack it replaced on this hardware"
+                                                 if baseline == "previous" else "")
+        raise NoBaseline(Path(history_root) / sig, f"no earlier run {where} (empty baseline folder, "
                          "or it holds only this run)",
                          "run the benchmark with --qb-history on the baseline first, or pass --baseline PATH")
-    return chosen[::-1]
+    return chosen
+
+
+def _replaced_signature(root: Path, current: dict, sig: str, own: set[str]) -> str | None:
+    """The signature of the newest earlier run on the same hardware and stack under another signature."""
+    want = (history.hardware(current), history.stack_name(current))
+    # run files are named <UTC timestamp>_..., so their names sort by time across signature folders
+    for path in sorted(history.run_files(root), key=lambda p: p.name, reverse=True):
+        if path.parent.name == sig:
+            continue
+        try:
+            payload = history.load_run(path)
+        except BadHistory as exc:  # another signature's bad file must not stop this machine's gate
+            print(f"quantbench gate: skipped while looking for the replaced stack: {exc.line()}", file=sys.stderr)
+            continue
+        if (history.hardware(payload), history.stack_name(payload)) == want and not history.run_ids(payload) & own:
+            return path.parent.name
+    return None
+
+
+def crosses_upgrade(current: dict, baselines: list[dict]) -> bool:
+    """Does a 'previous' baseline come from the stack this run's upgrade replaced?"""
+    return any(history.signature(b) != history.signature(current) for b in baselines)
 
 
 def rerun_args(current: dict, nodeids: list[str], out_json: Path) -> list[str]:

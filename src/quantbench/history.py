@@ -245,6 +245,18 @@ def device_kind(payload: dict) -> str:
     return "gpu" if environment_fields(payload).get("device.gpu") else "cpu"
 
 
+def hardware(payload: dict) -> tuple:
+    """The machine's hardware as the run saw it (what an upgrade of drivers or libraries leaves alone)."""
+    env = environment_fields(payload)
+    if env.get("device.gpu"):
+        return ("gpu", env.get("device.gpu"), env.get("device.gpu_count"))
+    return ("cpu", env.get("device.cpu"), env.get("device.cpu_count"))
+
+
+def stack_name(payload: dict) -> str | None:
+    return environment_fields(payload).get("versions.stack")
+
+
 def merged_samples(payloads: list[dict]) -> dict:
     """Several baseline runs -> one Sample per key: the median of the run medians (robust to one
     slow run), the run medians themselves (what the gate tests when both sides hold enough runs)

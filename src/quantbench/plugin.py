@@ -45,7 +45,8 @@ def pytest_addoption(parser):
     group.addoption("--qb-history", default=None, metavar="DIR",
                     help="store this run atomically under DIR/<machine signature>/")
     group.addoption("--qb-gate", default=None, metavar="BASELINE",
-                    help="after the run, gate it against BASELINE (a history file, or 'latest' in --qb-history)")
+                    help="after the run, gate it against BASELINE (history files, or 'latest' / 'previous' "
+                         "in --qb-history: see quantbench gate --help)")
     group.addoption("--qb-thresholds", default=None, metavar="TOML", help="default: fixtures/thresholds.toml")
     group.addoption("--qb-gate-fail-on", default="regressed",
                     help="gate states that fail the run, comma-separated (e.g. regressed,missing)")
@@ -257,8 +258,9 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         try:
             paths = gating.resolve_baselines(baseline, Path(root or "history"), output_json, saved)
             fail_on = tuple(s.strip() for s in config.getoption("qb_gate_fail_on").split(",") if s.strip())
-            result = gating.run_gate(output_json, [history.load_run(p) for p in paths], config._qb_thresholds,
-                                     fail_on)
+            baselines = [history.load_run(p) for p in paths]
+            upgrade = baseline == "previous" and gating.crosses_upgrade(output_json, baselines)
+            result = gating.run_gate(output_json, baselines, config._qb_thresholds, fail_on, upgrade=upgrade)
             config._qb_gate_result = (", ".join(map(str, paths)), result)
         except QuantbenchError as exc:
             config._qb_gate_result = (None, exc)
