@@ -9,6 +9,7 @@ QUANTBENCH_TORCH to choose the torch requirement on GPU machines. `session.posar
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -37,10 +38,28 @@ def has_gpu() -> bool:
     return shutil.which("nvidia-smi") is not None
 
 
+def _name(requirement: str) -> str:
+    return re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def stack_requirements(stack: str, pins: tuple[str, ...] = ()) -> list[str]:
+    """The stack's extra from pyproject.toml with each pinned library's requirement replaced by its pin
+    (the extras pin transformers and compressed-tensors exactly, so pip cannot take both)."""
+    import tomllib  # here, not at the top: only the matrix session needs Python 3.11's TOML reader
+
+    extra = tomllib.loads(Path("pyproject.toml").read_text())["project"]["optional-dependencies"][stack]
+    pinned = {_name(pin) for pin in pins}
+    return [req for req in extra if _name(req) not in pinned] + list(pins)
+
+
 def install(session: nox.Session, stack: str, extras: tuple[str, ...] = (), pins: tuple[str, ...] = ()) -> None:
-    """torch first (so nothing else can pull a CUDA build), then the stack, then autoawq --no-deps."""
+    """torch first (so nothing else can pull a CUDA build), then the stack, then autoawq --no-deps.
+    ``pins`` replace the stack's own requirement of those libraries (the upgrade matrix)."""
     session.install(os.environ.get("QUANTBENCH_TORCH", "torch" if has_gpu() else CPU_TORCH))
-    session.install("-e", f".[{','.join((stack, *extras))}]", *pins)
+    if pins:
+        session.install("-e", f".[{','.join(extras)}]" if extras else ".", *stack_requirements(stack, pins))
+    else:
+        session.install("-e", f".[{','.join((stack, *extras))}]")
     # autoawq declares triton; on a CPU-only machine Triton makes AutoAWQ route GEMM to GPU kernels.
     session.install("--no-deps", "autoawq==0.2.9")
 
