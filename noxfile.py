@@ -224,4 +224,5 @@ def matrix(session: nox.Session, transformers: str, compressed_tensors: str) -> 
     """One library pair per session: the benchmark lands under its own history signature."""
     stack = "legacy" if transformers.startswith("4.") else "current"
     install(session, stack, pins=(f"transformers=={transformers}", f"compressed-tensors=={compressed_tensors}"))
-    run_benchmarks(session, f"results/matrix-tf{transformers}-ct{compressed_tensors}")
+    # the nightly's formats, so `quantbench gate --baseline previous` compares every case of the nightly
+    run_benchmarks(session, f"results/matrix-tf{transformers}-ct{compressed_tensors}", "--qb-formats", BENCH_FORMATS)
