@@ -135,14 +135,14 @@ def test_previous_baseline_is_the_stack_an_upgrade_replaced(tmp_path):
     paths = gating.resolve_baselines("previous", tmp_path, upgraded, saved, runs=2)
     assert paths == old[1:]
     baselines = [history.load_run(p) for p in paths]
-    assert gating.crosses_upgrade(upgraded, baselines)
+    assert gating.crosses_upgrade("previous", upgraded, baselines)
     result = gating.run_gate(upgraded, baselines, _thresholds(), upgrade=True)
     assert "upgraded since the baseline" in result.machine_note and "5.17.0 -> 5.23.0" in result.machine_note
     assert result.exit_code == 1 and "regressed" in {d.state for d in result.decisions}
     # the next night of the new stack compares with the new stack again
     nxt = _stack("2026-11-25T03:00:00", "5.23.0")
     assert gating.resolve_baselines("previous", tmp_path, nxt, None) == [saved]
-    assert not gating.crosses_upgrade(nxt, [history.load_run(saved)])
+    assert not gating.crosses_upgrade("previous", nxt, [history.load_run(saved)])
 
 
 def test_gate_cli_previous_and_a_first_night(tmp_path):

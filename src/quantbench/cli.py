@@ -93,7 +93,7 @@ def cmd_gate(args) -> int:
               f"runs as the baseline holds ({baseline_runs}), it holds {current_runs}. Fix: quantbench "
               "merge the current side's runs, in the order of the baseline runs", file=sys.stderr)
         return 2
-    upgrade = args.baseline == "previous" and gating.crosses_upgrade(current, baselines)
+    upgrade = gating.crosses_upgrade(args.baseline, current, baselines)
     if upgrade:
         print(f"quantbench gate: first run of signature {history.signature(current)}: comparing with the stack it "
               f"replaced ({history.signature(baselines[-1])})")

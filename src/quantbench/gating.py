@@ -141,9 +141,9 @@ def _replaced_signature(root: Path, current: dict, sig: str, own: set[str]) -> s
     return None
 
 
-def crosses_upgrade(current: dict, baselines: list[dict]) -> bool:
-    """Does a 'previous' baseline come from the stack this run's upgrade replaced?"""
-    return any(history.signature(b) != history.signature(current) for b in baselines)
+def crosses_upgrade(baseline: str, current: dict, baselines: list[dict]) -> bool:
+    """Did ``--baseline previous`` resolve to the stack this run's upgrade replaced?"""
+    return baseline == "previous" and any(history.signature(b) != history.signature(current) for b in baselines)
 
 
 def rerun_args(current: dict, nodeids: list[str], out_json: Path) -> list[str]:

@@ -240,17 +240,18 @@ def environment_fields(payload: dict) -> dict:
     return flat
 
 
-def device_kind(payload: dict) -> str:
-    """'gpu' where the run measured on a GPU, else 'cpu': what device overrides in the thresholds select on."""
-    return "gpu" if environment_fields(payload).get("device.gpu") else "cpu"
-
-
 def hardware(payload: dict) -> tuple:
-    """The machine's hardware as the run saw it (what an upgrade of drivers or libraries leaves alone)."""
+    """The machine's hardware as the run saw it (what an upgrade of drivers or libraries leaves alone):
+    ('gpu', model, count) where the run measured on a GPU, else ('cpu', model, count)."""
     env = environment_fields(payload)
     if env.get("device.gpu"):
         return ("gpu", env.get("device.gpu"), env.get("device.gpu_count"))
     return ("cpu", env.get("device.cpu"), env.get("device.cpu_count"))
+
+
+def device_kind(payload: dict) -> str:
+    """'gpu' or 'cpu': what device overrides in the thresholds select on."""
+    return hardware(payload)[0]
 
 
 def stack_name(payload: dict) -> str | None:

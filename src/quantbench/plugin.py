@@ -259,8 +259,8 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
             paths = gating.resolve_baselines(baseline, Path(root or "history"), output_json, saved)
             fail_on = tuple(s.strip() for s in config.getoption("qb_gate_fail_on").split(",") if s.strip())
             baselines = [history.load_run(p) for p in paths]
-            upgrade = baseline == "previous" and gating.crosses_upgrade(output_json, baselines)
-            result = gating.run_gate(output_json, baselines, config._qb_thresholds, fail_on, upgrade=upgrade)
+            result = gating.run_gate(output_json, baselines, config._qb_thresholds, fail_on,
+                                     upgrade=gating.crosses_upgrade(baseline, output_json, baselines))
             config._qb_gate_result = (", ".join(map(str, paths)), result)
         except QuantbenchError as exc:
             config._qb_gate_result = (None, exc)

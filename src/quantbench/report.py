@@ -247,8 +247,7 @@ def device_ceilings(payloads: list[dict], signature_dir: Path) -> dict | None:
     if stored and stored.get("memory_gbps"):
         return stored
     for payload in payloads:
-        gpu = (((payload.get("machine_info") or {}).get("quantbench") or {}).get("device") or {}).get("gpu")
-        if datasheet := peaks.datasheet_peaks(gpu):
+        if datasheet := peaks.datasheet_peaks(history.environment_fields(payload).get("device.gpu")):
             return datasheet
     return None
 

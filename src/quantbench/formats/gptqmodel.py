@@ -10,8 +10,8 @@ itself, so they run where the autoawq-kernels wheel does not import), a Triton G
 torch. gptqmodel builds its CUDA kernels with nvcc on first use (torch's JIT extension loader,
 cached under ``GPTQMODEL_TORCH_EXTENSIONS_DIR``, default ``~/.cache/gptqmodel/torch_extensions``);
 selection, and with it the build, is done and timed before the load is timed (``kernel_select_s``),
-and a build or selection failure is a stated ``unsupported`` in gptqmodel's words. A named backend never falls back: the loaded model must hold
-that class, else the case fails.
+and a build or selection failure is a stated ``unsupported`` in gptqmodel's words. A named backend
+never falls back: the loaded model must hold that class, else the case fails.
 
 On transformers 4.x, ``awq-gemm-hf`` runs AutoAWQ's modules through transformers (CUDA only) and
 the backend formats are stated unsupported.
