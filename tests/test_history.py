@@ -68,6 +68,7 @@ def _digest(path):
 
 @pytest.mark.parametrize("content,message", [
     ('{"benchmarks": [1, 2', "truncated JSON"),
+    ('{"benchmarks": [{"name": "test_gen', "truncated JSON"),  # cut inside a string
     ('{"benchmarks": [}', "corrupt JSON"),
     ("", "empty file"),
     ('{"benchmarks": [], "quantbench": {"schema_version": 0}}', "old schema version 0"),

@@ -213,3 +213,16 @@ def test_every_committed_guide_is_rendered_from_the_committed_history(tmp_path):
             assert _section(fresh, title) == _section(kept, title), f"{signature}: {title} differs; re-render"
         assert [ln for ln in fresh.splitlines() if ln.startswith("| ")][:12] == \
             [ln for ln in kept.splitlines() if ln.startswith("| ")][:12], f"{signature}: stack table differs"
+
+
+def test_report_on_a_missing_or_wrong_history_path_is_one_line_not_a_traceback(tmp_path):
+    from .conftest import run_cli
+
+    missing = run_cli("report", "--history", str(tmp_path / "nope"), "--out", str(tmp_path / "out"))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert f"no history under {tmp_path / 'nope'}" in missing.stdout
+    a_file = tmp_path / "run.json"
+    a_file.write_text("{}")
+    wrong = run_cli("report", "--history", str(a_file), "--out", str(tmp_path / "out"))
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    assert f"{a_file}: a file, not a history folder. Fix:" in wrong.stderr

@@ -65,7 +65,7 @@ def load_run(path: Path) -> dict:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise BadHistory(path, "no such history file", "check the path (quantbench history list shows files)") from None
+        raise BadHistory(path, "no such history file", "check the path (`quantbench history --history DIR` lists the stored runs)") from None
     except UnicodeDecodeError:
         raise BadHistory(path, "not a text file", "pass a pytest-benchmark JSON file written by quantbench") from None
     if not text.strip():
@@ -74,7 +74,9 @@ def load_run(path: Path) -> dict:
         payload = json.loads(text)
     except json.JSONDecodeError as exc:
         where = f"line {exc.lineno}, column {exc.colno}"
-        if exc.pos >= len(text.rstrip()):  # the parser ran off the end: the file stops early
+        # The parser ran off the end: the file stops early. A file cut inside a string reports the
+        # string's start instead, but only an unclosed string at the end of the text is "unterminated".
+        if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):
             raise BadHistory(path, f"truncated JSON (ends early at {where})",
                              "the run that wrote it was interrupted; delete it or restore it from CI artifacts") from None
         raise BadHistory(path, f"corrupt JSON ({exc.msg} at {where})",

@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from . import findings, gate, gating, history, peaks  # noqa: E402
+from .errors import BadHistory  # noqa: E402
 
 FORMAT_ORDER = ["bf16", "fp16", "awq-gemm", "awq-gemv", "awq-gemm-fused", "awq-gemm-hf", "awq-gemm-hf-torch",
                 "awq-gemm-hf-gemm", "awq-gemv-hf", "awq-gemm-hf-triton", "awq-gemm-hf-marlin", "awq-gemm-hf-machete",
@@ -372,8 +373,16 @@ def render_signature(paths: list[Path], out_dir: Path, thresholds: gate.Threshol
 
 
 def render_all(history_root: Path, out_root: Path, thresholds: gate.Thresholds) -> list[Path]:
+    """One guide per signature folder under history_root; [] when it holds no run (or does not exist)."""
+    history_root = Path(history_root)
+    if history_root.is_file():
+        raise BadHistory(history_root, "a file, not a history folder",
+                         "pass the folder that holds <signature>/ folders as --history, or render the file "
+                         "itself with `quantbench report FILE`")
+    if not history_root.is_dir():
+        return []
     written = []
-    for sig_dir in sorted(p for p in Path(history_root).iterdir() if p.is_dir()):
+    for sig_dir in sorted(p for p in history_root.iterdir() if p.is_dir()):
         paths = history.run_files(history_root, sig_dir.name)
         if paths:
             written.append(render_signature(paths, Path(out_root) / sig_dir.name, thresholds))
