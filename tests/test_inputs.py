@@ -66,10 +66,21 @@ def test_cli_prints_one_line_and_exits_2(awq_copy):
     assert result.stderr.strip().count("\n") == 0 and "missing config.json" in result.stderr
 
 
-def test_unknown_format_on_the_bench_command_line_is_a_usage_error():
-    result = run_pytest("benchmarks/test_generation.py", "--qb-formats", "nope", "--collect-only", "-q")
-    assert result.returncode == 4
-    assert "unknown format 'nope'. Fix: use one of:" in result.stderr
+@pytest.mark.parametrize("option,value,message", [
+    ("--qb-formats", "nope", "unknown format 'nope'. Fix: use one of:"),
+    ("--qb-models", "nosuch", "nosuch.toml: no such model spec. Fix: use one of"),
+    ("--qb-kernel-models", "nosuch", "nosuch.toml: no such model spec. Fix: use one of"),
+    ("--qb-kernels", "nope", "unknown kernel(s) ['nope']. Fix: use one of:"),
+    ("--qb-m", "0", "--qb-m must be positive integers, got '0'"),
+    # 0 used to fall back to the default silently (`or default`)
+    ("--qb-new-tokens", "0", "argument --qb-new-tokens: must be a positive integer, got '0'"),
+    ("--qb-rounds", "-1", "argument --qb-rounds: must be a positive integer, got '-1'"),
+])
+def test_a_bad_option_on_the_bench_command_line_is_one_usage_error_line(option, value, message):
+    result = run_pytest("benchmarks/test_generation.py", "benchmarks/test_kernels.py", f"{option}={value}",
+                        "--collect-only", "-q")
+    assert result.returncode == 4, result.stdout[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stdout + result.stderr, result.stdout[-2000:]
 
 
 def test_a_bad_model_dir_fails_its_case_and_the_run_goes_on(awq_copy, tmp_path):

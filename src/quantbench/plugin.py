@@ -20,6 +20,17 @@ from .paths import THRESHOLDS
 stay_offline()  # on plugin import: before any test or fixture imports transformers
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: 0 or a negative count is an error, never a silent fall back to the default."""
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
 
 def pytest_addoption(parser):
     group = parser.getgroup("quantbench")
@@ -31,8 +42,8 @@ def pytest_addoption(parser):
                          "decode (e.g. bf16,bf16+compile)")
     group.addoption("--qb-batch", default=None, help="batch sizes, comma-separated")
     group.addoption("--qb-prompt", default=None, help="prompt lengths in tokens, comma-separated")
-    group.addoption("--qb-new-tokens", type=int, default=None, help="decode tokens per round")
-    group.addoption("--qb-rounds", type=int, default=None, help="measured rounds per case")
+    group.addoption("--qb-new-tokens", type=_positive_int, default=None, help="decode tokens per round")
+    group.addoption("--qb-rounds", type=_positive_int, default=None, help="measured rounds per case")
     group.addoption("--qb-device", default="auto", choices=("auto", "cpu", "cuda"))
     group.addoption("--qb-inject-slowdown", type=float, default=0.0,
                     help="TEST ONLY: stretch every timed region by this fraction (e.g. 0.10)")
@@ -40,7 +51,7 @@ def pytest_addoption(parser):
                     help="specs whose (K, N) shapes the kernel suite uses (CPU: tiny,tinyllama-1.1b)")
     group.addoption("--qb-kernels", default="all", help="kernels, comma-separated, or 'all'")
     group.addoption("--qb-m", default=None, help="kernel suite M (tokens in flight) sweep, comma-separated")
-    group.addoption("--qb-threads", type=int, default=None,
+    group.addoption("--qb-threads", type=_positive_int, default=None,
                     help="torch CPU threads (default on CPU: 1, for run-to-run stability over peak speed)")
     group.addoption("--qb-history", default=None, metavar="DIR",
                     help="store this run atomically under DIR/<machine signature>/")
@@ -76,6 +87,10 @@ def pytest_configure(config):
         defaults = _defaults(config)
         config._qb_batches = parse_int_list(config.getoption("qb_batch") or defaults["batch"], "--qb-batch")
         config._qb_prompts = parse_int_list(config.getoption("qb_prompt") or defaults["prompt"], "--qb-prompt")
+        # Checked here, not while collecting: a UsageError raised in pytest_generate_tests shows as a
+        # collection error with a traceback, one raised here as a single "ERROR: ..." line.
+        config._qb_sources = _sources(config)
+        config._qb_kernel_cases = _kernel_cases(config)
     except QuantbenchError as exc:
         raise pytest.UsageError(exc.line()) from None
     except ValueError as exc:
@@ -104,16 +119,12 @@ def pytest_configure(config):
 
 
 def _sources(config):
-    from .errors import QuantbenchError
     from .pool import ModelSource
     dirs = config.getoption("model_dir")
     models = config.getoption("qb_models")
     if models is None:
         models = "" if dirs else _defaults(config)["models"]
-    try:
-        sources = [ModelSource.from_spec(m.strip()) for m in models.split(",") if m.strip()]
-    except QuantbenchError as exc:
-        raise pytest.UsageError(exc.line()) from None
+    sources = [ModelSource.from_spec(m.strip()) for m in models.split(",") if m.strip()]
     return sources + [ModelSource.from_dir(d) for d in dirs]
 
 
@@ -134,7 +145,7 @@ def pytest_generate_tests(metafunc):
             raise RuntimeError(exc.line()) from None
 
     from .formats import base_name
-    cases = build_cases(_sources(config), formats_for, config._qb_formats, config._qb_batches,
+    cases = build_cases(config._qb_sources, formats_for, config._qb_formats, config._qb_batches,
                         config._qb_prompts, new_tokens, base_of=base_name)
     metafunc.parametrize("qb_case", cases, ids=[c.id for c in cases])
 
@@ -149,17 +160,12 @@ def _kernel_cases(config):
     unknown = [n for n in names if n not in KERNELS]
     if unknown:
         raise pytest.UsageError(f"unknown kernel(s) {unknown}. Fix: use one of: {', '.join(KERNELS)}")
-    try:
-        ms = parse_int_list(config.getoption("qb_m") or (GPU_M if cuda else CPU_M), "--qb-m")
-        return kernel_cases([m.strip() for m in models.split(",") if m.strip()], names, ms)
-    except ValueError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    except Exception as exc:  # QuantbenchError for an unknown spec
-        raise pytest.UsageError(getattr(exc, "line", lambda: str(exc))()) from None
+    ms = parse_int_list(config.getoption("qb_m") or (GPU_M if cuda else CPU_M), "--qb-m")
+    return kernel_cases([m.strip() for m in models.split(",") if m.strip()], names, ms)
 
 
 def _parametrize_kernels(metafunc):
-    cases = _kernel_cases(metafunc.config)
+    cases = metafunc.config._qb_kernel_cases
     metafunc.parametrize("qb_kernel_case", cases, ids=[c.id for c in cases])
 
 
