@@ -120,11 +120,24 @@ def test_repository_thresholds_loosen_single_cases_on_cpu_only():
     assert [d.state for d in every_case if d.case == gate.SUITE] == ["regressed"]
 
 
-def test_bad_thresholds_name_the_file(tmp_path):
+@pytest.mark.parametrize("text,message", [
+    ('[metrics.x]\ndirection = "sideways"\n', "direction must be 'higher' or 'lower'"),
+    # each of these was accepted before and the gate ran at the defaults, or failed with a Python error
+    ('[defauts]\nmax_regression = 0.4\n', "unknown key(s) 'defauts' in the top level"),
+    ('[metrics.x]\nmax_regresion = 0.4\n', "unknown key(s) 'max_regresion' in [metrics.x]"),
+    ('[defaults]\nmax_regression = "5%"\n', "max_regression must be a fraction in (0, 1), got '5%'"),
+    ('[defaults]\nalpha = 2\n', "alpha must be a fraction in (0, 1), got 2"),
+    ('[defaults]\nmin_rounds = 0\n', "min_rounds must be a positive integer, got 0"),
+    ('[metrics.ttft_s]\ndirection = "lower"\n[[overrides]]\npattern = "*"\nmetric = "ttft"\nmax_regression = 0.4\n',
+     "metric 'ttft' is not one of the file's [metrics.*] tables (ttft_s)"),
+    ('[[overrides]]\npattern = "*"\ndirection = "lower"\n', "unknown key(s) 'direction' in [[overrides]] number 1"),
+])
+def test_bad_thresholds_name_the_file_and_the_field(tmp_path, text, message):
     bad = tmp_path / "t.toml"
-    bad.write_text('[metrics.x]\ndirection = "sideways"\n')
-    with pytest.raises(QuantbenchError, match=r"t\.toml: invalid thresholds file"):
+    bad.write_text(text)
+    with pytest.raises(QuantbenchError) as info:
         gate.load_thresholds(bad)
+    assert info.value.line().startswith(f"{bad}: invalid thresholds file (") and message in info.value.line()
 
 
 # ----------------------------------------------------------------------------- noise study

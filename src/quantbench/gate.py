@@ -50,8 +50,13 @@ class Threshold:
     def __post_init__(self):
         if self.direction not in ("higher", "lower"):
             raise ValueError(f"direction must be 'higher' or 'lower', got {self.direction!r}")
-        if not 0 < self.max_regression < 1:
-            raise ValueError("max_regression must be a fraction in (0, 1)")
+        for name in ("max_regression", "alpha"):
+            value = getattr(self, name)
+            # bool is an int to Python; "5%" or true in a TOML file is a typo, not a fraction
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise ValueError(f"{name} must be a fraction in (0, 1), got {value!r}")
+        if isinstance(self.min_rounds, bool) or not isinstance(self.min_rounds, int) or self.min_rounds < 1:
+            raise ValueError(f"min_rounds must be a positive integer, got {self.min_rounds!r}")
 
 
 @dataclass(frozen=True)
@@ -231,21 +236,44 @@ def wildcard_match(pattern: str, name: str) -> bool:
     return re.fullmatch(regex, name) is not None
 
 
+THRESHOLD_FIELDS = frozenset(("direction", "max_regression", "alpha", "min_rounds"))
+
+
+def _known_keys(table: dict, known: set | frozenset, where: str) -> None:
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))} in {where}; known: "
+                         f"{', '.join(sorted(known))}")
+
+
 def parse_thresholds(text: str, source: str = "<thresholds>") -> Thresholds:
     """fixtures/thresholds.toml -> Thresholds; a bad file names itself and the field."""
     try:
         data = tomllib.loads(text)
+        # A misspelt table or key would otherwise be ignored and the gate run at the defaults.
+        _known_keys(data, {"defaults", "metrics", "overrides"}, "the top level")
         defaults = data.get("defaults", {})
-        metrics = {name: Threshold(**{**defaults, **fields}) for name, fields in data.get("metrics", {}).items()}
+        _known_keys(defaults, THRESHOLD_FIELDS, "[defaults]")
+        metrics = {}
+        for name, fields in data.get("metrics", {}).items():
+            _known_keys(fields, THRESHOLD_FIELDS, f"[metrics.{name}]")
+            metrics[name] = Threshold(**{**defaults, **fields})
         overrides = []
-        for item in data.get("overrides", []):
+        for number, item in enumerate(data.get("overrides", []), 1):
             item = dict(item)
+            # direction belongs to the metric: an override that flipped it would read slower as better
+            _known_keys(item, (THRESHOLD_FIELDS | {"pattern", "metric", "device"}) - {"direction"},
+                        f"[[overrides]] number {number}")
             device = item.pop("device", None)
             if device not in (None, *DEVICE_KINDS):
                 raise ValueError(f"override device must be one of {DEVICE_KINDS}, got {device!r}")
             if "pattern" not in item and device is None:
                 raise ValueError("an override needs a pattern, a device, or both")
-            overrides.append(Override(item.pop("pattern", "*"), item.pop("metric", None), device, item))
+            metric = item.pop("metric", None)
+            if metric is not None and metric not in metrics:
+                raise ValueError(f"[[overrides]] number {number}: metric {metric!r} is not one of the file's "
+                                 f"[metrics.*] tables ({', '.join(metrics)})")
+            overrides.append(Override(item.pop("pattern", "*"), metric, device, item))
             Threshold(**{**defaults, **item})  # validate the fields now, not at first use
         return Thresholds(metrics, tuple(overrides), Threshold(**defaults))
     except (tomllib.TOMLDecodeError, TypeError, ValueError, KeyError) as exc:
