@@ -1,10 +1,11 @@
 import json
+import tomllib
 
 import pytest
 
 from quantbench import models
 from quantbench.errors import QuantbenchError
-from quantbench.specs import available_specs, load_spec
+from quantbench.specs import available_specs, load_spec, spec_path
 
 
 def test_required_specs_exist():
@@ -38,8 +39,25 @@ def test_unknown_spec_names_the_file_and_choices(tmp_path):
         load_spec("nope")
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "x"\narchitecture = "gpt2"\n')
-    with pytest.raises(QuantbenchError, match=r"bad\.toml: invalid model spec"):
+    with pytest.raises(QuantbenchError, match=r"bad\.toml: invalid model spec \(missing key\(s\) 'hidden_size'"):
         load_spec(str(bad))
+
+
+@pytest.mark.parametrize("edit,message", [
+    # each used to surface as a Python or torch error (negative tensor dimension) during the build
+    ({"hidden_size": -256}, "hidden_size must be a positive integer, got -256"),
+    ({"vocab_size": "1024"}, "vocab_size must be a positive integer, got '1024'"),
+    ({"num_hidden_layers": 0}, "num_hidden_layers must be a positive integer, got 0"),
+    ({"tie_word_embeddings": "no"}, "tie_word_embeddings must be true or false, got 'no'"),
+    ({"hiden_size": 256}, "unknown key(s) 'hiden_size'"),
+])
+def test_a_bad_spec_field_is_named(tmp_path, edit, message):
+    data = {**tomllib.loads(spec_path("tiny").read_text()), **edit}
+    bad = tmp_path / "bad.toml"
+    bad.write_text("\n".join(f"{key} = {json.dumps(value)}" for key, value in data.items()) + "\n")
+    with pytest.raises(QuantbenchError) as info:
+        load_spec(str(bad))
+    assert info.value.line().startswith(f"{bad}: invalid model spec (") and message in info.value.line()
 
 
 # ----------------------------------------------------------------------------- fixture cache builds

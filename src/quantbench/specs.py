@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from .errors import QuantbenchError
@@ -31,6 +31,19 @@ class ModelSpec:
     source: str = ""
 
     def __post_init__(self):
+        # TOML carries the types, so a quoted "256" or a negative size is the user's typo: say so here,
+        # not as a torch error about a negative tensor dimension minutes into a build
+        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "vocab_size", "max_position_embeddings"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if isinstance(self.rope_theta, bool) or not isinstance(self.rope_theta, (int, float)) or self.rope_theta <= 0:
+            raise ValueError(f"rope_theta must be a positive number, got {self.rope_theta!r}")
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise ValueError(f"tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.hidden_size % self.num_attention_heads:
@@ -114,6 +127,13 @@ def load_spec(name_or_path: str, spec_dir: Path = SPEC_DIR) -> ModelSpec:
                               f"use one of {', '.join(available_specs(spec_dir))} or pass a .toml path")
     try:
         data = tomllib.loads(path.read_text())
+        known = {f.name: f for f in fields(ModelSpec)}
+        unknown = sorted(set(data) - set(known))
+        missing = [name for name, f in known.items() if name not in data and f.default is MISSING]
+        if unknown or missing:
+            raise ValueError("; ".join(
+                ([f"unknown key(s) {', '.join(map(repr, unknown))}"] if unknown else [])
+                + ([f"missing key(s) {', '.join(map(repr, missing))}"] if missing else [])))
         return ModelSpec(**data)
     except (tomllib.TOMLDecodeError, TypeError, ValueError) as exc:
         raise QuantbenchError(path, f"invalid model spec ({exc})",
