@@ -276,6 +276,28 @@ def test_merged_runs_keep_their_run_medians_for_the_gate():
     assert case.state == "unchanged" and "run medians (4 vs 5 runs)" in case.note
 
 
+def test_runs_of_two_stacks_are_never_pooled(tmp_path):
+    """`quantbench merge` of a legacy and a current run used to pool their rounds into one sample."""
+    from .conftest import run_cli
+    with pytest.raises(ValueError, match="different machine signatures cannot be merged"):
+        history.merge_runs([payload(signature="sig-a"), payload(signature="sig-b")])
+    files = [history.save_run(tmp_path, payload(signature=sig)) for sig in ("sig-a", "sig-b")]
+    result = run_cli("merge", "--out", str(tmp_path / "m.json"), *map(str, files))
+    assert result.returncode == 2 and "Fix: merge only repeats on one machine and stack" in result.stderr
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_an_unwritable_out_is_one_line_and_leaves_no_file(tmp_path):
+    from .conftest import run_cli
+    run = history.save_run(tmp_path / "history", payload())
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_cli("merge", "--out", str(blocker / "m.json"), str(run))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"quantbench: error: {blocker}") and "Fix: pass a writable path" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "history"]
+
+
 def test_paired_gate_needs_as_many_current_runs_as_baseline_runs(tmp_path):
     from .conftest import run_cli
     files = []

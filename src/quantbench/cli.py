@@ -205,7 +205,11 @@ def cmd_merge(args) -> int:
     from pathlib import Path
 
     from . import history
-    merged = history.merge_runs([history.load_run(p) for p in args.files])
+    try:
+        merged = history.merge_runs([history.load_run(p) for p in args.files])
+    except ValueError as exc:
+        raise QuantbenchError(None, str(exc), "merge only repeats on one machine and stack; compare two "
+                              "signatures with quantbench gate --allow-incomparable") from None
     print(history.write_atomic(Path(args.out), merged))
     return 0
 
@@ -308,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except QuantbenchError as exc:
         print(f"quantbench: error: {exc.line()}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an --out that cannot be created, a full disk: the path and why, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"quantbench: error: {where}{exc.strerror or exc}. Fix: pass a writable path with enough free space "
+              "(history files are written atomically: nothing half-written was left)", file=sys.stderr)
         return 2
 
 

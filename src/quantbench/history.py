@@ -293,6 +293,11 @@ def merge_runs(payloads: list[dict]) -> dict:
 
     if not payloads:
         raise ValueError("merge_runs needs at least one run")
+    # Pooled rounds are one population only on one machine and library stack: rounds of transformers
+    # 4.51 and 5.17 pooled would read as one noisy run of neither.
+    signatures = sorted({signature(p) for p in payloads})
+    if len(signatures) > 1:
+        raise ValueError(f"runs from different machine signatures cannot be merged: {signatures}")
     merged = copy.deepcopy(payloads[-1])
     per_run: dict[str, list[list[float]]] = {}
     for payload in payloads:
