@@ -85,6 +85,48 @@ def test_bad_files_are_named_and_left_unchanged(tmp_path, content, message):
     assert _digest(bad) == before
 
 
+def test_an_indented_file_cut_anywhere_on_its_last_line_is_truncated_and_a_fault_before_it_corrupt(tmp_path):
+    text = json.dumps(payload(), indent=4)
+    cut = tmp_path / "cut.json"
+    for end in ('"dirty": fal', '"rounds": 5', '"signature": "sig-a"'):
+        cut.write_text(text[:text.index(end) + len(end)])
+        with pytest.raises(BadHistory, match="truncated JSON"):
+            history.load_run(cut)
+    cut.write_text(text.replace('"rounds": 5', '"rounds": 5,,'))
+    with pytest.raises(BadHistory, match="corrupt JSON"):
+        history.load_run(cut)
+
+
+def test_one_damaged_file_in_a_history_folder_is_named_and_the_rest_still_read(tmp_path):
+    """An interrupted copy or a bad cache restore must not stop every later list, report and nightly
+    gate: the file is named with its fix, left in place, and the other runs are read. A file named
+    explicitly (--baseline PATH, --current) still fails."""
+    import shutil
+
+    from .conftest import REPO, run_cli
+    committed = next((REPO / "reports" / "history").glob("intel-*-current-*"))
+    root = tmp_path / "history"
+    shutil.copytree(committed, root / committed.name)
+    good = history.run_files(root)[-1]
+    damaged = good.with_name("99991231T000000000000_deadbeef_00000000.json")  # the newest name
+    damaged.write_text(good.read_text()[:5000])
+    before = _digest(damaged)
+    tonight = history.load_run(good)
+    tonight["datetime"], tonight["commit_info"]["id"] = "2026-11-24T03:00:00", "f" * 40
+    assert gating.resolve_baselines("latest", root, tonight, None) == [good]
+    listed = run_cli("history", "--history", str(root))
+    assert listed.returncode == 0 and good.name in listed.stdout and damaged.name not in listed.stdout
+    assert f"quantbench history: skipped {damaged}: truncated JSON" in listed.stderr
+    rendered = run_cli("report", "--history", str(root), "--out", str(tmp_path / "reports"))
+    assert rendered.returncode == 0 and f"quantbench report: skipped {damaged}" in rendered.stderr
+    assert (tmp_path / "reports" / committed.name / "README.md").is_file()
+    current = tmp_path / "tonight.json"
+    current.write_text(json.dumps(tonight))
+    named = run_cli("gate", "--current", str(current), "--baseline", str(damaged))
+    assert named.returncode == 2 and f"{damaged}: truncated JSON" in named.stderr
+    assert _digest(damaged) == before
+
+
 def test_empty_baseline_folder(tmp_path):
     with pytest.raises(BadHistory, match="empty baseline folder"):
         gating.resolve_baselines("latest", tmp_path, payload(), None)

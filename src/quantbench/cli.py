@@ -150,9 +150,16 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _skipped(command: str):
+    """A warning line for a damaged file in a history folder: named with its fix, the rest is still read."""
+    def warn(exc) -> None:
+        print(f"quantbench {command}: skipped {exc.line()}", file=sys.stderr)
+    return warn
+
+
 def cmd_history_list(args) -> int:
     from . import history
-    frame = history.load_frame(history.run_files(args.history))
+    frame = history.load_frame(history.readable(history.run_files(args.history), _skipped("history")))
     if frame.empty:
         print(f"no history under {args.history}")
         return 0
@@ -191,7 +198,7 @@ def cmd_report(args) -> int:
         out = Path(args.out) / history.signature(payload)
         written = [report.render_signature([Path(f) for f in args.files], out, _thresholds(args))]
     else:
-        written = report.render_all(Path(args.history), Path(args.out), _thresholds(args))
+        written = report.render_all(Path(args.history), Path(args.out), _thresholds(args), warn=_skipped("report"))
     if not written:
         print(f"quantbench report: no history under {args.history}; run the benchmark with --qb-history first")
         return 2

@@ -107,7 +107,14 @@ def resolve_baselines(baseline: str, history_root: Path, current: dict, current_
         for path in reversed(history.run_files(history_root, signature_name)):
             if len(chosen) == runs:
                 break
-            if path.resolve() != skip and not history.run_ids(history.load_run(path)) & own:
+            if path.resolve() == skip:
+                continue
+            try:
+                payload = history.load_run(path)
+            except BadHistory as exc:  # say so and take the next newest: the nightly still gets a verdict
+                print(f"quantbench gate: skipped a damaged baseline candidate: {exc.line()}", file=sys.stderr)
+                continue
+            if not history.run_ids(payload) & own:
                 chosen.append(path)
         return chosen[::-1]
 

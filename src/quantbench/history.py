@@ -75,8 +75,13 @@ def load_run(path: Path) -> dict:
     except json.JSONDecodeError as exc:
         where = f"line {exc.lineno}, column {exc.colno}"
         # The parser ran off the end: the file stops early. A file cut inside a string reports the
-        # string's start instead, but only an unclosed string at the end of the text is "unterminated".
-        if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):
+        # string's start instead (only an unclosed string at the end of the text is "unterminated"),
+        # one cut inside a literal ("nul") the literal's start: on the file's last line, where an
+        # indented pytest-benchmark file (one value per line) cannot have a fault mid-file.
+        body = text.rstrip()
+        last_line = body.count("\n") + 1
+        if (exc.pos >= len(body) or exc.msg.startswith("Unterminated string")
+                or (last_line > 1 and exc.lineno == last_line)):
             raise BadHistory(path, f"truncated JSON (ends early at {where})",
                              "the run that wrote it was interrupted; delete it or restore it from CI artifacts") from None
         raise BadHistory(path, f"corrupt JSON ({exc.msg} at {where})",
@@ -181,6 +186,21 @@ def run_frame(payload: dict, path: Path | None = None) -> pd.DataFrame:
         name = stated_case_name(state)
         rows.append({**common, "name": name, **{k: v for k, v in state.items() if k != "nodeid"}})
     return pd.DataFrame(rows)
+
+
+def readable(paths, warn) -> list[Path]:
+    """The paths that load; ``warn(BadHistory)`` for each that does not. For commands that read a
+    whole history folder (list, report, 'latest'): one damaged file is reported and left in place,
+    and the other runs are still read. A file named explicitly is never skipped: load_run raises."""
+    good = []
+    for path in paths:
+        try:
+            load_run(path)
+        except BadHistory as exc:
+            warn(exc)
+        else:
+            good.append(Path(path))
+    return good
 
 
 def load_frame(paths) -> pd.DataFrame:

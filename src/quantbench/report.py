@@ -372,8 +372,10 @@ def render_signature(paths: list[Path], out_dir: Path, thresholds: gate.Threshol
     return readme
 
 
-def render_all(history_root: Path, out_root: Path, thresholds: gate.Thresholds) -> list[Path]:
-    """One guide per signature folder under history_root; [] when it holds no run (or does not exist)."""
+def render_all(history_root: Path, out_root: Path, thresholds: gate.Thresholds, warn=None) -> list[Path]:
+    """One guide per signature folder under history_root; [] when it holds no run (or does not exist).
+    A file that cannot be read goes to ``warn`` and its guide is rendered from the other runs;
+    without ``warn`` it raises."""
     history_root = Path(history_root)
     if history_root.is_file():
         raise BadHistory(history_root, "a file, not a history folder",
@@ -384,6 +386,8 @@ def render_all(history_root: Path, out_root: Path, thresholds: gate.Thresholds) 
     written = []
     for sig_dir in sorted(p for p in history_root.iterdir() if p.is_dir()):
         paths = history.run_files(history_root, sig_dir.name)
+        if warn is not None:
+            paths = history.readable(paths, warn)
         if paths:
             written.append(render_signature(paths, Path(out_root) / sig_dir.name, thresholds))
     return written
