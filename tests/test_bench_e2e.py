@@ -79,3 +79,19 @@ def test_harness_overhead_is_small(tiny_checkpoints, tmp_path):
             break
     print(f"harness overhead ratios (min suite / min bare loop): {ratios}")
     assert min(ratios) < 1.05  # target <= 1.02
+
+
+def test_a_history_that_cannot_be_stored_fails_the_run_and_keeps_its_json(tiny_checkpoints, tmp_path):
+    """The history is written at the very end: a full disk or a file in the way there must not lose
+    the run (pytest-benchmark still writes --benchmark-json) nor pass quietly."""
+    from quantbench import environment
+    root = tmp_path / "history"
+    root.mkdir()
+    (root / environment.collect()["signature"]).write_text("a file where the signature folder goes")
+    out = tmp_path / "bench.json"
+    result = run_pytest("benchmarks/test_generation.py", "--qb-models", "tiny", "--qb-formats", "bf16",
+                        "--qb-batch", "1", "--qb-prompt", "16", "--qb-new-tokens", "4", "--qb-rounds", "2",
+                        f"--qb-history={root}", f"--benchmark-json={out}", "-q")
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert "quantbench: history NOT saved" in result.stdout and f"--history {root} --add FILE" in result.stdout
+    assert json.loads(out.read_text())["benchmarks"]

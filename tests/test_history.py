@@ -127,6 +127,27 @@ def test_one_damaged_file_in_a_history_folder_is_named_and_the_rest_still_read(t
     assert _digest(damaged) == before
 
 
+def test_history_add_stores_a_run_where_it_was_measured_and_only_once(tmp_path):
+    from .conftest import run_cli
+    root = tmp_path / "history"
+    newer = history.save_run(root, _night("2026-11-22T03:00:00+00:00"))
+    older = tmp_path / "older.json"
+    older.write_text(json.dumps(_night("2026-11-21T03:00:00+00:00")))
+    added = run_cli("history", "--history", str(root), "--add", str(older))
+    assert added.returncode == 0 and f"{older}: stored as" in added.stdout
+    stored = [p for p in history.run_files(root) if p != newer]
+    assert [p.name[:15] for p in stored] == ["20261121T030000"]  # named by its own start time
+    # so 'latest' for a later run still lists them oldest first, the added one before the newer one
+    assert gating.resolve_baselines("latest", root, _night("2026-11-23T03:00:00"), None) == [stored[0], newer]
+    again = run_cli("history", "--history", str(root), "--add", str(older))
+    assert again.returncode == 0 and f"{older}: already stored as {stored[0]}" in again.stdout
+    assert len(history.run_files(root)) == 2
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    refused = run_cli("history", "--history", str(root), "--add", str(broken))
+    assert refused.returncode == 2 and f"{broken}: truncated JSON" in refused.stderr
+
+
 def test_empty_baseline_folder(tmp_path):
     with pytest.raises(BadHistory, match="empty baseline folder"):
         gating.resolve_baselines("latest", tmp_path, payload(), None)

@@ -158,7 +158,18 @@ def _skipped(command: str):
 
 
 def cmd_history_list(args) -> int:
+    from pathlib import Path
+
     from . import history
+    for file in args.add:
+        # a run measured elsewhere (another machine, a --benchmark-json whose history save failed):
+        # validated, stored under its own signature, never twice
+        payload = history.load_run(file)
+        ids = history.run_ids(payload)
+        stored = history.readable(history.run_files(args.history, history.signature(payload)), _skipped("history"))
+        twin = next((p for p in stored if history.run_ids(history.load_run(p)) == ids), None)
+        print(f"{file}: already stored as {twin}" if twin else
+              f"{file}: stored as {history.save_run(Path(args.history), payload, at_run_time=True)}")
     frame = history.load_frame(history.readable(history.run_files(args.history), _skipped("history")))
     if frame.empty:
         print(f"no history under {args.history}")
@@ -306,8 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     comb.add_argument("--out", required=True)
     comb.set_defaults(func=cmd_combine)
 
-    hist = sub.add_parser("history", help="list stored runs")
+    hist = sub.add_parser("history", help="list stored runs (and --add runs measured elsewhere)")
     hist.add_argument("--history", default="history")
+    hist.add_argument("--add", nargs="+", default=[], metavar="FILE",
+                      help="store these run files (a --benchmark-json, another machine's run) under "
+                           "HISTORY/<signature>/ first; a run already stored is not stored again")
     hist.set_defaults(func=cmd_history_list)
     return parser
 

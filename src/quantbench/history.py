@@ -42,9 +42,20 @@ def write_atomic(path: Path, payload: dict) -> Path:
     return path
 
 
-def run_filename(payload: dict) -> str:
-    """Sortable by time, unique across concurrent writers (uuid), and says which commit."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+def run_filename(payload: dict, at_run_time: bool = False) -> str:
+    """Sortable by time, unique across concurrent writers (uuid), and says which commit. Named by the
+    time of saving (the end of the run), or with ``at_run_time`` by the run's own start time, so that
+    a run stored later (``quantbench history --add``) still sorts where it was measured and is not
+    taken for the newest by 'latest'."""
+    when = datetime.now(timezone.utc)
+    if at_run_time and payload.get("datetime"):
+        try:
+            when = datetime.fromisoformat(payload["datetime"])
+        except (TypeError, ValueError):
+            pass  # not an ISO time: the time of saving
+        else:  # pytest-benchmark writes UTC; a naive time is taken as UTC too
+            when = when.astimezone(timezone.utc) if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    stamp = when.strftime("%Y%m%dT%H%M%S%f")
     commit = ((payload.get("commit_info") or {}).get("id") or "nocommit")[:8]
     return f"{stamp}_{commit}_{uuid.uuid4().hex[:8]}.json"
 
@@ -53,9 +64,9 @@ def signature(payload: dict) -> str:
     return ((payload.get("machine_info") or {}).get("quantbench") or {}).get("signature") or "unknown"
 
 
-def save_run(root: Path, payload: dict) -> Path:
+def save_run(root: Path, payload: dict, at_run_time: bool = False) -> Path:
     """Store one run under root/<signature>/ and return its path. Never overwrites."""
-    return write_atomic(Path(root) / signature(payload) / run_filename(payload), payload)
+    return write_atomic(Path(root) / signature(payload) / run_filename(payload, at_run_time), payload)
 
 
 # ----------------------------------------------------------------------------- reading

@@ -106,7 +106,17 @@ def pytest_configure(config):
     from . import environment
     config._qb_telemetry_start = environment.gpu_telemetry()
     config._qb_gate_result = None
-    if (config.getoption("qb_history") or config.getoption("qb_gate")) and not config.getoption("benchmark_json"):
+    history_root = config.getoption("qb_history")
+    if history_root:
+        # Found out now, not after an hour of benchmarks when the run is stored.
+        try:
+            Path(history_root).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise pytest.UsageError(f"--qb-history {history_root}: cannot create it ({exc.strerror}). "
+                                    "Fix: pass a writable folder") from None
+        if not os.access(history_root, os.W_OK | os.X_OK):
+            raise pytest.UsageError(f"--qb-history {history_root}: not writable. Fix: pass a writable folder")
+    if (history_root or config.getoption("qb_gate")) and not config.getoption("benchmark_json"):
         # History and gate read the JSON pytest-benchmark writes (it includes every round time).
         config.option.benchmark_json = Path(tempfile.mkdtemp(prefix="quantbench-")) / "run.json"
     if config.getoption("qb_gate"):
@@ -256,7 +266,11 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         config._qb_crossover = table
     from .errors import QuantbenchError
     root = config.getoption("qb_history")
-    saved = history.save_run(Path(root), output_json) if root else None
+    try:
+        saved = history.save_run(Path(root), output_json) if root else None
+    except OSError as exc:
+        # a full disk must not lose the run: pytest-benchmark still writes --benchmark-json after this
+        saved, config._qb_save_error = None, f"{exc.filename or root}: {exc.strerror or exc}"
     if saved:
         config._qb_saved = saved
     baseline = config.getoption("qb_gate")
@@ -273,6 +287,8 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    if getattr(session.config, "_qb_save_error", None):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     gate = getattr(session.config, "_qb_gate_result", None)
     if gate is None:
         return
@@ -292,6 +308,11 @@ def pytest_terminal_summary(terminalreporter, config):
     saved = getattr(config, "_qb_saved", None)
     if saved:
         terminalreporter.write_line(f"quantbench: history saved to {saved}")
+    failed = getattr(config, "_qb_save_error", None)
+    if failed:
+        terminalreporter.write_line(f"quantbench: history NOT saved ({failed}); this run is in "
+                                    f"{config.option.benchmark_json}: store it with `quantbench history --history "
+                                    f"{config.getoption('qb_history')} --add FILE` once there is room", red=True)
     gate = getattr(config, "_qb_gate_result", None)
     if gate is None:
         return
