@@ -148,6 +148,18 @@ def test_history_add_stores_a_run_where_it_was_measured_and_only_once(tmp_path):
     assert refused.returncode == 2 and f"{broken}: truncated JSON" in refused.stderr
 
 
+@pytest.mark.parametrize("option,message", [
+    (["--fail-on", "regresed"], "--fail-on 'regresed': unknown gate state(s) 'regresed'. Fix: use some of: regressed"),
+    (["--baseline-runs", "0"], "argument --baseline-runs: must be an integer >= 1, got '0'"),
+    (["--confirm-rerun", "-1"], "argument --confirm-rerun: must be an integer >= 0, got '-1'"),
+])
+def test_gate_options_that_could_never_fail_or_find_nothing_are_usage_errors(tmp_path, option, message):
+    from .conftest import run_cli
+    current = history.save_run(tmp_path, payload())
+    result = run_cli("gate", "--current", str(current), "--baseline", str(current), *option)
+    assert result.returncode == 2 and message in result.stderr
+
+
 def test_empty_baseline_folder(tmp_path):
     with pytest.raises(BadHistory, match="empty baseline folder"):
         gating.resolve_baselines("latest", tmp_path, payload(), None)

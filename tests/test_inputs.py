@@ -77,6 +77,8 @@ def test_cli_prints_one_line_and_exits_2(awq_copy):
     ("--qb-rounds", "-1", "argument --qb-rounds: must be a positive integer, got '-1'"),
     # found before the run, not when it is stored at the end
     ("--qb-history", "/proc/quantbench-history", "--qb-history /proc/quantbench-history: cannot create it"),
+    # a misspelt state matches no decision: that gate could never fail
+    ("--qb-gate-fail-on", "regresed", "--qb-gate-fail-on 'regresed': unknown gate state(s) 'regresed'. Fix: use"),
 ])
 def test_a_bad_option_on_the_bench_command_line_is_one_usage_error_line(option, value, message):
     result = run_pytest("benchmarks/test_generation.py", "benchmarks/test_kernels.py", f"{option}={value}",

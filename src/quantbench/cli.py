@@ -74,6 +74,8 @@ def cmd_gate(args) -> int:
 
     from . import gating, history
     from .errors import NoBaseline
+    from .gate import parse_fail_on
+    fail_on = parse_fail_on(args.fail_on)  # before any file is read: a typo here fails nothing ever
     current_path = Path(args.current) if args.current != "latest" else history.latest_run(args.history)
     current = history.load_run(current_path)
     try:
@@ -85,7 +87,6 @@ def cmd_gate(args) -> int:
         print(f"quantbench gate: nothing to compare with, passed: {exc.line()}")
         return 0
     baselines = [history.load_run(p) for p in baseline_paths]
-    fail_on = tuple(s.strip() for s in args.fail_on.split(",") if s.strip())
     thresholds = _thresholds(args)
     current_runs, baseline_runs = history.runs_in(current), sum(history.runs_in(b) for b in baselines)
     if args.paired and current_runs != baseline_runs:
@@ -244,6 +245,19 @@ def cmd_combine(args) -> int:
     return 0
 
 
+def _count(least: int):
+    """argparse type: an integer >= least (0 baseline runs read as 'no earlier run', -1 reruns as 0)."""
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {least}, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {least}, got {text!r}")
+        return value
+    return count
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -277,9 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--fail-on", default="regressed", help="states that fail, comma-separated")
     gate.add_argument("--allow-incomparable", action="store_true",
                       help="compare runs from different machines/stacks anyway (labelled in the output)")
-    gate.add_argument("--baseline-runs", type=int, default=3,
+    gate.add_argument("--baseline-runs", type=_count(1), default=3,
                       help="with --baseline latest: how many newest runs form the baseline (default 3)")
-    gate.add_argument("--confirm-rerun", type=int, default=0, metavar="N",
+    gate.add_argument("--confirm-rerun", type=_count(0), default=0, metavar="N",
                       help="re-run only the regressed cases up to N times; each rerun must regress again")
     gate.add_argument("--markdown", default=None, help="write a Markdown summary (for a PR comment) here")
     gate.add_argument("--paired", action="store_true",

@@ -37,6 +37,18 @@ from .errors import QuantbenchError
 STATES = ("regressed", "improved", "unchanged", "new", "missing", "unsupported", "oom", "invalid-input",
           "guard-failed", "no-baseline", "incomparable")
 DEFAULT_FAIL_ON = ("regressed",)
+
+
+def parse_fail_on(text: str, option: str = "--fail-on") -> tuple[str, ...]:
+    """'regressed,missing' -> the states that fail the gate. A misspelt state would match no decision
+    and the gate could never fail, so it is an error."""
+    states = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in states if s not in STATES]
+    if unknown or not states:
+        raise QuantbenchError(None, f"{option} {text!r}: unknown gate state(s) {', '.join(map(repr, unknown))}"
+                              if unknown else f"{option} {text!r} names no gate state",
+                              f"use some of: {', '.join(STATES)}")
+    return states
 STATED_IN_BOTH = "(the same in the baseline)"   # note suffix of a state both runs share: no news for a PR comment
 
 

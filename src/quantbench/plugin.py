@@ -119,8 +119,12 @@ def pytest_configure(config):
     if (history_root or config.getoption("qb_gate")) and not config.getoption("benchmark_json"):
         # History and gate read the JSON pytest-benchmark writes (it includes every round time).
         config.option.benchmark_json = Path(tempfile.mkdtemp(prefix="quantbench-")) / "run.json"
+    from .gate import load_thresholds, parse_fail_on
+    try:
+        config._qb_gate_fail_on = parse_fail_on(config.getoption("qb_gate_fail_on"), "--qb-gate-fail-on")
+    except QuantbenchError as exc:
+        raise pytest.UsageError(exc.line()) from None
     if config.getoption("qb_gate"):
-        from .gate import load_thresholds
         try:
             config._qb_thresholds = load_thresholds(config.getoption("qb_thresholds")
                                                     or THRESHOLDS)
@@ -277,7 +281,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     if baseline:
         try:
             paths = gating.resolve_baselines(baseline, Path(root or "history"), output_json, saved)
-            fail_on = tuple(s.strip() for s in config.getoption("qb_gate_fail_on").split(",") if s.strip())
+            fail_on = config._qb_gate_fail_on
             baselines = [history.load_run(p) for p in paths]
             result = gating.run_gate(output_json, baselines, config._qb_thresholds, fail_on,
                                      upgrade=gating.crosses_upgrade(baseline, output_json, baselines))
