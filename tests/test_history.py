@@ -160,6 +160,15 @@ def test_gate_options_that_could_never_fail_or_find_nothing_are_usage_errors(tmp
     assert result.returncode == 2 and message in result.stderr
 
 
+def test_current_latest_is_the_newest_run_of_any_stack(tmp_path):
+    """`quantbench gate --current latest` on a history with two stacks: the run made last, not the
+    newest of the folder that sorts last ('...-legacy-...' after '...-current-...')."""
+    legacy = history.save_run(tmp_path, payload(signature="intel-legacy-1"))
+    current = history.save_run(tmp_path, payload(signature="intel-current-2"))
+    assert history.latest_run(tmp_path) == current
+    assert history.latest_run(tmp_path, "intel-legacy-1") == legacy
+
+
 def test_empty_baseline_folder(tmp_path):
     with pytest.raises(BadHistory, match="empty baseline folder"):
         gating.resolve_baselines("latest", tmp_path, payload(), None)

@@ -121,7 +121,9 @@ def run_files(root: Path, signature_name: str | None = None) -> list[Path]:
 
 
 def latest_run(root: Path, signature_name: str | None = None) -> Path:
-    files = run_files(root, signature_name)
+    # by file name (the run's time), not by path: across signature folders the path sorts by the
+    # folder first, so the newest run of the alphabetically last stack would win over a later one
+    files = sorted(run_files(root, signature_name), key=lambda p: p.name)
     if not files:
         where = Path(root) / signature_name if signature_name else Path(root)
         raise BadHistory(where, "no history files (empty baseline folder)",
