@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from .errors import QuantbenchError
+from .errors import BadHistory, QuantbenchError
 from .offline import stay_offline
 
 
@@ -158,6 +158,18 @@ def _skipped(command: str):
     return warn
 
 
+def _stored_as(root, payload: dict):
+    """The history file that already holds exactly this run (same run ids), if any."""
+    from . import history
+    for path in history.run_files(root, history.signature(payload)):
+        try:
+            if history.run_ids(history.load_run(path)) == history.run_ids(payload):
+                return path
+        except BadHistory as exc:
+            _skipped("history")(exc)
+    return None
+
+
 def cmd_history_list(args) -> int:
     from pathlib import Path
 
@@ -166,9 +178,7 @@ def cmd_history_list(args) -> int:
         # a run measured elsewhere (another machine, a --benchmark-json whose history save failed):
         # validated, stored under its own signature, never twice
         payload = history.load_run(file)
-        ids = history.run_ids(payload)
-        stored = history.readable(history.run_files(args.history, history.signature(payload)), _skipped("history"))
-        twin = next((p for p in stored if history.run_ids(history.load_run(p)) == ids), None)
+        twin = _stored_as(Path(args.history), payload)
         print(f"{file}: already stored as {twin}" if twin else
               f"{file}: stored as {history.save_run(Path(args.history), payload, at_run_time=True)}")
     frame = history.load_frame(history.readable(history.run_files(args.history), _skipped("history")))

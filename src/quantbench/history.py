@@ -76,7 +76,8 @@ def load_run(path: Path) -> dict:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise BadHistory(path, "no such history file", "check the path (`quantbench history --history DIR` lists the stored runs)") from None
+        raise BadHistory(path, "no such history file",
+                         "check the path (`quantbench history --history DIR` lists the stored runs)") from None
     except UnicodeDecodeError:
         raise BadHistory(path, "not a text file", "pass a pytest-benchmark JSON file written by quantbench") from None
     if not text.strip():
