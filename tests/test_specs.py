@@ -1,11 +1,11 @@
 import json
-import tomllib
+from dataclasses import asdict
 
 import pytest
 
 from quantbench import models
 from quantbench.errors import QuantbenchError
-from quantbench.specs import available_specs, load_spec, spec_path
+from quantbench.specs import available_specs, load_spec
 
 
 def test_required_specs_exist():
@@ -52,7 +52,7 @@ def test_unknown_spec_names_the_file_and_choices(tmp_path):
     ({"hiden_size": 256}, "unknown key(s) 'hiden_size'"),
 ])
 def test_a_bad_spec_field_is_named(tmp_path, edit, message):
-    data = {**tomllib.loads(spec_path("tiny").read_text()), **edit}
+    data = {**asdict(load_spec("tiny")), **edit}
     bad = tmp_path / "bad.toml"
     bad.write_text("\n".join(f"{key} = {json.dumps(value)}" for key, value in data.items()) + "\n")
     with pytest.raises(QuantbenchError) as info:
