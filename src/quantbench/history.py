@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -47,14 +47,14 @@ def run_filename(payload: dict, at_run_time: bool = False) -> str:
     time of saving (the end of the run), or with ``at_run_time`` by the run's own start time, so that
     a run stored later (``quantbench history --add``) still sorts where it was measured and is not
     taken for the newest by 'latest'."""
-    when = datetime.now(timezone.utc)
+    when = datetime.now(UTC)
     if at_run_time and payload.get("datetime"):
         try:
             when = datetime.fromisoformat(payload["datetime"])
         except (TypeError, ValueError):
             pass  # not an ISO time: the time of saving
         else:  # pytest-benchmark writes UTC; a naive time is taken as UTC too
-            when = when.astimezone(timezone.utc) if when.tzinfo else when.replace(tzinfo=timezone.utc)
+            when = when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
     stamp = when.strftime("%Y%m%dT%H%M%S%f")
     commit = ((payload.get("commit_info") or {}).get("id") or "nocommit")[:8]
     return f"{stamp}_{commit}_{uuid.uuid4().hex[:8]}.json"
