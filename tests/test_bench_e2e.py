@@ -81,6 +81,20 @@ def test_harness_overhead_is_small(tiny_checkpoints, tmp_path):
     assert min(ratios) < 1.05  # target <= 1.02
 
 
+def test_a_stored_run_leaves_no_scratch_copy_behind(tiny_checkpoints, tmp_path, monkeypatch):
+    """--qb-history without --benchmark-json has pytest-benchmark write to a scratch folder: before,
+    every such run left one in /tmp (185 of them on the dev machine)."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    result = run_pytest("benchmarks/test_generation.py", "--qb-models", "tiny", "--qb-formats", "bf16",
+                        "--qb-batch", "1", "--qb-prompt", "16", "--qb-new-tokens", "4", "--qb-rounds", "2",
+                        "-k", "decode", f"--qb-history={tmp_path / 'history'}", "-q")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert len(list((tmp_path / "history").glob("*/*.json"))) == 1
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("quantbench-")] == []
+
+
 def test_a_history_that_cannot_be_stored_fails_the_run_and_keeps_its_json(tiny_checkpoints, tmp_path):
     """The history is written at the very end: a full disk or a file in the way there must not lose
     the run (pytest-benchmark still writes --benchmark-json) nor pass quietly."""

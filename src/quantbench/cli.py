@@ -131,14 +131,15 @@ def _confirm_by_rerun(result, current, baselines, thresholds, fail_on):
     nodeids = [b["fullname"] for b in current.get("benchmarks", []) if b["name"] in names]
     if not nodeids:
         return result
-    out = Path(tempfile.mkdtemp(prefix="quantbench-rerun-")) / "rerun.json"
-    args = gating.rerun_args(current, nodeids, out)
-    print(f"quantbench gate: re-running {len(nodeids)} regressed case(s) to confirm")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args])
-    if proc.returncode not in (0, 1) or not out.is_file():
-        print("quantbench gate: the confirm rerun did not produce results; keeping the first decision")
-        return result
-    return gating.confirm(result, history.load_run(out), baselines, thresholds, fail_on)
+    with tempfile.TemporaryDirectory(prefix="quantbench-rerun-") as scratch:
+        out = Path(scratch) / "rerun.json"
+        args = gating.rerun_args(current, nodeids, out)
+        print(f"quantbench gate: re-running {len(nodeids)} regressed case(s) to confirm")
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args])
+        if proc.returncode not in (0, 1) or not out.is_file():
+            print("quantbench gate: the confirm rerun did not produce results; keeping the first decision")
+            return result
+        return gating.confirm(result, history.load_run(out), baselines, thresholds, fail_on)
 
 
 def cmd_export(args) -> int:

@@ -118,7 +118,9 @@ def pytest_configure(config):
             raise pytest.UsageError(f"--qb-history {history_root}: not writable. Fix: pass a writable folder")
     if (history_root or config.getoption("qb_gate")) and not config.getoption("benchmark_json"):
         # History and gate read the JSON pytest-benchmark writes (it includes every round time).
-        config.option.benchmark_json = Path(tempfile.mkdtemp(prefix="quantbench-")) / "run.json"
+        # A scratch copy: removed when pytest ends, unless storing the history failed (then it is the run).
+        config._qb_scratch = Path(tempfile.mkdtemp(prefix="quantbench-"))
+        config.option.benchmark_json = config._qb_scratch / "run.json"
     from .gate import load_thresholds, parse_fail_on
     try:
         config._qb_gate_fail_on = parse_fail_on(config.getoption("qb_gate_fail_on"), "--qb-gate-fail-on")
@@ -288,6 +290,13 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
             config._qb_gate_result = (", ".join(map(str, paths)), result)
         except QuantbenchError as exc:
             config._qb_gate_result = (None, exc)
+
+
+def pytest_unconfigure(config):
+    scratch = getattr(config, "_qb_scratch", None)
+    if scratch is not None and not getattr(config, "_qb_save_error", None):
+        import shutil
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def pytest_sessionfinish(session, exitstatus):
