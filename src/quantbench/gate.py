@@ -30,13 +30,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import median
 
-from scipy.stats import binomtest, mannwhitneyu, wilcoxon
-
 from .errors import QuantbenchError
 
 STATES = ("regressed", "improved", "unchanged", "new", "missing", "unsupported", "oom", "invalid-input",
           "guard-failed", "no-baseline", "incomparable")
 DEFAULT_FAIL_ON = ("regressed",)
+STATED_IN_BOTH = "(the same in the baseline)"   # note suffix of a state both runs share: no news for a PR comment
 
 
 def parse_fail_on(text: str, option: str = "--fail-on") -> tuple[str, ...]:
@@ -49,7 +48,6 @@ def parse_fail_on(text: str, option: str = "--fail-on") -> tuple[str, ...]:
                               if unknown else f"{option} {text!r} names no gate state",
                               f"use some of: {', '.join(STATES)}")
     return states
-STATED_IN_BOTH = "(the same in the baseline)"   # note suffix of a state both runs share: no news for a PR comment
 
 
 @dataclass(frozen=True)
@@ -191,6 +189,8 @@ def pairs_can_decide(pairs: int, alpha: float) -> bool:
 def _signed_rank(logs, alternative: str) -> float:
     if all(v == 0 for v in logs):
         return 1.0
+    from scipy.stats import wilcoxon  # here, not at the top: see _mann_whitney
+
     p_value = float(wilcoxon(logs, alternative=alternative).pvalue)
     return 1.0 if math.isnan(p_value) else p_value
 
@@ -203,6 +203,10 @@ def _alternative(change: float, direction: str) -> str:
 
 
 def _mann_whitney(current, baseline, alternative: str) -> float:
+    # scipy.stats takes ~0.75 s to import, and every pytest start imports this module (the plugin
+    # checks --qb-gate-fail-on against STATES): it is imported when a gate first tests a change.
+    from scipy.stats import mannwhitneyu
+
     p_value = float(mannwhitneyu(current, baseline, alternative=alternative).pvalue)
     return 1.0 if math.isnan(p_value) else p_value  # all values tied: no evidence of a change
 
@@ -335,6 +339,8 @@ def decide_suite(metric: str, decisions: list[Decision], threshold: Threshold,
         ratio = ratios[mid] if len(ratios) % 2 else math.sqrt(ratios[mid - 1] * ratios[mid])
         change = _change(ratio, 1.0, threshold.direction)
         moved = worse if change < 0 else better
+        from scipy.stats import binomtest  # see _mann_whitney
+
         p_value = float(binomtest(moved, worse + better, 0.5, alternative="greater").pvalue) if worse + better else 1.0
         note = counted
     significant = p_value < threshold.alpha

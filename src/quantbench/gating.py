@@ -134,8 +134,7 @@ def resolve_baselines(baseline: str, history_root: Path, current: dict, current_
 def _replaced_signature(root: Path, current: dict, sig: str, own: set[str]) -> str | None:
     """The signature of the newest earlier run on the same hardware and stack under another signature."""
     want = (history.hardware(current), history.stack_name(current))
-    # run files are named <UTC timestamp>_..., so their names sort by time across signature folders
-    for path in sorted(history.run_files(root), key=lambda p: p.name, reverse=True):
+    for path in reversed(history.run_files(root)):  # newest first, across signature folders
         if path.parent.name == sig:
             continue
         try:

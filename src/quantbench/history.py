@@ -118,13 +118,13 @@ def run_files(root: Path, signature_name: str | None = None) -> list[Path]:
     root = Path(root)
     # Run files are named <timestamp>_<commit>_<uuid>.json; peaks.json and others sit beside them.
     pattern = f"{signature_name}/[0-9]*_*.json" if signature_name else "*/[0-9]*_*.json"
-    return sorted(p for p in root.glob(pattern) if not p.name.startswith("."))
+    # Oldest first by name (<UTC timestamp>_...), not by path: across signature folders the path sorts
+    # by the folder first, and 'latest' would be the newest run of the alphabetically last stack.
+    return sorted((p for p in root.glob(pattern) if not p.name.startswith(".")), key=lambda p: (p.name, str(p)))
 
 
 def latest_run(root: Path, signature_name: str | None = None) -> Path:
-    # by file name (the run's time), not by path: across signature folders the path sorts by the
-    # folder first, so the newest run of the alphabetically last stack would win over a later one
-    files = sorted(run_files(root, signature_name), key=lambda p: p.name)
+    files = run_files(root, signature_name)
     if not files:
         where = Path(root) / signature_name if signature_name else Path(root)
         raise BadHistory(where, "no history files (empty baseline folder)",
@@ -329,9 +329,7 @@ def merge_runs(payloads: list[dict]) -> dict:
         raise ValueError("merge_runs needs at least one run")
     # Pooled rounds are one population only on one machine and library stack: rounds of transformers
     # 4.51 and 5.17 pooled would read as one noisy run of neither.
-    signatures = sorted({signature(p) for p in payloads})
-    if len(signatures) > 1:
-        raise ValueError(f"runs from different machine signatures cannot be merged: {signatures}")
+    _one_signature(payloads, "merged")
     merged = copy.deepcopy(payloads[-1])
     per_run: dict[str, list[list[float]]] = {}
     for payload in payloads:
@@ -356,6 +354,12 @@ def merge_runs(payloads: list[dict]) -> dict:
     merged.setdefault("quantbench", {})["merged_from"] = sum(runs_in(p) for p in payloads)
     merged["quantbench"]["run_ids"] = _sources(payloads)
     return merged
+
+
+def _one_signature(payloads: list[dict], verb: str) -> None:
+    signatures = sorted({signature(p) for p in payloads})
+    if len(signatures) > 1:
+        raise ValueError(f"runs from different machine signatures cannot be {verb}: {signatures}")
 
 
 def run_ids(payload: dict) -> set[str]:
@@ -386,9 +390,7 @@ def combine_runs(payloads: list[dict]) -> dict:
 
     if not payloads:
         raise ValueError("combine_runs needs at least one run")
-    signatures = sorted({signature(p) for p in payloads})
-    if len(signatures) > 1:
-        raise ValueError(f"runs from different machine signatures cannot be combined: {signatures}")
+    _one_signature(payloads, "combined")
     ordered = sorted(payloads, key=lambda p: p.get("datetime") or "")
     benches: dict[str, dict] = {}
     states: dict[str, dict] = {}
