@@ -63,6 +63,33 @@ def test_exit_code_only_for_regressions_unless_asked():
     assert gate.exit_code(decisions, ("regressed", "missing")) == 1
 
 
+def test_a_case_whose_kernel_is_none_its_baseline_ran_is_kernel_changed():
+    marlin = "gptqmodel 7.5.0 backend=auto -> AwqMarlinLinear: Marlin"
+    current = {"a": "naive-dequant", "b": "gptqmodel 7.6.1 backend=auto -> AwqMarlinLinear: Marlin",
+               "c": "triton.awq_gemm", "new-case": "torch.matmul"}
+    baselines = [{"a": "triton.awq_gemm", "b": marlin, "c": "naive-dequant"},
+                 {"a": "triton.awq_gemm", "b": marlin, "c": "triton.awq_gemm"}]
+    changes = gate.kernel_changes(current, baselines)
+    # b: only the library's version moved (the signature records that); c: one baseline run ran it too;
+    # new-case: no baseline to compare with (the metric rows say "new")
+    assert [(d.case, d.metric, d.state) for d in changes] == [("a", "kernel", "kernel-changed")]
+    assert changes[0].note == "baseline ran triton.awq_gemm; this run ran naive-dequant"
+    assert gate.kernel_changes({"a": "x"}, [{"a": "y"}, {"a": "z"}])[0].note == "baseline ran y | z; this run ran x"
+
+
+def test_a_regression_names_the_kernel_change_that_explains_it():
+    decisions = [gate.Decision("a", "tps", "regressed", 0.5, 0.01, 2.0, 1.0, 0.05),
+                 gate.Decision("a", "ttft_s", "unchanged", 1.0, 0.5, 1.0, 1.0, 0.05),
+                 gate.Decision("b", "tps", "regressed", 0.5, 0.01, 2.0, 1.0, 0.05)]
+    changes = gate.kernel_changes({"a": "naive-dequant", "b": "x"}, [{"a": "triton.awq_gemm", "b": "x"}])
+    merged = gate.with_kernel_changes(decisions, changes)
+    assert [(d.case, d.metric, d.state) for d in merged] == [
+        ("a", "tps", "regressed"), ("b", "tps", "regressed"), ("a", "kernel", "kernel-changed"),
+        ("a", "ttft_s", "unchanged")]
+    assert "the kernel changed" in merged[0].note and "kernel" not in merged[1].note
+    assert gate.exit_code(changes) == 0 and gate.exit_code(changes, gate.parse_fail_on("kernel-changed")) == 1
+
+
 def test_thresholds_file_defaults_and_overrides(tmp_path):
     t = gate.parse_thresholds(
         '[defaults]\nmax_regression = 0.05\n[metrics.ttft_s]\ndirection = "lower"\n'

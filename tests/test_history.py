@@ -284,6 +284,29 @@ def test_gate_states_and_markdown():
     assert "awq-gemv" not in md and "Stated in both runs (not listed): 1 unsupported" in md
 
 
+def test_the_gate_names_a_kernel_the_baseline_did_not_run():
+    """The night a library upgrade sends a format down another code path: the gate says which, in the
+    table and the PR comment, and fails on it where asked."""
+    def ran(kernel, value=0.01):
+        run = payload(value=value)
+        run["benchmarks"][0]["extra_info"]["kernel"] = kernel
+        return run
+    case = "test_generation[tiny-bf16-b1-p32-decode]"
+    result = gating.run_gate(ran("naive-dequant", 0.02), [ran("triton.awq_gemm"), ran("triton.awq_gemm")],
+                             _thresholds())
+    by_key = {(d.case, d.metric): d for d in result.decisions}
+    assert by_key[(case, "kernel")].state == "kernel-changed"
+    assert by_key[(case, "kernel")].note == "baseline ran triton.awq_gemm; this run ran naive-dequant"
+    assert "the kernel changed" in by_key[(case, "decode_tokens_per_s")].note
+    assert "| kernel-changed |" in result.markdown() and "this run ran naive-dequant" in result.markdown()
+    same = gating.run_gate(ran("triton.awq_gemm"), [ran("triton.awq_gemm")], _thresholds(),
+                           ("regressed", "kernel-changed"))
+    assert "kernel-changed" not in same.counts() and same.exit_code == 0
+    assert gating.run_gate(ran("naive-dequant"), [ran("triton.awq_gemm")], _thresholds(),
+                           ("regressed", "kernel-changed")).exit_code == 1
+    assert gating.run_gate(ran("naive-dequant"), [ran("triton.awq_gemm")], _thresholds()).exit_code == 0
+
+
 def test_the_gate_reads_the_device_kind_from_the_run():
     """A 20% slower case: past the 5% bound of a GPU run, within the CPU runs' per-case noise bound."""
     case = ("test_generation[tiny-bf16-b1-p32-decode]", "decode_tokens_per_s")

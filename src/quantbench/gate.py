@@ -32,8 +32,8 @@ from statistics import median
 
 from .errors import QuantbenchError
 
-STATES = ("regressed", "improved", "unchanged", "new", "missing", "unsupported", "oom", "invalid-input",
-          "guard-failed", "no-baseline", "incomparable")
+STATES = ("regressed", "kernel-changed", "improved", "unchanged", "new", "missing", "unsupported", "oom",
+          "invalid-input", "guard-failed", "no-baseline", "incomparable")
 DEFAULT_FAIL_ON = ("regressed",)
 STATED_IN_BOTH = "(the same in the baseline)"   # note suffix of a state both runs share: no news for a PR comment
 
@@ -397,8 +397,48 @@ def compare_runs(current: dict[tuple[str, str], Sample], baseline: dict[tuple[st
                              paired)
         if suite is not None:
             decisions.append(suite)
+    return worst_first(decisions)
+
+
+def worst_first(decisions: list[Decision]) -> list[Decision]:
     order = {s: i for i, s in enumerate(STATES)}
     return sorted(decisions, key=lambda d: (order.get(d.state, 99), d.case, d.metric))
+
+
+# ----------------------------------------------------------------------------- kernels that ran
+KERNEL_METRIC = "kernel"   # the metric column of a kernel-changed decision: it concerns the case, not a number
+# A library's version inside a kernel description (gptqmodel's "gptqmodel 7.5.0 backend=auto -> ...") is
+# the upgrade, which the signature already records, not a change of kernel.
+_VERSION = re.compile(r"\d+(?:\.\d+)+[\w.+-]*")
+
+
+def same_kernel(a: str, b: str) -> bool:
+    return _VERSION.sub("<version>", a) == _VERSION.sub("<version>", b)
+
+
+def kernel_changes(current: dict[str, str], baselines: list[dict[str, str]]) -> list[Decision]:
+    """A ``kernel-changed`` decision for each case whose recorded code path (what actually ran) is
+    none of those its baseline runs recorded: the upgrade that swaps Marlin for a dequantize fallback,
+    or a Triton path for the naive one, is named even where the throughput moved within noise, and
+    explains a regression where it did not. A case that is measured on one side only is left to the
+    metric decisions (new, missing, unsupported). Pure."""
+    changes = []
+    for case in sorted(current):
+        before = [kernels[case] for kernels in baselines if case in kernels]
+        if before and not any(same_kernel(current[case], kernel) for kernel in before):
+            was = " | ".join(dict.fromkeys(before))
+            changes.append(Decision(case, KERNEL_METRIC, "kernel-changed",
+                                    note=f"baseline ran {was}; this run ran {current[case]}"))
+    return changes
+
+
+def with_kernel_changes(decisions: list[Decision], changes: list[Decision]) -> list[Decision]:
+    """``decisions`` plus ``changes``, where a case's regressed or improved metric rows point at its
+    kernel change: the reader of a regression sees its cause in the same row."""
+    changed = {c.case for c in changes}
+    marked = [replace(d, note="; ".join(filter(None, [d.note, "the kernel changed (see its kernel row)"])))
+              if d.case in changed and d.state in ("regressed", "improved") else d for d in decisions]
+    return worst_first(marked + changes)
 
 
 def machine_differences(current: dict, baseline: dict, fields: tuple[str, ...]) -> list[str]:

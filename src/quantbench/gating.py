@@ -81,6 +81,8 @@ def run_gate(current: dict, baselines: list[dict], thresholds: gate.Thresholds,
                 "compared across different machines/stacks (--allow-incomparable): ") + "; ".join(diffs)
     cur_samples, base_samples = gate.fold_stated_cases(cur_samples, base_samples)
     decisions = gate.compare_runs(cur_samples, base_samples, thresholds, paired, history.device_kind(current))
+    changes = gate.kernel_changes(history.kernels_ran(current), [history.kernels_ran(b) for b in baselines])
+    decisions = gate.with_kernel_changes(decisions, changes)
     return GateResult(decisions, gate.exit_code(decisions, fail_on), note)
 
 

@@ -262,6 +262,19 @@ def samples(payload: dict) -> dict:
     return out
 
 
+def kernels_ran(payload: dict) -> dict[str, str]:
+    """Case name -> the code path that actually ran, as the run recorded it: a generation case's
+    ``kernel`` (its format's account of the matmul, e.g. "triton.awq_gemm ..."), a kernel-suite
+    case's ``path`` (its name is the kernel asked for; the path is what that turned out to be)."""
+    ran = {}
+    for bench in payload.get("benchmarks", []):
+        info = bench.get("extra_info") or {}
+        kernel = info.get("path") if info.get("suite") == "kernels" else info.get("kernel")
+        if kernel and case_state(bench) == "ok":
+            ran[bench["name"]] = str(kernel)
+    return ran
+
+
 COMPARABILITY_FIELDS = ("device.gpu", "device.gpu_count", "device.driver", "device.cuda", "device.cpu",
                         "versions.torch", "versions.transformers", "versions.autoawq",
                         "versions.compressed-tensors", "versions.triton", "versions.awq_ext")
