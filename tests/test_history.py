@@ -307,6 +307,25 @@ def test_the_gate_names_a_kernel_the_baseline_did_not_run():
     assert gating.run_gate(ran("naive-dequant"), [ran("triton.awq_gemm")], _thresholds()).exit_code == 0
 
 
+def test_a_quantized_format_that_comes_to_hold_dense_weights_regresses_even_on_cpu():
+    """The seed's failure as a regression: the night an upgrade makes int4 weights decompress on the
+    first forward, the resident weight bytes grow 2.3x. Exact bytes: caught on a CPU runner too,
+    where any timing metric of one case needs a 40% change; a 0.5% buffer is no regression."""
+    def holding(weight_bytes, gpu=None):
+        run = payload(gpu=gpu)
+        run["benchmarks"][0]["extra_info"]["weight_bytes_after_first_forward"] = weight_bytes
+        return run
+    key = ("test_generation[tiny-bf16-b1-p32-decode]", "weight_bytes_after_first_forward")
+    for gpu in (None, "H100"):
+        baseline = [holding(1_930_208, gpu)]
+        dense = {(d.case, d.metric): d for d in gating.run_gate(holding(4_486_112, gpu), baseline,
+                                                                _thresholds()).decisions}[key]
+        assert dense.state == "regressed" and dense.ratio == pytest.approx(2.324, abs=1e-3)
+        buffer = {(d.case, d.metric): d for d in gating.run_gate(holding(1_940_000, gpu), baseline,
+                                                                 _thresholds()).decisions}[key]
+        assert buffer.state == "unchanged"
+
+
 def test_the_gate_reads_the_device_kind_from_the_run():
     """A 20% slower case: past the 5% bound of a GPU run, within the CPU runs' per-case noise bound."""
     case = ("test_generation[tiny-bf16-b1-p32-decode]", "decode_tokens_per_s")

@@ -8,7 +8,8 @@ from . import history
 from .gate import Thresholds
 
 UNITS = {"decode_tokens_per_s": "tokens/s", "prefill_tokens_per_s": "tokens/s", "ttft_s": "s",
-         "peak_memory_bytes": "bytes", "tflops": "TFLOP/s", "gbps": "GB/s"}
+         "peak_memory_bytes": "bytes",
+         "weight_bytes_after_first_forward": "bytes", "tflops": "TFLOP/s", "gbps": "GB/s"}
 
 
 def github_action_benchmark(payload: dict, thresholds: Thresholds) -> dict[str, list[dict]]:

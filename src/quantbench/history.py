@@ -133,6 +133,11 @@ def latest_run(root: Path, signature_name: str | None = None) -> Path:
 
 
 # ----------------------------------------------------------------------------- frames
+# Facts a case measures once, not per round (no spread to test: the gate decides on the ratio).
+# The resident weight bytes are exact, so they catch on any machine, CPU CI included, the seed's
+# failure: a quantized format that ends up holding dense weights (compressed-tensors int4
+# decompressing on its first forward) saves no memory, whatever its throughput.
+ONCE_PER_CASE_METRICS = ("peak_memory_bytes", "weight_bytes_after_first_forward")
 CASE_COLUMNS = ["model", "format", "batch", "prompt_len", "new_tokens", "phase", "kernel_name", "K", "N", "M"]
 
 
@@ -193,7 +198,7 @@ def run_frame(payload: dict, path: Path | None = None) -> pd.DataFrame:
         for key, value in (info.get("token_latency_s") or {}).items():
             row[f"token_latency_{key}_s"] = value
         row["metrics"] = sorted(set(info.get("rate_metrics") or {}) | set(info.get("time_metrics") or [])
-                                | {k for k in ("peak_memory_bytes",) if k in info})
+                                | {k for k in ONCE_PER_CASE_METRICS if k in info})
         row["_bench"] = bench
         rows.append(row)
     for state in (payload.get("quantbench") or {}).get("states", []):
@@ -254,8 +259,9 @@ def samples(payload: dict) -> dict:
             value = median(runs) if runs else median(rounds) if rounds else info.get(metric)
             if value is not None:
                 out[(bench["name"], metric)] = Sample(float(value), tuple(rounds), runs=runs)
-        if info.get("peak_memory_bytes"):
-            out[(bench["name"], "peak_memory_bytes")] = Sample(float(info["peak_memory_bytes"]))
+        for metric in ONCE_PER_CASE_METRICS:
+            if info.get(metric):
+                out[(bench["name"], metric)] = Sample(float(info[metric]))
     for state in (payload.get("quantbench") or {}).get("states", []):
         name = stated_case_name(state)
         out[(name, "*")] = Sample(float("nan"), (), state.get("state", "unsupported"), state.get("reason", ""))
