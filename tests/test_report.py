@@ -177,6 +177,28 @@ def test_gemv_vs_gemm_answers_autoawqs_batch_1_claim_or_says_why_not():
     assert findings.gemv_vs_gemm(gen[gen["format"].str.startswith("awq-gemv")]) == []  # no GEMM: nothing to say
 
 
+def test_the_history_section_says_what_the_gate_found_in_each_run(rendered, tmp_path):
+    """A nightly's reader sees which night got slower, and which night a kernel changed, without
+    re-running the gate: the run against the run before, newest first."""
+    _, text = rendered
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in _section(text, "## History")
+            if line.startswith("| 2026")]
+    assert rows[0][:3] == ["2026-11-22T00:00:00", "c0ffee", "improved"] and rows[0][3].startswith("suite")
+    slowed = [r for r in rows if r[0] == "2026-11-21T00:00:00"]
+    assert {r[2] for r in slowed} == {"regressed"} and {r[5] for r in slowed} == {"0.700"}
+    assert len(slowed) == 2 + 2 * len(DECODE)  # the suite decision per metric and every case's phase
+    history.save_run(tmp_path / "hist", payload(1.0, "2026-11-20T00:00:00+00:00"))
+    swapped = payload(1.0, "2026-11-21T00:00:00+00:00")
+    for case in swapped["benchmarks"]:
+        if case["extra_info"]["format"] == "awq-gemm":
+            case["extra_info"]["kernel"] = "naive-dequant"
+    history.save_run(tmp_path / "hist", swapped)
+    text = report.render_all(tmp_path / "hist", tmp_path / "out", load_thresholds(THRESHOLDS))[0].read_text()
+    found = [line for line in _section(text, "## History") if line.startswith("| 2026")]
+    assert len(found) == 2 * 3 and all("| kernel-changed |" in line for line in found)
+    assert "baseline ran awq_ext.gemm_forward_cuda; this run ran naive-dequant" in found[0]
+
+
 def test_a_guide_rendered_twice_from_the_same_history_is_byte_identical(tmp_path):
     history.save_run(tmp_path / "hist", payload())
     outs = [tmp_path / "a", tmp_path / "b"]

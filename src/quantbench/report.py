@@ -228,13 +228,40 @@ def _combined_line(payload: dict) -> list[str]:
             "different runs carry the run-to-run spread too |"]
 
 
-def _consecutive_regressions(paths: list[Path], thresholds: gate.Thresholds) -> set:
-    """(file, case name) pairs the gate calls regressed against the run before (same signature)."""
-    flagged = set()
+NEWS = ("regressed", "kernel-changed")   # what the History table lists of each run against the run before
+HISTORY_TABLE_ROWS = 40
+
+
+def consecutive_changes(paths: list[Path], thresholds: gate.Thresholds) -> pd.DataFrame:
+    """The gate's news of each run against the run before (same signature): regressed and
+    kernel-changed cases, and the suite-level decisions that moved. One row each, oldest first."""
+    rows = []
     for before, after in zip(paths, paths[1:]):
-        result = gating.run_gate(history.load_run(after), [history.load_run(before)], thresholds)
-        flagged |= {(str(after), d.case) for d in result.decisions if d.state == "regressed"}
-    return flagged
+        run = history.load_run(after)
+        result = gating.run_gate(run, [history.load_run(before)], thresholds)
+        for d in result.decisions:
+            if d.state in NEWS or (d.case == gate.SUITE and d.state != "unchanged"):
+                rows.append({"file": str(after), "run": str(run.get("datetime"))[:19],
+                             "commit": str((run.get("commit_info") or {}).get("id"))[:8], "state": d.state,
+                             "case": d.case, "metric": d.metric, "ratio": d.ratio,
+                             "note": d.note if d.state == "kernel-changed" else
+                             "the kernel changed" if "the kernel changed" in d.note else ""})
+    return pd.DataFrame(rows, columns=["file", "run", "commit", "state", "case", "metric", "ratio", "note"])
+
+
+def _history_table(changes: pd.DataFrame) -> list[str]:
+    if changes.empty:
+        return ["The gate found no regression and no kernel change between consecutive runs.", ""]
+    # newest run first; in each run the suite-level moves, then the cases as the gate ordered them
+    shown = changes.assign(suite=changes["case"] == gate.SUITE).sort_values(
+        ["run", "suite"], ascending=False, kind="stable").drop(columns=["file", "suite"])
+    lines = ["What the gate found in each run against the run before (regressed, kernel changed, "
+             "suite-level moves), newest first:", "", shown.head(HISTORY_TABLE_ROWS).to_markdown(index=False,
+                                                                                               floatfmt=".3f"), ""]
+    if len(shown) > HISTORY_TABLE_ROWS:
+        lines += [f"... and {len(shown) - HISTORY_TABLE_ROWS} more rows (`quantbench gate` on those runs lists them).",
+                  ""]
+    return lines
 
 
 def device_ceilings(payloads: list[dict], signature_dir: Path) -> dict | None:
@@ -363,10 +390,11 @@ def render_signature(paths: list[Path], out_dir: Path, thresholds: gate.Threshol
         why = states.groupby(["state", "reason"], dropna=False).size().rename("cases").reset_index()
         lines += ["## Not measured here, and why", "", why.to_markdown(index=False), ""]
 
-    regressions = _consecutive_regressions([p for p in paths if str(p) in set(gen_all["file"])], thresholds)
+    changes = consecutive_changes([p for p in paths if str(p) in set(gen_all["file"])], thresholds)
+    regressions = {(f, c) for f, c, st in zip(changes["file"], changes["case"], changes["state"]) if st == "regressed"}
     history_chart = chart_history(gen_all, regressions, out_dir)
     if history_chart:
-        lines += ["## History", "", f"![history]({history_chart})", ""]
+        lines += ["## History", "", f"![history]({history_chart})", "", *_history_table(changes)]
     readme = out_dir / "README.md"
     readme.write_text("\n".join(lines) + "\n")
     return readme
