@@ -199,6 +199,27 @@ def test_the_history_section_says_what_the_gate_found_in_each_run(rendered, tmp_
     assert "baseline ran awq_ext.gemm_forward_cuda; this run ran naive-dequant" in found[0]
 
 
+def test_the_spread_behind_every_median_is_reported(tmp_path):
+    """A median without its spread is not a result: each case's interquartile range of round times,
+    as % of its median, in a table beside the throughput tables (and as bars in the chart)."""
+    run = payload()
+    for case in run["benchmarks"]:
+        median = case["stats"]["median"]
+        wide = 3 if case["extra_info"]["format"] == "ct-w4a16" else 1  # ct-w4a16: 30%, the others 10%
+        case["stats"].update(data=[median * (1 + k * wide / 20) for k in (-2, -1, 0, 1, 2)],
+                             q1=median * (1 - wide / 20), q3=median * (1 + wide / 20), iqr=median * wide / 10)
+    history.save_run(tmp_path / "hist", run)
+    text = report.render_all(tmp_path / "hist", tmp_path / "out", load_thresholds(THRESHOLDS))[0].read_text()
+    rows = [" ".join(line.split()) for line in text.split("Spread behind those medians")[1].splitlines()[:14]]
+    assert "| phase | format | 1 | 4 | 16 |" in rows
+    assert "| prefill | bf16 | 10.0 | 10.0 | 10.0 |" in rows and "| decode | ct-w4a16 | 30.0 | 30.0 | 30.0 |" in rows
+    assert rows.index("| prefill | bf16 | 10.0 | 10.0 | 10.0 |") < rows.index("| decode | bf16 | 10.0 | 10.0 | 10.0 |")
+    frame = history.run_frame(run)
+    low, high = report._rate_quartiles(frame[(frame["format"] == "bf16") & (frame["phase"] == "decode")],
+                                       "decode_tokens_per_s")
+    assert low[1] == pytest.approx(100 / 1.05) and high[1] == pytest.approx(100 / 0.95)  # bf16 b1: 100 tokens/s
+
+
 def test_a_guide_rendered_twice_from_the_same_history_is_byte_identical(tmp_path):
     history.save_run(tmp_path / "hist", payload())
     outs = [tmp_path / "a", tmp_path / "b"]

@@ -39,6 +39,17 @@ def decode_table(gen: pd.DataFrame, model: str, prompt_len: int) -> pd.DataFrame
     return rows.pivot_table(index="format", columns="batch", values="decode_tokens_per_s", aggfunc="median")
 
 
+def spread_table(gen: pd.DataFrame, model: str, prompt_len: int) -> pd.DataFrame:
+    """(phase, format) x batch -> the round-to-round spread of the case in %: the interquartile range
+    of its round times over their median (the same fraction of its tokens/s, to first order)."""
+    rows = gen[(gen["model"] == model) & (gen["prompt_len"] == prompt_len)]
+    rows = rows[rows["iqr_s"].notna() & (rows["median_s"] > 0)] if "iqr_s" in rows else rows[:0]
+    if rows.empty:
+        return pd.DataFrame()
+    rows = rows.assign(spread_pct=100.0 * rows["iqr_s"] / rows["median_s"])
+    return rows.pivot_table(index=["phase", "format"], columns="batch", values="spread_pct", aggfunc="median")
+
+
 def speedup_table(gen: pd.DataFrame, model: str, prompt_len: int, phase: str = "decode") -> pd.DataFrame:
     """format x batch -> tokens/s relative to bf16 under the same runtime, measured in the same run
     (formats whose baseline was not measured are left out)."""

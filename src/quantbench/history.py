@@ -190,7 +190,8 @@ def run_frame(payload: dict, path: Path | None = None) -> pd.DataFrame:
         if state == "interrupted":
             info.setdefault("reason", INTERRUPTED_REASON)
         row = {**common, "name": bench.get("name"), "group": bench.get("group"), "state": state,
-               "median_s": stats.get("median"), "iqr_s": stats.get("iqr"), "stddev_s": stats.get("stddev"),
+               "median_s": stats.get("median"), "iqr_s": stats.get("iqr"), "q1_s": stats.get("q1"),
+               "q3_s": stats.get("q3"), "stddev_s": stats.get("stddev"),
                "mean_s": stats.get("mean"), "rounds": stats.get("rounds"), "round_times_s": stats.get("data")}
         for key, value in info.items():
             if not isinstance(value, (dict, list)):

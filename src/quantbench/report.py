@@ -66,13 +66,19 @@ def chart_throughput(gen: pd.DataFrame, model: str, prompt: int, out_dir: Path) 
     for ax, phase in zip(axes, ("prefill", "decode")):
         rows = gen[(gen["model"] == model) & (gen["prompt_len"] == prompt) & (gen["phase"] == phase)]
         for fmt in _sorted_formats(rows["format"].unique()):
-            series = rows[rows["format"] == fmt].groupby("batch")[f"{phase}_tokens_per_s"].median()
-            ax.plot(series.index, series.values, marker="o", label=fmt, color=color(fmt), linestyle=linestyle(fmt))
+            cases = rows[rows["format"] == fmt]
+            series = cases.groupby("batch")[f"{phase}_tokens_per_s"].median()
+            line = ax.plot(series.index, series.values, marker="o", label=fmt, color=color(fmt),
+                           linestyle=linestyle(fmt))[0]
+            low, high = _rate_quartiles(cases, f"{phase}_tokens_per_s")
+            if low is not None:  # the middle half of the rounds: the spread behind each median
+                ax.errorbar(series.index, series.values, yerr=[series - low, high - series], fmt="none",
+                            ecolor=line.get_color(), elinewidth=1, capsize=2)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("batch size (sequences)")
         ax.set_ylabel(f"{phase} throughput (tokens/s)")
-        ax.set_title(f"{phase}: {model}, prompt {prompt} tokens")
+        ax.set_title(f"{phase}: {model}, prompt {prompt} tokens\n(bars: the middle half of the rounds)")
         ax.grid(True, which="both", alpha=0.3)
     legend = {}  # a format measured in one phase only still gets its legend entry
     for ax in axes:
@@ -81,6 +87,16 @@ def chart_throughput(gen: pd.DataFrame, model: str, prompt: int, out_dir: Path) 
     labels = _sorted_formats(legend)
     fig.legend([legend[n] for n in labels], labels, loc="outside right upper", title="format")  # never on data
     return _save(fig, out_dir, f"throughput_{model}_p{prompt}")
+
+
+def _rate_quartiles(cases: pd.DataFrame, metric: str):
+    """Per batch, the tokens/s of the slow and the fast quartile round (work / q3, work / q1 of the
+    round times), or (None, None) where the run stored no quartiles."""
+    if not {"q1_s", "q3_s", "median_s"} <= set(cases) or cases[["q1_s", "q3_s"]].isna().any().any():
+        return None, None
+    work = cases[metric] * cases["median_s"]
+    by_batch = cases.assign(low=work / cases["q3_s"], high=work / cases["q1_s"]).groupby("batch")
+    return by_batch["low"].median(), by_batch["high"].median()
 
 
 def chart_speedup(speed: pd.DataFrame, model: str, prompt: int, out_dir: Path, combined: bool = False) -> str:
@@ -350,6 +366,13 @@ def render_signature(paths: list[Path], out_dir: Path, thresholds: gate.Threshol
             prefill = ok[(ok["model"] == model) & (ok["prompt_len"] == prompt) & (ok["phase"] == "prefill")]
             pre = prefill.pivot_table(index="format", columns="batch", values="prefill_tokens_per_s", aggfunc="median")
             lines += ["Prefill throughput (tokens/s) by batch size:", "", _md(pre.loc[_sorted_formats(pre.index)], ".1f"), ""]
+            spread = findings.spread_table(ok, model, prompt)
+            if not spread.empty:
+                order = [(phase, fmt) for phase in ("prefill", "decode")
+                         for fmt in _sorted_formats(spread.loc[phase].index if phase in spread.index else [])]
+                lines += ["Spread behind those medians: interquartile range of the round times, % of their median "
+                          "(error bars in the throughput chart), by batch size:", "",
+                          spread.loc[order].reset_index().to_markdown(index=False, floatfmt=".1f"), ""]
         mem = ok[ok["model"] == model].groupby("format").agg(
             disk_MiB=("disk_bytes", "max"), weights_after_load_MiB=("weight_bytes_after_load", "max"),
             weights_after_first_forward_MiB=("weight_bytes_after_first_forward", "max"),
