@@ -326,6 +326,25 @@ def test_a_quantized_format_that_comes_to_hold_dense_weights_regresses_even_on_c
         assert buffer.state == "unchanged"
 
 
+def test_the_pr_comment_fits_githubs_limit_when_everything_regressed():
+    """A global slowdown over the GPU matrix: ~2,000 regressed rows would make a 400 KB comment that
+    GitHub refuses (65,536 characters), and the PR would hear nothing. The worst rows are listed, the
+    rest counted; the full table stays in the job log."""
+    from quantbench import gate
+    decisions = [gate.Decision(f"test_generation[qwen2.5-3b-fmt{i % 12}-b{i % 7}-p{i}-decode]", "decode_tokens_per_s",
+                               "regressed", 0.8, 0.001, 100.0, 80.0, 0.05, "tested on run medians (4 vs 4 runs)")
+                 for i in range(2000)]
+    result = gating.GateResult(decisions, 1, "upgraded since the baseline (--baseline previous): "
+                               "versions.transformers: 5.17.0 -> 5.23.0")
+    md = result.markdown()
+    assert len(md) <= gating.MARKDOWN_MAX_CHARS and "**2000** regressed" in md and "5.17.0 -> 5.23.0" in md
+    listed = [line for line in md.splitlines() if line.startswith("| regressed")]
+    assert 100 < len(listed) < 2000 and f"... and {2000 - len(listed)} more rows" in md
+    assert decisions[0].case in listed[0]
+    assert "more rows" not in gating.GateResult(decisions[:10], 1, "").markdown()
+    assert result.table().count("| regressed") == 0 and result.table().count("regressed") == 2000
+
+
 def test_the_gate_reads_the_device_kind_from_the_run():
     """A 20% slower case: past the 5% bound of a GPU run, within the CPU runs' per-case noise bound."""
     case = ("test_generation[tiny-bf16-b1-p32-decode]", "decode_tokens_per_s")

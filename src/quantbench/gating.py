@@ -12,6 +12,12 @@ from . import gate, history
 from .errors import BadHistory, NoBaseline
 
 
+# GitHub refuses a comment body over 65,536 characters ("Body is too long"): a global slowdown over the
+# GPU matrix makes a thousand regressed rows, and the PR would get no comment at all.
+MARKDOWN_MAX_CHARS = 60_000
+_CUT = "\n... and {n} more rows, not listed here to fit a PR comment: the gate's table in the job log has them all."
+
+
 @dataclass
 class GateResult:
     decisions: list[gate.Decision]
@@ -32,7 +38,9 @@ class GateResult:
             counts[d.state] = counts.get(d.state, 0) + 1
         return counts
 
-    def markdown(self) -> str:
+    def markdown(self, max_chars: int = MARKDOWN_MAX_CHARS) -> str:
+        """The PR-comment summary, at most ``max_chars`` long: the rows that do not fit (worst come
+        first) are counted, not listed; the terminal table in the job log has every decision."""
         verdict = "❌ performance regression" if self.exit_code else "✅ no performance regression"
         lines = [f"## quantbench gate: {verdict}", ""]
         lines.append(", ".join(f"**{n}** {s}" for s, n in sorted(self.counts().items())))
@@ -41,12 +49,26 @@ class GateResult:
         frame = self.frame()
         same_state = frame["note"].str.endswith(gate.STATED_IN_BOTH, na=False)
         notable = frame[(frame["state"] != "unchanged") & ~same_state]
-        if len(notable):
-            lines += ["", notable.to_markdown(index=False, floatfmt=".4g")]
+        tail = []
         if same_state.any():
             counts = frame[same_state]["state"].value_counts()
-            lines += ["", "Stated in both runs (not listed): " + ", ".join(f"{n} {s}" for s, n in counts.items())]
-        return "\n".join(lines) + "\n"
+            tail = ["", "Stated in both runs (not listed): " + ", ".join(f"{n} {s}" for s, n in counts.items())]
+        if len(notable):
+            table = notable.to_markdown(index=False, floatfmt=".4g").splitlines()
+            room = max_chars - len("\n".join(lines + tail)) - len(_CUT.format(n=len(notable))) - 8
+            fits = 0
+            used = len(table[0]) + len(table[1]) + 2
+            for line in table[2:]:
+                used += len(line) + 1
+                if used > room:
+                    break
+                fits += 1
+            if fits == len(notable):
+                lines += ["", "\n".join(table)]
+            else:  # re-rendered: the shown rows' own column widths are no wider than the whole table's
+                lines += ["", notable.head(fits).to_markdown(index=False, floatfmt=".4g") if fits else "",
+                          _CUT.format(n=len(notable) - fits)]
+        return "\n".join(lines + tail) + "\n"
 
     def table(self) -> str:
         return self.frame().to_string(index=False, max_colwidth=60)
