@@ -107,9 +107,22 @@ def nightly(session: nox.Session, stack: str) -> None:
     # 'previous': the newest earlier runs of this stack (never this run, though it is in the history
     # now), or on the night after an upgrade (new driver, CUDA, torch, transformers...) the runs of the
     # stack it replaced, labelled with what changed. The first night of a stack has nothing to compare.
-    session.run("quantbench", "gate", "--current", f"{out}/bench.json", "--baseline", "previous",
-                "--history", HISTORY, "--if-no-baseline", "pass", "--confirm-rerun", "1", "--markdown",
-                f"{out}/gate.md")
+    (Path(out) / "gate.md").unlink(missing_ok=True)  # a runner keeps results/: never summarize last night's
+    try:
+        session.run("quantbench", "gate", "--current", f"{out}/bench.json", "--baseline", "previous",
+                    "--history", HISTORY, "--if-no-baseline", "pass", "--confirm-rerun", "1", "--markdown",
+                    f"{out}/gate.md")
+    finally:
+        _step_summary(Path(out) / "gate.md")
+
+
+def _step_summary(markdown: Path) -> None:
+    """On GitHub Actions, the gate's summary on the run's page as well (the nightly has no PR to comment
+    on); a regressed night writes it too."""
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if target and markdown.is_file():
+        with open(target, "a", encoding="utf-8") as summary:  # the summary has emoji
+            summary.write(markdown.read_text(encoding="utf-8") + "\n")
 
 
 @nox.session(default=False)
@@ -216,6 +229,7 @@ def gate(session: nox.Session) -> None:
         for tree in trees.values():
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], check=False)
         session.log(f"gate summary: {work / 'gate.md'}")
+        _step_summary(work / "gate.md")
 
 
 @nox.session(default=False)

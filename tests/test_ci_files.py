@@ -46,3 +46,22 @@ def test_shell_scripts_parse(path):
     """The tools run on a lent GPU machine between slots: a syntax error must show here."""
     result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_gate_summary_reaches_the_run_page(tmp_path, monkeypatch):
+    """A nightly has no PR to comment on: on GitHub Actions its gate summary goes to the run's page
+    ($GITHUB_STEP_SUMMARY), appended after what earlier steps wrote; without the file, nothing."""
+    pytest.importorskip("nox", reason="nox not installed (extra 'ci')")
+    monkeypatch.syspath_prepend(str(REPO))
+    import noxfile
+
+    summary, markdown = tmp_path / "summary.md", tmp_path / "gate.md"
+    summary.write_text("earlier step\n", encoding="utf-8")
+    markdown.write_text("## quantbench gate: ❌ performance regression\n", encoding="utf-8")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    noxfile._step_summary(markdown)
+    noxfile._step_summary(tmp_path / "no-gate-ran.md")
+    assert summary.read_text(encoding="utf-8") == "earlier step\n## quantbench gate: ❌ performance regression\n\n"
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY")
+    noxfile._step_summary(markdown)  # off GitHub Actions: no error, nothing written
+    assert summary.read_text(encoding="utf-8").count("quantbench gate") == 1

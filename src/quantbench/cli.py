@@ -111,7 +111,7 @@ def cmd_gate(args) -> int:
         if decision.state == "regressed":
             print("REGRESSED " + decision.message())
     if args.markdown:
-        Path(args.markdown).write_text(result.markdown())
+        Path(args.markdown).write_text(result.markdown(), encoding="utf-8")
     if result.machine_note:
         print(f"quantbench gate: {result.machine_note}")
     compared = any(d.state != "incomparable" for d in result.decisions)

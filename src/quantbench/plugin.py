@@ -310,7 +310,7 @@ def pytest_sessionfinish(session, exitstatus):
     if isinstance(result, Exception) or result.exit_code:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if summary and not isinstance(result, Exception):
-        Path(summary).write_text(result.markdown())
+        Path(summary).write_text(result.markdown(), encoding="utf-8")
 
 
 def pytest_terminal_summary(terminalreporter, config):
