@@ -109,3 +109,30 @@ def test_a_history_that_cannot_be_stored_fails_the_run_and_keeps_its_json(tiny_c
     assert result.returncode == 1, result.stdout[-3000:]
     assert "quantbench: history NOT saved" in result.stdout and f"--history {root} --add FILE" in result.stdout
     assert json.loads(out.read_text())["benchmarks"]
+
+
+def test_a_run_whose_every_case_is_unsupported_is_still_a_result(tmp_path):
+    """pytest-benchmark writes nothing when no case was timed. On a machine without awq_ext, a run of
+    the AutoAWQ CUDA formats is all "unsupported: why": that must reach the JSON, the history, the
+    gate and the guide (once per case, however many runs the history holds), not only the terminal."""
+    from .conftest import run_cli
+    root, out = tmp_path / "history", tmp_path / "bench.json"
+    args = ["benchmarks/test_generation.py", "--qb-models", "tiny", "--qb-formats", "awq-gemv",
+            "--qb-batch", "1", "--qb-prompt", "16", f"--qb-history={root}", "-q"]
+    for extra in ([f"--benchmark-json={out}"], []):
+        result = run_pytest(*args, *extra)
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert "quantbench: history saved to" in result.stdout
+    written = json.loads(out.read_text())
+    assert written["benchmarks"] == [] and written["machine_info"]["quantbench"]["signature"]
+    assert {s["state"] for s in written["quantbench"]["states"]} == {"unsupported"}
+    assert len(written["quantbench"]["states"]) == 2  # prefill and decode
+    assert len(list(root.glob("*/*_*.json"))) == 2
+    gate = run_cli("gate", "--current", "latest", "--baseline", "latest", "--history", str(root))
+    assert gate.returncode == 0 and "passed {'unsupported': 2}" in gate.stdout, gate.stdout + gate.stderr
+    report = run_cli("report", "--history", str(root), "--out", str(tmp_path / "reports"))
+    assert report.returncode == 0, report.stdout + report.stderr
+    guide = next((tmp_path / "reports").glob("*/README.md")).read_text()
+    lines = [" ".join(line.split()) for line in guide.split("## Not measured here, and why")[1].splitlines()]
+    assert any(line.startswith("| unsupported | WQLinear_GEMV has no CPU path") and line.endswith("| 2 |")
+               for line in lines), lines

@@ -299,7 +299,27 @@ def pytest_unconfigure(config):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _write_run_without_measurements(config) -> None:
+    """pytest-benchmark writes no JSON when no case was timed ("Not saving anything"), but a run whose
+    every case was stated (all unsupported on this machine, say) is a result: the "unsupported: why"
+    must reach the history, the gate and the guide, not only the terminal. Its JSON is made through
+    pytest-benchmark's own hooks, as handle_saving would, with an empty benchmark list (which also
+    stores it in the history: see pytest_benchmark_update_json)."""
+    bench_session, states = getattr(config, "_benchmarksession", None), getattr(config, "_qb_states", None)
+    if (bench_session is None or bench_session.disabled or bench_session.benchmarks or states is None
+            or not states.records or not bench_session.json):
+        return
+    machine_info = bench_session.get_machine_info()
+    commit_info = config.hook.pytest_benchmark_generate_commit_info(config=config)
+    config.hook.pytest_benchmark_update_commit_info(config=config, commit_info=commit_info)
+    output_json = config.hook.pytest_benchmark_generate_json(config=config, benchmarks=[], include_data=True,
+                                                            machine_info=machine_info, commit_info=commit_info)
+    config.hook.pytest_benchmark_update_json(config=config, benchmarks=[], output_json=output_json)
+    bench_session.save_json(output_json)
+
+
 def pytest_sessionfinish(session, exitstatus):
+    _write_run_without_measurements(session.config)  # after pytest-benchmark's own saving (its hookwrapper)
     if getattr(session.config, "_qb_save_error", None):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     gate = getattr(session.config, "_qb_gate_result", None)
