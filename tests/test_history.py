@@ -326,6 +326,21 @@ def test_a_quantized_format_that_comes_to_hold_dense_weights_regresses_even_on_c
         assert buffer.state == "unchanged"
 
 
+def test_the_pr_comment_says_each_kernel_change_once():
+    from quantbench import gate
+    moved = "baseline ran triton.awq_gemm; this run ran naive-dequant"
+    decisions = [gate.Decision("a", "tps", "regressed", 0.5, 0.01, 2.0, 1.0, 0.05)]
+    decisions += [gate.Decision(f"awq-b{b}", "kernel", "kernel-changed", note=moved) for b in (1, 2, 4)]
+    decisions += [gate.Decision("hf-b1", "kernel", "kernel-changed", note="baseline ran Marlin; this run ran torch"),
+                  gate.Decision("z", "ttft_s", "improved", 1.2, 0.01, 1.0, 1.2, 0.05)]
+    result = gating.GateResult(decisions, 1, "")
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in result.markdown().splitlines()
+            if line.startswith("| ") and not line.startswith("| state")]
+    assert [(r[0], r[1]) for r in rows] == [("regressed", "a"), ("kernel-changed", "awq-b1 and 2 more"),
+                                            ("kernel-changed", "hf-b1"), ("improved", "z")]
+    assert "**4** kernel-changed" in result.markdown() and result.table().count("kernel-changed") == 4
+
+
 def test_the_pr_comment_fits_githubs_limit_when_everything_regressed():
     """A global slowdown over the GPU matrix: ~2,000 regressed rows would make a 400 KB comment that
     GitHub refuses (65,536 characters), and the PR would hear nothing. The worst rows are listed, the

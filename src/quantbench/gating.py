@@ -48,7 +48,7 @@ class GateResult:
             lines += ["", f"> {self.machine_note}"]
         frame = self.frame()
         same_state = frame["note"].str.endswith(gate.STATED_IN_BOTH, na=False)
-        notable = frame[(frame["state"] != "unchanged") & ~same_state]
+        notable = _one_row_per_kernel_change(frame[(frame["state"] != "unchanged") & ~same_state])
         tail = []
         if same_state.any():
             counts = frame[same_state]["state"].value_counts()
@@ -71,7 +71,27 @@ class GateResult:
         return "\n".join(lines + tail) + "\n"
 
     def table(self) -> str:
+        """Every decision, one row each (the job log's copy; the PR comment groups kernel changes)."""
         return self.frame().to_string(index=False, max_colwidth=60)
+
+
+def _one_row_per_kernel_change(notable: pd.DataFrame) -> pd.DataFrame:
+    """kernel-changed rows with the same note (one format's cases, every batch and phase, moved to the
+    same kernel) as one row naming the first case and how many more: the PR comment says what changed
+    once, not once per case."""
+    changed = notable["state"] == "kernel-changed"
+    if changed.sum() < 2:
+        return notable
+    rows = []
+    for _, group in notable[changed].groupby("note", sort=False):
+        row = group.iloc[0].copy()
+        if len(group) > 1:
+            row["case"] = f"{row['case']} and {len(group) - 1} more"
+        rows.append(row)
+    grouped = pd.DataFrame(rows, columns=notable.columns)
+    first = notable.index[changed][0]  # keep the worst-first order: the group sits where its first row was
+    before, after = notable.loc[:first].iloc[:-1], notable[~changed].loc[first:]
+    return pd.concat([before, grouped, after])
 
 
 def run_gate(current: dict, baselines: list[dict], thresholds: gate.Thresholds,
