@@ -11,7 +11,6 @@ import pandas as pd
 from . import gate, history
 from .errors import BadHistory, NoBaseline
 
-
 # GitHub refuses a comment body over 65,536 characters ("Body is too long"): a global slowdown over the
 # GPU matrix makes a thousand regressed rows, and the PR would get no comment at all.
 MARKDOWN_MAX_CHARS = 60_000

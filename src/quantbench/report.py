@@ -371,8 +371,8 @@ def render_signature(paths: list[Path], out_dir: Path, thresholds: gate.Threshol
             if not spread.empty:
                 order = [(phase, fmt) for phase in ("prefill", "decode")
                          for fmt in _sorted_formats(spread.loc[phase].index if phase in spread.index else [])]
-                lines += ["Spread behind those medians: interquartile range of the round times, % of their median "
-                          "(error bars in the throughput chart), by batch size:", "",
+                lines += [("Spread behind those medians: interquartile range of the round times, % of their median "
+                           "(error bars in the throughput chart), by batch size:"), "",
                           spread.loc[order].reset_index().to_markdown(index=False, floatfmt=".1f"), ""]
         mem = ok[ok["model"] == model].groupby("format").agg(
             disk_MiB=("disk_bytes", "max"), weights_after_load_MiB=("weight_bytes_after_load", "max"),
