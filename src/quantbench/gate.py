@@ -407,6 +407,7 @@ def worst_first(decisions: list[Decision]) -> list[Decision]:
 
 # ----------------------------------------------------------------------------- kernels that ran
 KERNEL_METRIC = "kernel"   # the metric column of a kernel-changed decision: it concerns the case, not a number
+KERNEL_CHANGED_NOTE = "the kernel changed (see its kernel row)"   # on that case's regressed/improved rows
 # A library's version inside a kernel description (gptqmodel's "gptqmodel 7.5.0 backend=auto -> ...") is
 # the upgrade, which the signature already records, not a change of kernel.
 _VERSION = re.compile(r"\d+(?:\.\d+)+[\w.+-]*")
@@ -436,7 +437,7 @@ def with_kernel_changes(decisions: list[Decision], changes: list[Decision]) -> l
     """``decisions`` plus ``changes``, where a case's regressed or improved metric rows point at its
     kernel change: the reader of a regression sees its cause in the same row."""
     changed = {c.case for c in changes}
-    marked = [replace(d, note="; ".join(filter(None, [d.note, "the kernel changed (see its kernel row)"])))
+    marked = [replace(d, note="; ".join(filter(None, [d.note, KERNEL_CHANGED_NOTE])))
               if d.case in changed and d.state in ("regressed", "improved") else d for d in decisions]
     return worst_first(marked + changes)
 

@@ -249,20 +249,20 @@ NEWS = ("regressed", "kernel-changed")   # what the History table lists of each 
 HISTORY_TABLE_ROWS = 40
 
 
-def consecutive_changes(paths: list[Path], thresholds: gate.Thresholds) -> pd.DataFrame:
-    """The gate's news of each run against the run before (same signature): regressed and
-    kernel-changed cases, and the suite-level decisions that moved. One row each, oldest first."""
+def consecutive_changes(runs: list[tuple[str, dict]], thresholds: gate.Thresholds) -> pd.DataFrame:
+    """The gate's news of each run against the run before (same signature), for ``runs`` as (file,
+    loaded payload) in run order: regressed and kernel-changed cases, and the suite-level decisions
+    that moved. One row each, oldest first."""
     rows = []
-    for before, after in zip(paths, paths[1:]):
-        run = history.load_run(after)
-        result = gating.run_gate(run, [history.load_run(before)], thresholds)
+    for (_, before), (after, run) in zip(runs, runs[1:]):
+        result = gating.run_gate(run, [before], thresholds)
         for d in result.decisions:
             if d.state in NEWS or (d.case == gate.SUITE and d.state != "unchanged"):
-                rows.append({"file": str(after), "run": str(run.get("datetime"))[:19],
+                rows.append({"file": after, "run": str(run.get("datetime"))[:19],
                              "commit": str((run.get("commit_info") or {}).get("id"))[:8], "state": d.state,
                              "case": d.case, "metric": d.metric, "ratio": d.ratio,
                              "note": d.note if d.state == "kernel-changed" else
-                             "the kernel changed" if "the kernel changed" in d.note else ""})
+                             "the kernel changed" if gate.KERNEL_CHANGED_NOTE in d.note else ""})
     return pd.DataFrame(rows, columns=["file", "run", "commit", "state", "case", "metric", "ratio", "note"])
 
 
@@ -418,7 +418,9 @@ def render_signature(paths: list[Path], out_dir: Path, thresholds: gate.Threshol
         why = states.groupby(["state", "reason"], dropna=False).size().rename("cases").reset_index()
         lines += ["## Not measured here, and why", "", why.to_markdown(index=False), ""]
 
-    changes = consecutive_changes([p for p in paths if str(p) in set(gen_all["file"])], thresholds)
+    # the payloads loaded above: a nightly's history is many multi-MB files, each a "before" and an "after"
+    timed_files = set(gen_all["file"])
+    changes = consecutive_changes([(str(p), payloads[str(p)]) for p in paths if str(p) in timed_files], thresholds)
     regressions = {(f, c) for f, c, st in zip(changes["file"], changes["case"], changes["state"]) if st == "regressed"}
     history_chart = chart_history(gen_all, regressions, out_dir)
     if history_chart:
