@@ -11,7 +11,8 @@ from quantbench import gating, history
 from quantbench.errors import BadHistory
 
 
-def payload(signature="sig-a", gpu="H100", value=0.01, n=5, torch="2.11"):
+def payload(signature="sig-a", gpu="H100", value=0.01, n=5, torch="2.11", **info):
+    """One run of one measured case (plus one unsupported); ``info`` adds to the case's extra_info."""
     return {
         "machine_info": {"quantbench": {"signature": signature, "device": {"gpu": gpu, "cpu": "x"},
                                         "versions": {"torch": torch, "transformers": "5.17.0"}}},
@@ -23,7 +24,7 @@ def payload(signature="sig-a", gpu="H100", value=0.01, n=5, torch="2.11"):
                                   "rounds": n},
                         "extra_info": {"model": "tiny", "format": "bf16", "phase": "decode", "batch": 1,
                                        "rate_metrics": {"decode_tokens_per_s": 32}, "time_metrics": [],
-                                       "peak_memory_bytes": 1000}}],
+                                       "peak_memory_bytes": 1000, **info}}],
         "quantbench": {"schema_version": history.SCHEMA_VERSION, "states": [
             {"case": "tiny-awq-gemv-b1-p32-decode", "nodeid": "b.py::test_generation[tiny-awq-gemv-b1-p32-decode]",
              "state": "unsupported", "reason": "needs awq_ext", "format": "awq-gemv"}]},
@@ -288,9 +289,7 @@ def test_the_gate_names_a_kernel_the_baseline_did_not_run():
     """The night a library upgrade sends a format down another code path: the gate says which, in the
     table and the PR comment, and fails on it where asked."""
     def ran(kernel, value=0.01):
-        run = payload(value=value)
-        run["benchmarks"][0]["extra_info"]["kernel"] = kernel
-        return run
+        return payload(value=value, kernel=kernel)
     case = "test_generation[tiny-bf16-b1-p32-decode]"
     result = gating.run_gate(ran("naive-dequant", 0.02), [ran("triton.awq_gemm"), ran("triton.awq_gemm")],
                              _thresholds())
@@ -312,9 +311,7 @@ def test_a_quantized_format_that_comes_to_hold_dense_weights_regresses_even_on_c
     first forward, the resident weight bytes grow 2.3x. Exact bytes: caught on a CPU runner too,
     where any timing metric of one case needs a 40% change; a 0.5% buffer is no regression."""
     def holding(weight_bytes, gpu=None):
-        run = payload(gpu=gpu)
-        run["benchmarks"][0]["extra_info"]["weight_bytes_after_first_forward"] = weight_bytes
-        return run
+        return payload(gpu=gpu, weight_bytes_after_first_forward=weight_bytes)
     key = ("test_generation[tiny-bf16-b1-p32-decode]", "weight_bytes_after_first_forward")
     for gpu in (None, "H100"):
         baseline = [holding(1_930_208, gpu)]
