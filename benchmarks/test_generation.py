@@ -4,7 +4,7 @@ The matrix comes from the command line (see ``pytest --help``, group "quantbench
 ``--qb-models``, ``--model-dir``, ``--qb-formats``, ``--qb-batch``, ``--qb-prompt``.
 """
 
-from quantbench.runner import run_case
+from quantbench.bench.runner import run_case
 
 
 def test_generation(benchmark, request, qb_case, qb_pool, qb_options, qb_states):

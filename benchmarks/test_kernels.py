@@ -3,7 +3,7 @@
 Options (pytest --help, group "quantbench"): --qb-kernel-models, --qb-kernels, --qb-m.
 """
 
-from quantbench.kernel_runner import run_kernel_case
+from quantbench.bench.kernel_runner import run_kernel_case
 
 
 def test_kernel(benchmark, request, qb_kernel_case, qb_device, qb_kernel_cache, qb_peaks, qb_options, qb_states):

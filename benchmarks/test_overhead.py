@@ -5,20 +5,21 @@ import time
 
 import pytest
 
-from quantbench import workloads
-from quantbench.cases import Case
+from quantbench.bench.cases import Case
+from quantbench.bench.pool import ModelSource
+from quantbench.bench.prompts import prompt_ids
+from quantbench.bench.runner import run_case
 from quantbench.measure import synchronize
-from quantbench.pool import ModelSource
-from quantbench.runner import run_case
+from quantbench.runtimes import eager
 
 
 def _bare_loop(model, ids, new_tokens, device, rounds):
     times = []
     for _ in range(rounds):
-        cache, token = workloads.prefill(model, ids)
+        cache, token = eager.prefill(model, ids)
         synchronize(device)
         start = time.perf_counter()
-        workloads.decode_n_tokens(model, cache, token, new_tokens)
+        eager.decode_n_tokens(model, cache, token, new_tokens)
         synchronize(device)
         times.append(time.perf_counter() - start)
     return times
@@ -27,10 +28,10 @@ def _bare_loop(model, ids, new_tokens, device, rounds):
 @pytest.mark.parametrize("fmt", ["bf16"])
 def test_harness_overhead(benchmark, request, fmt, qb_pool, qb_options, qb_states):
     source = ModelSource.from_spec("tiny")
-    case = Case(source, fmt, batch=1, prompt_len=32, new_tokens=16, phase="decode")
+    case = Case(source, fmt, "transformers", batch=1, prompt_len=32, new_tokens=16, phase="decode")
     model = qb_pool.get(source, fmt).loaded.model
     device, rounds = qb_options.device, max(qb_options.rounds, 10)
-    ids = workloads.prompt_ids(case.batch, case.prompt_len, source.vocab_size(), device)
+    ids = prompt_ids(case.batch, case.prompt_len, source.vocab_size(), device)
     # The bare loop runs half its rounds before and half after the suite's measurement, so drift hits
     # both sides; and as many rounds in all as the suite, because a minimum over more samples is lower.
     bare = _bare_loop(model, ids, case.new_tokens, device, rounds // 2)

@@ -23,7 +23,7 @@ needs_gptqmodel = pytest.mark.skipif(not gptqmodel_stack(), reason="gptqmodel on
 def tiny_checkpoints():
     """Every checkpoint kind of the tiny spec, built once (cached across runs in .cache/)."""
     from quantbench.formats import FORMATS
-    from quantbench.models import build_fixtures
+    from quantbench.formats.checkpoints import build_fixtures
     return build_fixtures("tiny", list(FORMATS), "cpu", progress=False)
 
 

@@ -44,7 +44,7 @@ def test_extra_info_explains_each_number(bench_json):
 
 
 def test_user_checkpoint_of_another_architecture_is_detected_and_benchmarked(tmp_path, monkeypatch):
-    from quantbench.models import ensure_checkpoint
+    from quantbench.formats.checkpoints import ensure_checkpoint
     from quantbench.specs import load_spec
     spec_file = tmp_path / "qwen2-user.toml"
     spec_file.write_text('name = "qwen2-user"\narchitecture = "qwen2"\nhidden_size = 256\n'

@@ -6,38 +6,49 @@ import pandas as pd
 import pytest
 import torch
 
-from quantbench import compiled, findings
-from quantbench.cases import build_cases
+from quantbench.bench.cases import build_cases
+from quantbench.bench.pool import ModelPool, ModelSource
+from quantbench.bench.prompts import prompt_ids
 from quantbench.errors import QuantbenchError, Unsupported
-from quantbench.formats import base_name, get_format, parse_formats
-from quantbench.pool import ModelPool, ModelSource
-from quantbench.workloads import decode_n_tokens, prefill, prompt_ids
+from quantbench.bench.selection import parse_pairs
+from quantbench.formats import get_format
+from quantbench.report import findings
+from quantbench.runtimes import RUNTIMES, compiled, get_runtime, split_format_suffix
+from quantbench.runtimes.eager import decode_n_tokens, prefill
 
 from .conftest import run_cli, run_pytest
 
 
-def test_variant_names_resolve_to_the_base_formats_checkpoint():
-    fmt = get_format("awq-gemm+compile")
-    assert fmt is get_format("awq-gemm+compile")  # one instance per name
-    assert fmt.checkpoint == get_format("awq-gemm").checkpoint and fmt.bits == 4
-    assert fmt.runtime.endswith("+ torch.compile") and fmt.min_cosine == get_format("awq-gemm").min_cosine
-    assert base_name("awq-gemm+compile") == "awq-gemm" and base_name("bf16") == "bf16"
-    assert parse_formats("bf16,bf16+compile") == ["bf16", "bf16+compile"]
-    assert not any(name.endswith("+compile") for name in parse_formats("all"))  # opt-in: compiling costs minutes
-    assert parse_formats("all,bf16+compile,bf16")[-1] == "bf16+compile" and parse_formats("all,bf16").count("bf16") == 1
+def test_old_variant_names_select_the_compiled_runtime_for_the_base_format():
+    runtime = get_runtime("transformers+compile")
+    assert parse_pairs("awq-gemm+compile") == [("awq-gemm", "transformers+compile")]  # the base format's checkpoint
+    assert split_format_suffix("awq-gemm+compile") == ("awq-gemm", runtime.name) and split_format_suffix("bf16")[1] is None
+    assert parse_pairs("bf16,bf16+compile") == [("bf16", "transformers"), ("bf16", "transformers+compile")]
+    assert all(r == "transformers" for _, r in parse_pairs("all"))  # opt-in: compiling costs minutes
+    assert parse_pairs("all,bf16+compile,bf16")[-1] == ("bf16", "transformers+compile")
+    assert parse_pairs("all,bf16").count(("bf16", "transformers")) == 1
     with pytest.raises(QuantbenchError, match=r"\+compile appended"):
-        parse_formats("nope+compile")
-    assert "prefill runs eager" in get_format("bf16+compile").unsupported_phase("prefill")
-    assert get_format("bf16+compile").unsupported_phase("decode") is None
-    assert "own KV cache" in get_format("awq-gemm-fused+compile").unsupported_reason(torch.device("cpu"))
+        parse_pairs("nope+compile")
+    assert "prefill runs eager" in runtime.unsupported_phase(get_format("bf16"), "prefill")
+    assert runtime.unsupported_phase(get_format("bf16"), "decode") is None
+    assert "own KV cache" in runtime.unsupported_reason(get_format("awq-gemm-fused"), torch.device("cpu"))
+
+
+def test_formats_and_runtimes_are_chosen_independently():
+    assert parse_pairs("ct-w4a16,awq-gemm", "transformers,transformers+compile") == [
+        ("ct-w4a16", "transformers"), ("ct-w4a16", "transformers+compile"),
+        ("awq-gemm", "transformers"), ("awq-gemm", "transformers+compile")]
+    assert parse_pairs("bf16", "all") == [("bf16", name) for name in RUNTIMES]
+    with pytest.raises(QuantbenchError, match="unknown runtime 'nope'"):
+        parse_pairs("bf16", "nope")
 
 
 def test_a_user_directory_runs_the_variants_of_the_formats_it_holds():
     class Dense:
         label = "dir:dense"
-    cases = build_cases([Dense()], lambda source: ("bf16", "fp16"), ["bf16+compile", "awq-gemm+compile"], [1], [8],
-                        4, base_of=base_name)
-    assert {c.format for c in cases} == {"bf16+compile"}
+    cases = build_cases([Dense()], lambda source: ("bf16", "fp16"), parse_pairs("bf16+compile,awq-gemm+compile"),
+                        [1], [8], 4)
+    assert {(c.format, c.runtime) for c in cases} == {("bf16", "transformers+compile")}
 
 
 def test_compile_report_counts_this_compilation_only():
@@ -84,14 +95,14 @@ def pool(tiny_checkpoints):
     pool.release()
 
 
-def _fresh(pool, name):
+def _fresh(pool, name, runtime="transformers+compile"):
     pool.release()  # each test gets its own model instance (some patch it)
-    return pool.get(ModelSource.from_spec("tiny"), name)
+    return pool.get(ModelSource.from_spec("tiny"), name, runtime)
 
 
 @pytest.mark.slow
 def test_compiled_decode_is_one_graph_and_agrees_with_eager(pool):
-    prepared = _fresh(pool, "bf16+compile")
+    prepared = _fresh(pool, "bf16")
     model, decoder = prepared.loaded.model, prepared.decoder
     ids = prompt_ids(2, 16, 256, "cpu")
     facts = decoder.prepare(ids, 8)
@@ -110,7 +121,7 @@ def test_releasing_a_compiled_model_drops_its_graphs(tiny_checkpoints):
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list
     step_code = compiled.CompiledDecoder._step.__code__  # where dynamo keeps every decoder's compiled steps
     pool = ModelPool(torch.device("cpu"))
-    pool.get(ModelSource.from_spec("tiny"), "bf16+compile").decoder.prepare(prompt_ids(1, 16, 256, "cpu"), 4)
+    pool.get(ModelSource.from_spec("tiny"), "bf16", "transformers+compile").decoder.prepare(prompt_ids(1, 16, 256, "cpu"), 4)
     assert len(_debug_get_cache_entry_list(step_code)) >= 1
     pool.release()
     assert _debug_get_cache_entry_list(step_code) == []  # they would pile up over a run's models
@@ -118,7 +129,7 @@ def test_releasing_a_compiled_model_drops_its_graphs(tiny_checkpoints):
 
 @pytest.mark.slow
 def test_a_graph_break_is_counted_not_hidden(pool):
-    prepared = _fresh(pool, "bf16+compile")
+    prepared = _fresh(pool, "bf16")
     layer = prepared.loaded.model.model.layers[0]
     original = layer.forward
 
@@ -144,7 +155,7 @@ def test_a_graph_break_is_counted_not_hidden(pool):
 
 @pytest.mark.slow
 def test_a_wrong_or_failing_compiled_step_is_never_timed(pool):
-    prepared = _fresh(pool, "bf16+compile")
+    prepared = _fresh(pool, "bf16")
     decoder, vocab = prepared.decoder, prepared.loaded.model.config.vocab_size
     ids = prompt_ids(1, 16, vocab, "cpu")
     decoder.step = lambda token, cache, position: (token, torch.randn(1, vocab))  # a miscompiled step
@@ -178,14 +189,16 @@ def test_compiled_format_end_to_end_with_its_guide_section(tiny_checkpoints, tmp
                         f"--benchmark-json={out}", "-q")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     payload = json.loads(out.read_text())
-    compiled_case = [b for b in payload["benchmarks"] if b["extra_info"]["format"] == "bf16+compile"]
-    assert len(compiled_case) == 1
+    compiled_case = [b for b in payload["benchmarks"] if b["extra_info"]["runtime"] == "transformers+compile"]
+    assert len(compiled_case) == 1 and compiled_case[0]["extra_info"]["format"] == "bf16"
+    assert compiled_case[0]["name"] == "test_generation[tiny-bf16-transformers+compile-b1-p16-decode]"
     info = compiled_case[0]["extra_info"]
     assert info["decode_runtime"].startswith("torch.compile(mode=default)") and info["compile_graphs"] == 1
     assert info["decode_tokens_per_s"] > 0 and info["guard"]["passed"]
-    eager = [b for b in payload["benchmarks"] if b["extra_info"]["format"] == "bf16" and b["extra_info"]["phase"] == "decode"]
+    eager = [b for b in payload["benchmarks"] if b["extra_info"]["runtime"] == "transformers"
+             and b["extra_info"]["phase"] == "decode"]
     assert eager[0]["extra_info"]["decode_runtime"] == "eager"
-    stated = [s for s in payload["quantbench"]["states"] if s["format"] == "bf16+compile"]
+    stated = [s for s in payload["quantbench"]["states"] if s["runtime"] == "transformers+compile"]
     assert [s["phase"] for s in stated] == ["prefill"] and "prefill runs eager" in stated[0]["reason"]
     report = run_cli("report", "--history", str(tmp_path / "h"), "--out", str(tmp_path / "out"), str(out))
     assert report.returncode == 0, report.stderr

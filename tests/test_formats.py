@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from quantbench.bench.pool import ModelPool, ModelSource
 from quantbench.errors import Unsupported
 from quantbench.formats import FORMATS, get_format
-from quantbench.pool import ModelPool, ModelSource
 
 from .conftest import needs_gptqmodel
 
@@ -200,7 +200,7 @@ def test_gptqmodel_never_downloads_cutlass_and_machete_says_what_is_missing(monk
 
 
 def test_checkpoint_kinds_map_to_every_registered_format_that_runs_them():
-    from quantbench.models import formats_for_kind
+    from quantbench.formats.checkpoints import formats_for_kind
     assert set(formats_for_kind("awq-gemv")) == {"awq-gemv", "awq-gemv-hf"}
     assert "awq-gemm-hf-marlin" in formats_for_kind("awq-gemm") and "bf16" in formats_for_kind("dense")
 

@@ -186,7 +186,7 @@ def _run(rng, slowdown=0.0, run_sd=RUN_SD, burst_p=BURST_P):
 
 
 def _merged(runs, keep_runs=False):
-    """What history.merged_samples does: median of run medians, pooled rounds, and (when
+    """What gate.merged_samples does: median of run medians, pooled rounds, and (when
     ``keep_runs``) the run medians the gate tests when both sides have enough of them."""
     medians = tuple(r.value for r in runs)
     return Sample(float(np.median(medians)), tuple(v for r in runs for v in r.rounds),

@@ -1,6 +1,6 @@
 import torch
 
-from quantbench import guard
+from quantbench.bench import guard
 
 
 def test_guard_passes_close_logits_and_fails_far_ones():

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from quantbench import gating, history
+from quantbench import gate, history
 from quantbench.errors import BadHistory
 
 
@@ -114,7 +114,7 @@ def test_one_damaged_file_in_a_history_folder_is_named_and_the_rest_still_read(t
     before = _digest(damaged)
     tonight = history.load_run(good)
     tonight["datetime"], tonight["commit_info"]["id"] = "2026-11-24T03:00:00", "f" * 40
-    assert gating.resolve_baselines("latest", root, tonight, None) == [good]
+    assert gate.resolve_baselines("latest", root, tonight, None) == [good]
     listed = run_cli("history", "--history", str(root))
     assert listed.returncode == 0 and good.name in listed.stdout and damaged.name not in listed.stdout
     assert f"quantbench history: skipped {damaged}: truncated JSON" in listed.stderr
@@ -139,7 +139,7 @@ def test_history_add_stores_a_run_where_it_was_measured_and_only_once(tmp_path):
     stored = [p for p in history.run_files(root) if p != newer]
     assert [p.name[:15] for p in stored] == ["20261121T030000"]  # named by its own start time
     # so 'latest' for a later run still lists them oldest first, the added one before the newer one
-    assert gating.resolve_baselines("latest", root, _night("2026-11-23T03:00:00"), None) == [stored[0], newer]
+    assert gate.resolve_baselines("latest", root, _night("2026-11-23T03:00:00"), None) == [stored[0], newer]
     again = run_cli("history", "--history", str(root), "--add", str(older))
     assert again.returncode == 0 and f"{older}: already stored as {stored[0]}" in again.stdout
     assert len(history.run_files(root)) == 2
@@ -172,7 +172,7 @@ def test_current_latest_is_the_newest_run_of_any_stack(tmp_path):
 
 def test_empty_baseline_folder(tmp_path):
     with pytest.raises(BadHistory, match="empty baseline folder"):
-        gating.resolve_baselines("latest", tmp_path, payload(), None)
+        gate.resolve_baselines("latest", tmp_path, payload(), None)
 
 
 def _night(when: str, value: float = 0.01) -> dict:
@@ -188,15 +188,15 @@ def test_latest_baseline_never_holds_the_run_being_gated(tmp_path):
     saved = [history.save_run(tmp_path, night) for night in nights]
     tonight = json.loads(json.dumps(nights[-1]))  # the benchmark JSON: same run, another file
     tonight["quantbench"]["telemetry_end"] = []
-    assert gating.resolve_baselines("latest", tmp_path, tonight, tmp_path / "results" / "bench.json") == saved[1:4]
-    assert gating.resolve_baselines("latest", tmp_path, tonight, saved[-1], runs=2) == saved[2:4]
+    assert gate.resolve_baselines("latest", tmp_path, tonight, tmp_path / "results" / "bench.json") == saved[1:4]
+    assert gate.resolve_baselines("latest", tmp_path, tonight, saved[-1], runs=2) == saved[2:4]
     # a merge of the last two nights: neither of them is its baseline; a combination likewise
     merged = history.merge_runs(nights[-2:])
     assert history.run_ids(merged) == history.run_ids(nights[-2]) | history.run_ids(nights[-1])
-    assert gating.resolve_baselines("latest", tmp_path, merged, None) == saved[0:3]
-    assert gating.resolve_baselines("latest", tmp_path, history.combine_runs(nights[-2:]), None) == saved[0:3]
+    assert gate.resolve_baselines("latest", tmp_path, merged, None) == saved[0:3]
+    assert gate.resolve_baselines("latest", tmp_path, history.combine_runs(nights[-2:]), None) == saved[0:3]
     with pytest.raises(BadHistory, match="holds only this run"):
-        gating.resolve_baselines("latest", tmp_path / "one", tonight, history.save_run(tmp_path / "one", tonight))
+        gate.resolve_baselines("latest", tmp_path / "one", tonight, history.save_run(tmp_path / "one", tonight))
 
 
 def _stack(when: str, transformers: str, stack: str = "current", gpu: str = "H100", value: float = 0.01) -> dict:
@@ -217,18 +217,18 @@ def test_previous_baseline_is_the_stack_an_upgrade_replaced(tmp_path):
     upgraded = _stack("2026-11-24T03:00:00", "5.23.0", value=0.0125)  # and 20% slower
     saved = history.save_run(tmp_path, upgraded)
     with pytest.raises(BadHistory, match="no earlier run"):
-        gating.resolve_baselines("latest", tmp_path, upgraded, saved)
-    paths = gating.resolve_baselines("previous", tmp_path, upgraded, saved, runs=2)
+        gate.resolve_baselines("latest", tmp_path, upgraded, saved)
+    paths = gate.resolve_baselines("previous", tmp_path, upgraded, saved, runs=2)
     assert paths == old[1:]
     baselines = [history.load_run(p) for p in paths]
-    assert gating.crosses_upgrade("previous", upgraded, baselines)
-    result = gating.run_gate(upgraded, baselines, _thresholds(), upgrade=True)
+    assert gate.crosses_upgrade("previous", upgraded, baselines)
+    result = gate.run_gate(upgraded, baselines, _thresholds(), upgrade=True)
     assert "upgraded since the baseline" in result.machine_note and "5.17.0 -> 5.23.0" in result.machine_note
     assert result.exit_code == 1 and "regressed" in {d.state for d in result.decisions}
     # the next night of the new stack compares with the new stack again
     nxt = _stack("2026-11-25T03:00:00", "5.23.0")
-    assert gating.resolve_baselines("previous", tmp_path, nxt, None) == [saved]
-    assert not gating.crosses_upgrade("previous", nxt, [history.load_run(saved)])
+    assert gate.resolve_baselines("previous", tmp_path, nxt, None) == [saved]
+    assert not gate.crosses_upgrade("previous", nxt, [history.load_run(saved)])
 
 
 def test_gate_cli_previous_and_a_first_night(tmp_path):
@@ -252,18 +252,18 @@ def test_a_nightly_regression_is_not_diluted_by_comparing_the_run_with_itself(tm
     history.save_run(tmp_path, _night("2026-11-21T03:00:00"))
     slow = _night("2026-11-22T03:00:00", value=0.0125)  # 20% slower
     history.save_run(tmp_path, slow)
-    baselines = [history.load_run(p) for p in gating.resolve_baselines("latest", tmp_path, slow, None)]
-    decision = {(d.case, d.metric): d for d in gating.run_gate(slow, baselines, _thresholds()).decisions}[
+    baselines = [history.load_run(p) for p in gate.resolve_baselines("latest", tmp_path, slow, None)]
+    decision = {(d.case, d.metric): d for d in gate.run_gate(slow, baselines, _thresholds()).decisions}[
         ("test_generation[tiny-bf16-b1-p32-decode]", "decode_tokens_per_s")]
     assert decision.state == "regressed" and decision.ratio == pytest.approx(0.8)
 
 
 def test_baseline_from_another_machine_is_never_compared_silently():
-    result = gating.run_gate(payload(), [payload(gpu="A100", torch="2.9")], _thresholds())
+    result = gate.run_gate(payload(), [payload(gpu="A100", torch="2.9")], _thresholds())
     assert {d.state for d in result.decisions} == {"incomparable"}
     assert "device.gpu: A100 -> H100" in result.machine_note and "versions.torch: 2.9 -> 2.11" in result.machine_note
     assert result.exit_code == 0
-    assert gating.run_gate(payload(), [payload(gpu="A100")], _thresholds(), ("regressed", "incomparable")).exit_code
+    assert gate.run_gate(payload(), [payload(gpu="A100")], _thresholds(), ("regressed", "incomparable")).exit_code
 
 
 def _thresholds():
@@ -274,7 +274,7 @@ def _thresholds():
 
 def test_gate_states_and_markdown():
     slow = payload(value=0.02)
-    result = gating.run_gate(slow, [payload(), payload()], _thresholds())
+    result = gate.run_gate(slow, [payload(), payload()], _thresholds())
     states = {(d.case, d.metric): d.state for d in result.decisions}
     assert states[("test_generation[tiny-bf16-b1-p32-decode]", "decode_tokens_per_s")] == "regressed"
     assert result.exit_code == 1
@@ -291,19 +291,19 @@ def test_the_gate_names_a_kernel_the_baseline_did_not_run():
     def ran(kernel, value=0.01):
         return payload(value=value, kernel=kernel)
     case = "test_generation[tiny-bf16-b1-p32-decode]"
-    result = gating.run_gate(ran("naive-dequant", 0.02), [ran("triton.awq_gemm"), ran("triton.awq_gemm")],
+    result = gate.run_gate(ran("naive-dequant", 0.02), [ran("triton.awq_gemm"), ran("triton.awq_gemm")],
                              _thresholds())
     by_key = {(d.case, d.metric): d for d in result.decisions}
     assert by_key[(case, "kernel")].state == "kernel-changed"
     assert by_key[(case, "kernel")].note == "baseline ran triton.awq_gemm; this run ran naive-dequant"
     assert "the kernel changed" in by_key[(case, "decode_tokens_per_s")].note
     assert "| kernel-changed |" in result.markdown() and "this run ran naive-dequant" in result.markdown()
-    same = gating.run_gate(ran("triton.awq_gemm"), [ran("triton.awq_gemm")], _thresholds(),
+    same = gate.run_gate(ran("triton.awq_gemm"), [ran("triton.awq_gemm")], _thresholds(),
                            ("regressed", "kernel-changed"))
     assert "kernel-changed" not in same.counts() and same.exit_code == 0
-    assert gating.run_gate(ran("naive-dequant"), [ran("triton.awq_gemm")], _thresholds(),
+    assert gate.run_gate(ran("naive-dequant"), [ran("triton.awq_gemm")], _thresholds(),
                            ("regressed", "kernel-changed")).exit_code == 1
-    assert gating.run_gate(ran("naive-dequant"), [ran("triton.awq_gemm")], _thresholds()).exit_code == 0
+    assert gate.run_gate(ran("naive-dequant"), [ran("triton.awq_gemm")], _thresholds()).exit_code == 0
 
 
 def test_a_quantized_format_that_comes_to_hold_dense_weights_regresses_even_on_cpu():
@@ -315,10 +315,10 @@ def test_a_quantized_format_that_comes_to_hold_dense_weights_regresses_even_on_c
     key = ("test_generation[tiny-bf16-b1-p32-decode]", "weight_bytes_after_first_forward")
     for gpu in (None, "H100"):
         baseline = [holding(1_930_208, gpu)]
-        dense = {(d.case, d.metric): d for d in gating.run_gate(holding(4_486_112, gpu), baseline,
+        dense = {(d.case, d.metric): d for d in gate.run_gate(holding(4_486_112, gpu), baseline,
                                                                 _thresholds()).decisions}[key]
         assert dense.state == "regressed" and dense.ratio == pytest.approx(2.324, abs=1e-3)
-        buffer = {(d.case, d.metric): d for d in gating.run_gate(holding(1_940_000, gpu), baseline,
+        buffer = {(d.case, d.metric): d for d in gate.run_gate(holding(1_940_000, gpu), baseline,
                                                                  _thresholds()).decisions}[key]
         assert buffer.state == "unchanged"
 
@@ -330,7 +330,7 @@ def test_the_pr_comment_says_each_kernel_change_once():
     decisions += [gate.Decision(f"awq-b{b}", "kernel", "kernel-changed", note=moved) for b in (1, 2, 4)]
     decisions += [gate.Decision("hf-b1", "kernel", "kernel-changed", note="baseline ran Marlin; this run ran torch"),
                   gate.Decision("z", "ttft_s", "improved", 1.2, 0.01, 1.0, 1.2, 0.05)]
-    result = gating.GateResult(decisions, 1, "")
+    result = gate.GateResult(decisions, 1, "")
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in result.markdown().splitlines()
             if line.startswith("| ") and not line.startswith("| state")]
     assert [(r[0], r[1]) for r in rows] == [("regressed", "a"), ("kernel-changed", "awq-b1 and 2 more"),
@@ -346,14 +346,14 @@ def test_the_pr_comment_fits_githubs_limit_when_everything_regressed():
     decisions = [gate.Decision(f"test_generation[qwen2.5-3b-fmt{i % 12}-b{i % 7}-p{i}-decode]", "decode_tokens_per_s",
                                "regressed", 0.8, 0.001, 100.0, 80.0, 0.05, "tested on run medians (4 vs 4 runs)")
                  for i in range(2000)]
-    result = gating.GateResult(decisions, 1, "upgraded since the baseline (--baseline previous): "
+    result = gate.GateResult(decisions, 1, "upgraded since the baseline (--baseline previous): "
                                "versions.transformers: 5.17.0 -> 5.23.0")
     md = result.markdown()
-    assert len(md) <= gating.MARKDOWN_MAX_CHARS and "**2000** regressed" in md and "5.17.0 -> 5.23.0" in md
+    assert len(md) <= gate.MARKDOWN_MAX_CHARS and "**2000** regressed" in md and "5.17.0 -> 5.23.0" in md
     listed = [line for line in md.splitlines() if line.startswith("| regressed")]
     assert 100 < len(listed) < 2000 and f"... and {2000 - len(listed)} more rows" in md
     assert decisions[0].case in listed[0]
-    assert "more rows" not in gating.GateResult(decisions[:10], 1, "").markdown()
+    assert "more rows" not in gate.GateResult(decisions[:10], 1, "").markdown()
     assert result.table().count("| regressed") == 0 and result.table().count("regressed") == 2000
 
 
@@ -362,12 +362,12 @@ def test_the_gate_reads_the_device_kind_from_the_run():
     case = ("test_generation[tiny-bf16-b1-p32-decode]", "decode_tokens_per_s")
     for gpu, state in (("H100", "regressed"), (None, "unchanged")):
         assert history.device_kind(payload(gpu=gpu)) == ("gpu" if gpu else "cpu")
-        result = gating.run_gate(payload(gpu=gpu, value=0.0125), [payload(gpu=gpu)], _thresholds())
+        result = gate.run_gate(payload(gpu=gpu, value=0.0125), [payload(gpu=gpu)], _thresholds())
         assert {(d.case, d.metric): d.state for d in result.decisions}[case] == state
 
 
 def test_export_github_action_benchmark(tmp_path):
-    from quantbench.export import write_github_action_benchmark
+    from quantbench.gate.export import write_github_action_benchmark
     paths = write_github_action_benchmark(payload(), _thresholds(), tmp_path)
     bigger = json.loads((tmp_path / "customBiggerIsBetter.json").read_text())
     smaller = json.loads((tmp_path / "customSmallerIsBetter.json").read_text())
@@ -419,16 +419,16 @@ def test_merged_runs_keep_their_run_medians_for_the_gate():
     merged = history.merge_runs([*runs[:2], cut_off, *runs[2:]])
     bench = merged["benchmarks"][0]
     assert bench["stats"]["rounds"] == 20 and max(bench["stats"]["data"]) < 1.0  # cut-off times stay out
-    sample = history.samples(merged)[(name, metric)]
+    sample = gate.samples(merged)[(name, metric)]
     expected = [32 / (0.01 * (1 + 0.01 * i) * 1.002) for i in range(4)]  # each run's median round
     assert sample.runs == pytest.approx(expected) and len(sample.rounds) == 20
     # a merge of merges keeps the individual runs, and merged baselines bring theirs along
     again = history.merge_runs([history.merge_runs(runs[:2]), history.merge_runs(runs[2:])])
-    assert history.samples(again)[(name, metric)].runs == pytest.approx(expected)
-    baseline = history.merged_samples([merged, runs[0]])[(name, metric)]
+    assert gate.samples(again)[(name, metric)].runs == pytest.approx(expected)
+    baseline = gate.merged_samples([merged, runs[0]])[(name, metric)]
     assert len(baseline.runs) == 5 and baseline.value == pytest.approx(sorted(baseline.runs)[2])
     # with 5 runs against 4 the gate tests run medians and says so
-    decision = gating.run_gate(merged, [merged, runs[0]], _thresholds()).decisions
+    decision = gate.run_gate(merged, [merged, runs[0]], _thresholds()).decisions
     case = next(d for d in decision if d.case == name and d.metric == metric)
     assert case.state == "unchanged" and "run medians (4 vs 5 runs)" in case.note
 
@@ -480,3 +480,64 @@ def test_signature_names_gptqmodel_only_where_installed():
     with_gptq = signature_of(device, {**base, "gptqmodel": "7.5.0"})
     assert with_gptq != signature_of(device, base)  # its kernels changed: another signature
     assert with_gptq != signature_of(device, {**base, "gptqmodel": "7.6.0"})
+
+
+def _schema_1_run(fmt="bf16+compile", value=0.01):
+    """A run as quantbench wrote it before the runtime was an axis: '+compile' in the format name and
+    the case id, the loading library in 'runtime'."""
+    run = payload(value=value)
+    old = f"tiny-{fmt}-b1-p32-decode"
+    run["benchmarks"][0].update(name=f"test_generation[{old}]",
+                                fullname=f"benchmarks/test_generation.py::test_generation[{old}]")
+    run["benchmarks"][0]["extra_info"].update(format=fmt, runtime="transformers + torch.compile")
+    run["quantbench"]["schema_version"] = 1
+    run["quantbench"]["states"] = [{"case": f"tiny-{fmt}-b1-p32-prefill", "format": fmt, "phase": "prefill",
+                                    "nodeid": f"b.py::test_generation[tiny-{fmt}-b1-p32-prefill]",
+                                    "state": "unsupported", "reason": "prefill runs eager"}]
+    return run
+
+
+def test_a_schema_1_file_is_migrated_when_read_and_never_rewritten(tmp_path):
+    path = history.save_run(tmp_path, _schema_1_run())
+    before = path.read_bytes()
+    run = history.load_run(path)
+    assert path.read_bytes() == before
+    assert run["quantbench"]["schema_version"] == history.SCHEMA_VERSION and run["quantbench"]["migrated_from"] == 1
+    bench = run["benchmarks"][0]
+    assert bench["name"] == "test_generation[tiny-bf16-transformers+compile-b1-p32-decode]"
+    assert bench["fullname"].endswith("::test_generation[tiny-bf16-transformers+compile-b1-p32-decode]")
+    info = bench["extra_info"]
+    assert (info["format"], info["runtime"], info["library"]) == ("bf16", "transformers+compile",
+                                                                  "transformers + torch.compile")
+    state = run["quantbench"]["states"][0]
+    assert state["case"] == "tiny-bf16-transformers+compile-b1-p32-prefill" and state["runtime"] == "transformers+compile"
+    assert history.load_run(history.save_run(tmp_path, _schema_1_run("bf16")))["benchmarks"][0]["name"] == (
+        "test_generation[tiny-bf16-transformers-b1-p32-decode]")
+
+
+def test_a_run_stored_before_the_runtime_axis_gates_case_by_case_against_one_after(tmp_path):
+    old = _schema_1_run("bf16")
+    old["quantbench"]["states"] = []
+    old = history.load_run(history.save_run(tmp_path, old))
+    new = payload(value=0.013)  # 30% slower, written the new way
+    new["benchmarks"][0].update(name="test_generation[tiny-bf16-transformers-b1-p32-decode]")
+    new["benchmarks"][0]["extra_info"]["runtime"] = "transformers"
+    new["quantbench"]["states"] = []
+    states = {(d.case, d.metric): d.state for d in gate.run_gate(new, [old], _thresholds()).decisions}
+    assert states[("test_generation[tiny-bf16-transformers-b1-p32-decode]", "decode_tokens_per_s")] == "regressed"
+    assert not [s for s in states.values() if s in ("new", "missing")]
+
+
+def test_the_committed_history_loads_and_names_every_generation_case_with_its_runtime():
+    from quantbench.paths import REPO_ROOT
+    files = history.run_files(REPO_ROOT / "reports" / "history")
+    assert len(files) == 4
+    for path in files:
+        run = history.load_run(path)
+        for bench in run["benchmarks"]:
+            info = bench["extra_info"]
+            if bench["name"].startswith("test_generation[") and "format" in info:
+                assert f"-{info['format']}-{info['runtime']}-b" in bench["name"], bench["name"]
+                assert "+compile" not in info["format"]
+            elif bench["name"].startswith("test_generation["):  # cut off inside its rounds: the name still moves
+                assert history.case_state(bench) == "interrupted" and "-transformers-b" in bench["name"], bench["name"]

@@ -7,7 +7,7 @@ import pytest
 
 from quantbench.errors import BadCheckpoint, QuantbenchError
 from quantbench.formats import parse_formats
-from quantbench.models import detect_checkpoint
+from quantbench.formats.checkpoints import detect_checkpoint
 
 from .conftest import run_cli, run_pytest
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from quantbench import kernels
-from quantbench.analysis import crossover
+from quantbench.report.crossover import crossover
 
 from .conftest import gptqmodel_stack, needs_gptqmodel, run_pytest
 

@@ -3,9 +3,10 @@
 import pandas as pd
 import pytest
 
-from quantbench import findings, history, report
+from quantbench import history, report
 from quantbench.gate import load_thresholds
 from quantbench.paths import THRESHOLDS
+from quantbench.report import findings, guide
 
 MIB = 2**20
 # decode tokens/s by (format, batch): ct-w4a16 is slower than bf16 everywhere (the seed's case),
@@ -153,7 +154,7 @@ def test_report_layer_needs_no_torch():
     import subprocess
     import sys
     code = ("import sys, argparse\n"
-            "import quantbench.report, quantbench.gating, quantbench.cli\n"
+            "import quantbench.report, quantbench.gate, quantbench.cli\n"
             "quantbench.cli._thresholds(argparse.Namespace(thresholds=None))\n"
             "print('ok' if 'torch' not in sys.modules else 'torch was imported')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -215,7 +216,7 @@ def test_the_spread_behind_every_median_is_reported(tmp_path):
     assert "| prefill | bf16 | 10.0 | 10.0 | 10.0 |" in rows and "| decode | ct-w4a16 | 30.0 | 30.0 | 30.0 |" in rows
     assert rows.index("| prefill | bf16 | 10.0 | 10.0 | 10.0 |") < rows.index("| decode | bf16 | 10.0 | 10.0 | 10.0 |")
     frame = history.run_frame(run)
-    low, high = report._rate_quartiles(frame[(frame["format"] == "bf16") & (frame["phase"] == "decode")],
+    low, high = guide._rate_quartiles(frame[(frame["format"] == "bf16") & (frame["phase"] == "decode")],
                                        "decode_tokens_per_s")
     assert low[1] == pytest.approx(100 / 1.05) and high[1] == pytest.approx(100 / 0.95)  # bf16 b1: 100 tokens/s
 

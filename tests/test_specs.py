@@ -3,8 +3,8 @@ from dataclasses import asdict
 
 import pytest
 
-from quantbench import models
 from quantbench.errors import QuantbenchError
+from quantbench.formats import checkpoints as models
 from quantbench.specs import available_specs, load_spec
 
 

@@ -22,7 +22,7 @@ def _device(name: str):
 
 def cmd_fixtures_build(args) -> int:
     from .formats import parse_formats
-    from .models import build_fixtures
+    from .formats.checkpoints import build_fixtures
     formats = parse_formats(args.formats)
     for model in args.model:
         built = build_fixtures(model, formats, _device(args.device), force=args.force)
@@ -41,16 +41,19 @@ def cmd_fixtures_list(args) -> int:
 
 
 def cmd_formats(args) -> int:
-    from .formats import FORMATS, VARIANTS
+    from .formats import FORMATS
+    from .runtimes import RUNTIMES
     for fmt in FORMATS.values():
-        print(f"{fmt.name:<18} {fmt.checkpoint:<10} {fmt.runtime:<32} {fmt.description}")
-    for suffix, wrapper in VARIANTS.items():
-        print(f"\n<format>{suffix}: {(wrapper.__doc__ or '').strip().splitlines()[0]}")
+        print(f"{fmt.name:<20} {fmt.checkpoint:<10} {fmt.library:<32} {fmt.description}")
+    print("\nruntimes (--qb-runtimes):")
+    for runtime in RUNTIMES.values():
+        also = f" (also: <format>{runtime.format_suffix})" if runtime.format_suffix else ""
+        print(f"{runtime.name:<20} {runtime.description}{also}")
     return 0
 
 
 def cmd_inspect(args) -> int:
-    from .models import detect_checkpoint
+    from .formats.checkpoints import detect_checkpoint
     status = 0
     for path in args.path:
         try:
@@ -72,14 +75,14 @@ def _thresholds(args):
 def cmd_gate(args) -> int:
     from pathlib import Path
 
-    from . import gating, history
+    from . import gate, history
     from .errors import NoBaseline
     from .gate import parse_fail_on
     fail_on = parse_fail_on(args.fail_on)  # before any file is read: a typo here fails nothing ever
     current_path = Path(args.current) if args.current != "latest" else history.latest_run(args.history)
     current = history.load_run(current_path)
     try:
-        baseline_paths = gating.resolve_baselines(args.baseline, Path(args.history), current, current_path,
+        baseline_paths = gate.resolve_baselines(args.baseline, Path(args.history), current, current_path,
                                                   args.baseline_runs)
     except NoBaseline as exc:
         if args.if_no_baseline != "pass":
@@ -94,11 +97,11 @@ def cmd_gate(args) -> int:
               f"runs as the baseline holds ({baseline_runs}), it holds {current_runs}. Fix: quantbench "
               "merge the current side's runs, in the order of the baseline runs", file=sys.stderr)
         return 2
-    upgrade = gating.crosses_upgrade(args.baseline, current, baselines)
+    upgrade = gate.crosses_upgrade(args.baseline, current, baselines)
     if upgrade:
         print(f"quantbench gate: first run of signature {history.signature(current)}: comparing with the stack it "
               f"replaced ({history.signature(baselines[-1])})")
-    result = gating.run_gate(current, baselines, thresholds, fail_on, args.allow_incomparable, args.paired, upgrade)
+    result = gate.run_gate(current, baselines, thresholds, fail_on, args.allow_incomparable, args.paired, upgrade)
     for attempt in range(args.confirm_rerun):
         if not result.exit_code:
             break
@@ -125,7 +128,7 @@ def _confirm_by_rerun(result, current, baselines, thresholds, fail_on):
     import tempfile
     from pathlib import Path
 
-    from . import gating, history
+    from . import gate, history
     from .gate import SUITE
     names = sorted({d.case for d in result.decisions if d.state == "regressed" and d.case != SUITE})
     nodeids = [b["fullname"] for b in current.get("benchmarks", []) if b["name"] in names]
@@ -133,19 +136,20 @@ def _confirm_by_rerun(result, current, baselines, thresholds, fail_on):
         return result
     with tempfile.TemporaryDirectory(prefix="quantbench-rerun-") as scratch:
         out = Path(scratch) / "rerun.json"
-        args = gating.rerun_args(current, nodeids, out)
+        args = gate.rerun_args(current, nodeids, out)
         print(f"quantbench gate: re-running {len(nodeids)} regressed case(s) to confirm")
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args])
         if proc.returncode not in (0, 1) or not out.is_file():
             print("quantbench gate: the confirm rerun did not produce results; keeping the first decision")
             return result
-        return gating.confirm(result, history.load_run(out), baselines, thresholds, fail_on)
+        return gate.confirm(result, history.load_run(out), baselines, thresholds, fail_on)
 
 
 def cmd_export(args) -> int:
     from pathlib import Path
 
-    from . import export, history
+    from . import history
+    from .gate import export
     payload = history.load_run(args.current)
     for path in export.write_github_action_benchmark(payload, _thresholds(args), Path(args.out_dir)):
         print(path)
@@ -195,17 +199,19 @@ def cmd_history_list(args) -> int:
 def cmd_peaks(args) -> int:
     from pathlib import Path
 
-    from . import environment, peaks
+    from . import environment
+    from .bench.peaks import measure_peaks
+    from .history import ceilings
     device = _device(args.device)
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    measured = peaks.measure_peaks(device)
+    measured = measure_peaks(device)
     env = environment.collect()
-    measured["datasheet"] = peaks.datasheet_peaks(env["device"].get("gpu"))
+    measured["datasheet"] = ceilings.datasheet_peaks(env["device"].get("gpu"))
     print(json.dumps(measured, indent=1))
     if args.history:
-        print(peaks.save_measured(Path(args.history), env["signature"], measured))
+        print(ceilings.save_measured(Path(args.history), env["signature"], measured))
     return 0
 
 

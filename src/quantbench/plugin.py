@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from .cases import CPU_DEFAULTS, GPU_DEFAULTS, build_cases, parse_int_list
+from .bench.cases import CPU_DEFAULTS, GPU_DEFAULTS, build_cases, parse_int_list
 from .history import SCHEMA_VERSION
 from .offline import stay_offline
 from .paths import THRESHOLDS
@@ -38,8 +39,11 @@ def pytest_addoption(parser):
     group.addoption("--model-dir", action="append", default=[], metavar="PATH",
                     help="benchmark a checkpoint directory; format detected from config.json (repeatable)")
     group.addoption("--qb-formats", default="all",
-                    help="formats, comma-separated, or 'all'; append +compile to a format for its torch.compile'd "
-                         "decode (e.g. bf16,bf16+compile)")
+                    help="formats, comma-separated, or 'all'; a format with +compile appended runs on "
+                         "transformers+compile only (e.g. bf16,bf16+compile)")
+    group.addoption("--qb-runtimes", default="transformers",
+                    help="runtimes every listed format runs on, comma-separated, or 'all' "
+                         "(transformers, transformers+compile)")
     group.addoption("--qb-batch", default=None, help="batch sizes, comma-separated")
     group.addoption("--qb-prompt", default=None, help="prompt lengths in tokens, comma-separated")
     group.addoption("--qb-new-tokens", type=_positive_int, default=None, help="decode tokens per round")
@@ -78,64 +82,95 @@ def _defaults(config):
     return GPU_DEFAULTS if _device(config).type == "cuda" else CPU_DEFAULTS
 
 
+@dataclass
+class RunState:
+    """What the plugin keeps for one pytest run (in ``config.stash``)."""
+
+    pairs: list = field(default_factory=list)           # (format, runtime) pairs
+    batches: list = field(default_factory=list)
+    prompts: list = field(default_factory=list)
+    sources: list = field(default_factory=list)
+    kernel_cases: list = field(default_factory=list)
+    states: object = None                               # bench.runner.StateRecorder
+    telemetry_start: list = field(default_factory=list)
+    fail_on: tuple = ()
+    thresholds: object = None
+    scratch: Path | None = None                         # a scratch --benchmark-json folder, removed at the end
+    output_json: dict | None = None                     # the run as pytest-benchmark wrote it
+    peaks: dict | None = None
+    crossover: object = None
+    saved: Path | None = None
+    save_error: str | None = None
+    gate_result: tuple | None = None                    # (baseline paths, GateResult or QuantbenchError)
+
+
+STATE = pytest.StashKey[RunState]()
+
+
+def run_state(config) -> RunState:
+    return config.stash[STATE]
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "quantbench: a generated quantbench benchmark case")
+    from .bench.states import StateRecorder
     from .errors import QuantbenchError
-    from .formats import parse_formats
+    state = config.stash[STATE] = RunState(states=StateRecorder())
     try:
-        config._qb_formats = parse_formats(config.getoption("qb_formats"))
-        defaults = _defaults(config)
-        config._qb_batches = parse_int_list(config.getoption("qb_batch") or defaults["batch"], "--qb-batch")
-        config._qb_prompts = parse_int_list(config.getoption("qb_prompt") or defaults["prompt"], "--qb-prompt")
-        # Checked here, not while collecting: a UsageError raised in pytest_generate_tests shows as a
-        # collection error with a traceback, one raised here as a single "ERROR: ..." line.
-        config._qb_sources = _sources(config)
-        config._qb_kernel_cases = _kernel_cases(config)
+        _read_matrix(config, state)
+        state.fail_on = _gate_options(config)
     except QuantbenchError as exc:
         raise pytest.UsageError(exc.line()) from None
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
-    from .runner import StateRecorder
-    config._qb_states = StateRecorder()
     threads = config.getoption("qb_threads") or (None if _device(config).type == "cuda" else 1)
     if threads:
         import torch
-        # Measured on a 2-core CI VM: 2 threads gave 22-28 ms medians across processes for the
-        # same decode case (CV up to 0.2), 1 thread 24.2-25.6 ms. Stability beats peak speed here.
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # 1 on CPU: stability over peak speed (docs/gate.md has the figures)
     from . import environment
-    config._qb_telemetry_start = environment.gpu_telemetry()
-    config._qb_gate_result = None
-    history_root = config.getoption("qb_history")
-    if history_root:
-        # Found out now, not after an hour of benchmarks when the run is stored.
-        try:
-            Path(history_root).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise pytest.UsageError(f"--qb-history {history_root}: cannot create it ({exc.strerror}). "
-                                    "Fix: pass a writable folder") from None
-        if not os.access(history_root, os.W_OK | os.X_OK):
-            raise pytest.UsageError(f"--qb-history {history_root}: not writable. Fix: pass a writable folder")
-    if (history_root or config.getoption("qb_gate")) and not config.getoption("benchmark_json"):
+    state.telemetry_start = environment.gpu_telemetry()
+    _check_history_folder(config.getoption("qb_history"))
+    if (config.getoption("qb_history") or config.getoption("qb_gate")) and not config.getoption("benchmark_json"):
         # History and gate read the JSON pytest-benchmark writes (it includes every round time).
         # A scratch copy: removed when pytest ends, unless storing the history failed (then it is the run).
-        config._qb_scratch = Path(tempfile.mkdtemp(prefix="quantbench-"))
-        config.option.benchmark_json = config._qb_scratch / "run.json"
+        state.scratch = Path(tempfile.mkdtemp(prefix="quantbench-"))
+        config.option.benchmark_json = state.scratch / "run.json"
+
+
+def _read_matrix(config, state: RunState) -> None:
+    """Options -> the case matrix, checked here, not while collecting: a UsageError raised in
+    pytest_generate_tests shows as a collection error with a traceback, one raised here as one line."""
+    from .bench.selection import parse_pairs
+    state.pairs = parse_pairs(config.getoption("qb_formats"), config.getoption("qb_runtimes"))
+    defaults = _defaults(config)
+    state.batches = parse_int_list(config.getoption("qb_batch") or defaults["batch"], "--qb-batch")
+    state.prompts = parse_int_list(config.getoption("qb_prompt") or defaults["prompt"], "--qb-prompt")
+    state.sources = _sources(config)
+    state.kernel_cases = _kernel_cases(config)
+
+
+def _gate_options(config) -> tuple:
     from .gate import load_thresholds, parse_fail_on
-    try:
-        config._qb_gate_fail_on = parse_fail_on(config.getoption("qb_gate_fail_on"), "--qb-gate-fail-on")
-    except QuantbenchError as exc:
-        raise pytest.UsageError(exc.line()) from None
     if config.getoption("qb_gate"):
-        try:
-            config._qb_thresholds = load_thresholds(config.getoption("qb_thresholds")
-                                                    or THRESHOLDS)
-        except QuantbenchError as exc:
-            raise pytest.UsageError(exc.line()) from None
+        run_state(config).thresholds = load_thresholds(config.getoption("qb_thresholds") or THRESHOLDS)
+    return parse_fail_on(config.getoption("qb_gate_fail_on"), "--qb-gate-fail-on")
+
+
+def _check_history_folder(root) -> None:
+    """Found out now, not after an hour of benchmarks when the run is stored."""
+    if not root:
+        return
+    try:
+        Path(root).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise pytest.UsageError(f"--qb-history {root}: cannot create it ({exc.strerror}). "
+                                "Fix: pass a writable folder") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise pytest.UsageError(f"--qb-history {root}: not writable. Fix: pass a writable folder")
 
 
 def _sources(config):
-    from .pool import ModelSource
+    from .bench.pool import ModelSource
     dirs = config.getoption("model_dir")
     models = config.getoption("qb_models")
     if models is None:
@@ -160,14 +195,13 @@ def pytest_generate_tests(metafunc):
         except QuantbenchError as exc:
             raise RuntimeError(exc.line()) from None
 
-    from .formats import base_name
-    cases = build_cases(config._qb_sources, formats_for, config._qb_formats, config._qb_batches,
-                        config._qb_prompts, new_tokens, base_of=base_name)
+    state = run_state(config)
+    cases = build_cases(state.sources, formats_for, state.pairs, state.batches, state.prompts, new_tokens)
     metafunc.parametrize("qb_case", cases, ids=[c.id for c in cases])
 
 
 def _kernel_cases(config):
-    from .kernel_runner import CPU_M, GPU_M, kernel_cases
+    from .bench.kernel_runner import CPU_M, GPU_M, kernel_cases
     from .kernels import KERNELS
     cuda = _device(config).type == "cuda"
     models = config.getoption("qb_kernel_models") or ("qwen2.5-3b,mistral-7b" if cuda else "tiny,tinyllama-1.1b")
@@ -181,7 +215,7 @@ def _kernel_cases(config):
 
 
 def _parametrize_kernels(metafunc):
-    cases = metafunc.config._qb_kernel_cases
+    cases = run_state(metafunc.config).kernel_cases
     metafunc.parametrize("qb_kernel_case", cases, ids=[c.id for c in cases])
 
 
@@ -197,7 +231,7 @@ def qb_device(pytestconfig):
 
 @pytest.fixture(scope="session")
 def qb_pool(qb_device):
-    from .pool import ModelPool
+    from .bench.pool import ModelPool
     pool = ModelPool(qb_device)
     yield pool
     pool.release()
@@ -205,7 +239,7 @@ def qb_pool(qb_device):
 
 @pytest.fixture(scope="session")
 def qb_options(pytestconfig, qb_device):
-    from .runner import RunOptions
+    from .bench.runner import RunOptions
     rounds = pytestconfig.getoption("qb_rounds") or _defaults(pytestconfig)["rounds"]
     return RunOptions(device=qb_device, rounds=rounds, warmup_rounds=_defaults(pytestconfig)["warmup"],
                       kernel_rounds=pytestconfig.getoption("qb_rounds") or _defaults(pytestconfig)["kernel_rounds"],
@@ -214,7 +248,7 @@ def qb_options(pytestconfig, qb_device):
 
 @pytest.fixture(scope="session")
 def qb_kernel_cache():
-    from .kernel_runner import PreparedCache
+    from .bench.kernel_runner import PreparedCache
     return PreparedCache()
 
 
@@ -222,81 +256,93 @@ def qb_kernel_cache():
 def qb_peaks(pytestconfig, qb_device):
     """Measured ceilings of this device: from the history folder if stored, else measured now
     (and stored when --qb-history is given)."""
-    from . import environment, peaks
+    from . import environment
+    from .bench.peaks import measure_peaks
+    from .history import ceilings
     root = pytestconfig.getoption("qb_history")
     signature = environment.collect()["signature"]
-    measured = peaks.load_measured(Path(root) if root else None, signature)
+    measured = ceilings.load_measured(Path(root) if root else None, signature)
     if measured is None:
-        measured = peaks.measure_peaks(qb_device)
+        measured = measure_peaks(qb_device)
         if root:
-            peaks.save_measured(Path(root), signature, measured)
+            ceilings.save_measured(Path(root), signature, measured)
     device = environment.device_info()
     measured = dict(measured)
-    measured["datasheet"] = peaks.datasheet_peaks(device.get("gpu"))
-    pytestconfig._qb_peaks = measured
+    measured["datasheet"] = ceilings.datasheet_peaks(device.get("gpu"))
+    run_state(pytestconfig).peaks = measured
     return measured
 
 
 @pytest.fixture(scope="session")
 def qb_states(pytestconfig):
-    return pytestconfig._qb_states
+    return run_state(pytestconfig).states
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     from . import environment
     machine_info["quantbench"] = {"schema_version": SCHEMA_VERSION, **environment.collect(),
                                   "git": environment.git_state(),
-                                  "telemetry_start": getattr(config, "_qb_telemetry_start", [])}
+                                  "telemetry_start": run_state(config).telemetry_start}
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
-    from . import environment, gating, history
+    """The run's own section of the JSON; storing and gating it wait for pytest_sessionfinish."""
+    from . import environment, history
+    state = run_state(config)
     for bench in output_json.get("benchmarks", []):
         if not bench.get("extra_info"):  # cut off inside its rounds: its partial times are no result
             bench["extra_info"] = {"state": "interrupted", "reason": history.INTERRUPTED_REASON}
     end = environment.gpu_telemetry()
-    start = getattr(config, "_qb_telemetry_start", [])
     output_json["quantbench"] = {
         "schema_version": SCHEMA_VERSION,
-        "states": config._qb_states.records,
+        "states": state.states.records,
         "telemetry_end": end,
-        "throttled": any(t.get("throttled") for t in start + end),
+        "throttled": any(t.get("throttled") for t in state.telemetry_start + end),
         "args": list(config.invocation_params.args),
-        "peaks": getattr(config, "_qb_peaks", None),
+        "peaks": state.peaks,
     }
-    from .analysis import crossover, kernel_frame
+    from .report.crossover import crossover, kernel_frame
     kernels_df = kernel_frame(output_json.get("benchmarks", []))
     if not kernels_df.empty:
-        table = crossover(kernels_df)
-        output_json["quantbench"]["crossover"] = table.to_dict(orient="records")
-        config._qb_crossover = table
-    from .errors import QuantbenchError
+        state.crossover = crossover(kernels_df)
+        output_json["quantbench"]["crossover"] = state.crossover.to_dict(orient="records")
+    if state.output_json is None:  # --benchmark-save calls this hook a second time for the same run
+        state.output_json = output_json
+
+
+def _store(config, state: RunState) -> None:
+    from . import history
     root = config.getoption("qb_history")
+    if not root or state.output_json is None:
+        return
     try:
-        saved = history.save_run(Path(root), output_json) if root else None
-    except OSError as exc:
-        # a full disk must not lose the run: pytest-benchmark still writes --benchmark-json after this
-        saved, config._qb_save_error = None, f"{exc.filename or root}: {exc.strerror or exc}"
-    if saved:
-        config._qb_saved = saved
-    baseline = config.getoption("qb_gate")
-    if baseline:
-        try:
-            paths = gating.resolve_baselines(baseline, Path(root or "history"), output_json, saved)
-            fail_on = config._qb_gate_fail_on
-            baselines = [history.load_run(p) for p in paths]
-            result = gating.run_gate(output_json, baselines, config._qb_thresholds, fail_on,
-                                     upgrade=gating.crosses_upgrade(baseline, output_json, baselines))
-            config._qb_gate_result = (", ".join(map(str, paths)), result)
-        except QuantbenchError as exc:
-            config._qb_gate_result = (None, exc)
+        state.saved = history.save_run(Path(root), state.output_json)
+    except OSError as exc:  # a full disk must not lose the run: --benchmark-json is written already
+        state.save_error = f"{exc.filename or root}: {exc.strerror or exc}"
+
+
+def _gate(config, state: RunState) -> None:
+    from . import gate, history
+    from .errors import QuantbenchError
+    baseline, current = config.getoption("qb_gate"), state.output_json
+    if not baseline or current is None:
+        return
+    root = Path(config.getoption("qb_history") or "history")
+    try:
+        paths = gate.resolve_baselines(baseline, root, current, state.saved)
+        baselines = [history.load_run(p) for p in paths]
+        result = gate.run_gate(current, baselines, state.thresholds, state.fail_on,
+                               upgrade=gate.crosses_upgrade(baseline, current, baselines))
+        state.gate_result = (", ".join(map(str, paths)), result)
+    except QuantbenchError as exc:
+        state.gate_result = (None, exc)
 
 
 def pytest_unconfigure(config):
-    scratch = getattr(config, "_qb_scratch", None)
-    if scratch is not None and not getattr(config, "_qb_save_error", None):
+    state = config.stash.get(STATE, None)
+    if state is not None and state.scratch is not None and not state.save_error:
         import shutil
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(state.scratch, ignore_errors=True)
 
 
 def _write_run_without_measurements(config) -> None:
@@ -305,7 +351,7 @@ def _write_run_without_measurements(config) -> None:
     must reach the history, the gate and the guide, not only the terminal. Its JSON is made through
     pytest-benchmark's own hooks, as handle_saving would, with an empty benchmark list (which also
     stores it in the history: see pytest_benchmark_update_json)."""
-    bench_session, states = getattr(config, "_benchmarksession", None), getattr(config, "_qb_states", None)
+    bench_session, states = getattr(config, "_benchmarksession", None), run_state(config).states
     if (bench_session is None or bench_session.disabled or bench_session.benchmarks or states is None
             or not states.records or not bench_session.json):
         return
@@ -319,37 +365,40 @@ def _write_run_without_measurements(config) -> None:
 
 
 def pytest_sessionfinish(session, exitstatus):
-    _write_run_without_measurements(session.config)  # after pytest-benchmark's own saving (its hookwrapper)
-    if getattr(session.config, "_qb_save_error", None):
+    """After pytest-benchmark's own saving (its hookwrapper): the run is written; store it, then gate it."""
+    config, state = session.config, run_state(session.config)
+    _write_run_without_measurements(config)
+    _store(config, state)
+    _gate(config, state)
+    if state.save_error:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    gate = getattr(session.config, "_qb_gate_result", None)
-    if gate is None:
+    if state.gate_result is None:
         return
-    path, result = gate
-    summary = session.config.getoption("qb_gate_summary")
+    _, result = state.gate_result
     if isinstance(result, Exception) or result.exit_code:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    summary = config.getoption("qb_gate_summary")
     if summary and not isinstance(result, Exception):
         Path(summary).write_text(result.markdown(), encoding="utf-8")
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    table = getattr(config, "_qb_crossover", None)
+    state = run_state(config)
+    table = state.crossover
     if table is not None and not table.empty:
         terminalreporter.section("quantbench: crossover M (int4 kernel stops beating torch-fp16)")
         terminalreporter.write_line(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    saved = getattr(config, "_qb_saved", None)
+    saved = state.saved
     if saved:
         terminalreporter.write_line(f"quantbench: history saved to {saved}")
-    failed = getattr(config, "_qb_save_error", None)
+    failed = state.save_error
     if failed:
         terminalreporter.write_line(f"quantbench: history NOT saved ({failed}); this run is in "
                                     f"{config.option.benchmark_json}: store it with `quantbench history --history "
                                     f"{config.getoption('qb_history')} --add FILE` once there is room", red=True)
-    gate = getattr(config, "_qb_gate_result", None)
-    if gate is None:
+    if state.gate_result is None:
         return
-    path, result = gate
+    path, result = state.gate_result
     if isinstance(result, Exception):
         terminalreporter.write_line(f"quantbench gate: error: {result.line()}", red=True)
         return

@@ -1,7 +1,7 @@
 """Format registry: importing this package registers every format module.
 
 Adding a format: write one module with a ``@register`` class (and a ``@builder`` for a new
-checkpoint kind), then add its import below. A ``@variant`` wraps every format (``+compile``).
+checkpoint kind), then add its import below.
 """
 
 # Import order is registry order: dense baselines first.
@@ -9,5 +9,4 @@ from . import dense  # noqa: F401, I001  (registration side effects)
 from . import autoawq  # noqa: F401, I001
 from . import gptqmodel  # noqa: F401, I001
 from . import compressed_tensors  # noqa: F401, I001
-from . import compiled  # noqa: F401, I001
-from .base import BUILDERS, FORMATS, VARIANTS, Format, LoadedModel, base_name, get_format, parse_formats  # noqa: F401
+from .base import BUILDERS, FORMATS, Format, LoadedModel, get_format, parse_formats  # noqa: F401

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import torch
 
 from ..errors import BadCheckpoint
-from .base import Format, builder, check_loading_info, dtype_kwargs, from_pretrained_strict, register
+from .base import Format, builder, check_loading_info, dtype_kwargs, register
 
 AWQ_GROUP_SIZES = (32, 64, 128)
 
@@ -102,7 +102,7 @@ class _AWQ(Format):
     bits = 4
     dtype = torch.float16
     version = "gemm"
-    runtime = "autoawq"
+    library = "autoawq"
 
     def load(self, ckpt_dir, device):
         return load_with_wqlinear(ckpt_dir, device, self.version)
@@ -141,7 +141,8 @@ class AWQGemv(_AWQ):
 class AWQGemmFused(_AWQ):
     name = "awq-gemm-fused"
     checkpoint = "awq-gemm"
-    runtime = "autoawq-fused"
+    library = "autoawq-fused"
+    own_kv_cache = "AutoAWQ's fused layers keep their own KV cache and ignore transformers' StaticCache"
     description = "AutoAWQ int4 GEMM with fused attention/MLP/norm (from_quantized(fuse_layers=True))"
 
     def unsupported_reason(self, device):
@@ -194,7 +195,7 @@ def _build_rtn(version: str, dense_dir: Path, out_dir: Path, spec, device, refer
     from huggingface_hub import save_torch_state_dict
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..workloads import guard_outputs
+    from .reference import guard_outputs
 
     qparams = SimpleNamespace(group_size=128, w_bit=4, zero_point=True)
     model = AutoModelForCausalLM.from_pretrained(str(dense_dir), device_map={"": str(device)},

@@ -1,8 +1,9 @@
 """The format interface and the registry every format module adds itself to.
 
 A *checkpoint kind* is what lies on disk (dense, awq-gemm, ct-w4a16, ...); a *format* is a
-checkpoint kind run by one runtime (awq-gemm through AutoAWQ's modules, awq-gemm-fused through
-AutoAWQ's fused layers, ...). Several formats can share one checkpoint kind.
+checkpoint kind loaded by one library (awq-gemm through AutoAWQ's modules, awq-gemm-fused through
+AutoAWQ's fused layers, ...). Several formats can share one checkpoint kind. What then executes the
+loaded model (eager, compiled, ...) is the runtime axis: quantbench.runtimes.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ BUILDERS: dict[str, Callable] = {}
 class LoadedModel:
     model: torch.nn.Module
     format: str
-    runtime: str
+    library: str
     device: torch.device
     dtype: torch.dtype
     load_s: float
@@ -37,7 +38,9 @@ class Format:
 
     name: str = ""
     checkpoint: str = ""          # checkpoint kind on disk
-    runtime: str = ""             # which library runs it
+    library: str = ""             # which library loads it
+    # Why a runtime that brings its own KV cache (a StaticCache) cannot run this format, or None.
+    own_kv_cache: str | None = None
     bits: int | None = None       # weight bits; None = 16-bit dense
     dtype: torch.dtype = torch.float16
     description: str = ""
@@ -67,12 +70,6 @@ class Format:
         """Why this format does not measure ``phase`` (prefill/decode), or None."""
         return None
 
-    def decoder(self, model: torch.nn.Module, device: torch.device):
-        """The decode runtime: prepare(ids, new_tokens) -> facts, start(ids, new_tokens) -> state,
-        decode(state, n, timer) -> tokens. Default: the library's own eager forward."""
-        from ..workloads import EagerDecoder
-        return EagerDecoder(model)
-
     def after_first_forward(self, model: torch.nn.Module) -> dict:
         """A runtime step that needs the first forward done (e.g. undo what a library installed
         during it); returns facts to record. Runs after the guard's forward, before any timing."""
@@ -101,10 +98,10 @@ class Format:
             "device_bytes_after_load": current_bytes(device),
             "disk_bytes": disk_bytes(ckpt_dir),
         }
-        return LoadedModel(model, self.name, self.runtime, device, self.dtype, load_s, facts)
+        return LoadedModel(model, self.name, self.library, device, self.dtype, load_s, facts)
 
     def describe(self) -> dict:
-        return {"name": self.name, "checkpoint": self.checkpoint, "runtime": self.runtime,
+        return {"name": self.name, "checkpoint": self.checkpoint, "library": self.library,
                 "bits": self.bits, "dtype": str(self.dtype).replace("torch.", ""),
                 "min_cosine": self.min_cosine, "description": self.description}
 
@@ -126,49 +123,15 @@ def builder(checkpoint: str):
     return wrap
 
 
-VARIANTS: dict[str, Callable] = {}  # name suffix -> wrapper class over any registered format ("+compile")
-
-
-def variant(suffix: str):
-    """Class decorator: ``<format><suffix>`` runs that format through this wrapper (not part of 'all')."""
-    def wrap(cls):
-        VARIANTS[suffix] = cls
-        return cls
-    return wrap
-
-
-_VARIANT_CACHE: dict[str, "Format"] = {}
-
-
-def _split_variant(name: str) -> tuple[str, str | None]:
-    """'awq-gemm+compile' -> ('awq-gemm', '+compile'); a name without a variant suffix -> (name, None)."""
-    for suffix in VARIANTS:
-        if name.endswith(suffix):
-            return name[: -len(suffix)], suffix
-    return name, None
-
-
-def base_name(name: str) -> str:
-    """'awq-gemm+compile' -> 'awq-gemm' (what lies on disk and what a user directory can run)."""
-    return _split_variant(name)[0]
-
-
 def get_format(name: str) -> Format:
     if name in FORMATS:
         return FORMATS[name]
-    base, suffix = _split_variant(name)
-    if suffix is not None and base in FORMATS:
-        if name not in _VARIANT_CACHE:
-            _VARIANT_CACHE[name] = VARIANTS[suffix](FORMATS[base])
-        return _VARIANT_CACHE[name]
-    variants = "".join(f"; any of them with {s} appended" for s in VARIANTS)
-    raise QuantbenchError(None, f"unknown format {name!r}",
-                          f"use one of: {', '.join(FORMATS)} (or 'all'){variants}")
+    raise QuantbenchError(None, f"unknown format {name!r}", f"use one of: {', '.join(FORMATS)} (or 'all')")
 
 
 def parse_formats(text: str) -> list[str]:
     """A comma list of names, where 'all' stands for every registered format in registry order
-    (variants only by name: 'all,bf16+compile') -> validated names, each once."""
+    -> validated names, each once."""
     names: list[str] = []
     for token in (t.strip() for t in text.split(",")):
         for name in (list(FORMATS) if token == "all" else [token] if token else []):

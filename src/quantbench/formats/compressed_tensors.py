@@ -59,7 +59,7 @@ def read_ct_weights_args(ckpt_dir: Path) -> dict:
 
 
 class _CT(Format):
-    runtime = "transformers+compressed-tensors"
+    library = "transformers+compressed-tensors"
     dtype = torch.float16
     dequantize: bool | None = None
 
@@ -248,7 +248,7 @@ def _build(kind):
         from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from ..workloads import guard_outputs
+        from .reference import guard_outputs
 
         scheme, fmt = _scheme(kind)
         model = AutoModelForCausalLM.from_pretrained(str(dense_dir), device_map={"": str(device)},

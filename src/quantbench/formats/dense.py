@@ -11,7 +11,7 @@ from .base import Format, from_pretrained_strict, register
 
 class _Dense(Format):
     checkpoint = "dense"
-    runtime = "transformers"
+    library = "transformers"
 
     def load(self, ckpt_dir: Path, device: torch.device):
         return from_pretrained_strict(ckpt_dir, device, self.dtype)

@@ -146,7 +146,7 @@ class _AWQTransformers(Format):
 
     bits = 4
     dtype = torch.float16
-    runtime = "transformers"
+    library = "transformers"
     checkpoint = "awq-gemm"
     backend = "auto"               # transformers' AwqBackend value
     checkpoint_format = "gemm"     # gptqmodel FORMAT of the checkpoint (AutoAWQ's version)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import history
-from .gate import Thresholds
+from .. import history
+from .inputs import samples
+from .thresholds import Thresholds
 
 UNITS = {"decode_tokens_per_s": "tokens/s", "prefill_tokens_per_s": "tokens/s", "ttft_s": "s",
          "peak_memory_bytes": "bytes",
@@ -16,7 +17,7 @@ def github_action_benchmark(payload: dict, thresholds: Thresholds) -> dict[str, 
     """{'customBiggerIsBetter': [...], 'customSmallerIsBetter': [...]} entries of name/unit/value/range."""
     out = {"customBiggerIsBetter": [], "customSmallerIsBetter": []}
     device = history.device_kind(payload)
-    for (case, metric), sample in sorted(history.samples(payload).items()):
+    for (case, metric), sample in sorted(samples(payload).items()):
         if sample.state != "ok":
             continue
         direction = thresholds.for_case(case, metric, device).direction

@@ -14,16 +14,19 @@ Before timing, one compiled step is checked against an eager step at the same ca
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import inspect
 import logging
 import os
 import re
+import shutil
 import time
 
 import torch
 
-from .errors import Unsupported, first_line
-from .measure import synchronize
+from ..errors import Unsupported, first_line
+from ..measure import synchronize
+from .base import DEFAULT, Runtime, register
 
 COMPILE_MIN_COSINE = 0.999  # compiled vs eager last-token logits of one decode step, same cache state
 RECOMPILE_LIMIT = 256  # one entry per (model, batch, cache length); the default (8) would silently fall back
@@ -235,3 +238,35 @@ class CompiledDecoder:
             if timer is not None:
                 timer.mark()
         return torch.cat(tokens, dim=1)
+
+
+def compiler_missing(device: torch.device) -> str | None:
+    """What torch.compile's default backend (inductor) needs here and is missing, or None."""
+    if device.type == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            return "torch.compile on CUDA needs Triton (inductor generates Triton kernels): pip install triton"
+        return None
+    compiler = os.environ.get("CXX") or "g++"
+    if shutil.which(compiler) is None and shutil.which("c++") is None:
+        return f"torch.compile on CPU needs a C++ compiler (inductor generates C++), none found ({compiler}, c++)"
+    return None
+
+
+@register
+class TransformersCompiled(Runtime):
+    name = "transformers+compile"
+    format_suffix = "+compile"
+    description = ("the format's load, decode step compiled by torch.compile over a StaticCache (CUDA graphs on a "
+                   "GPU), prefill eager")
+
+    def unsupported_reason(self, fmt, device) -> str | None:
+        return fmt.own_kv_cache or compiler_missing(device)
+
+    def unsupported_phase(self, fmt, phase: str) -> str | None:
+        if phase == "prefill":
+            return (f"{fmt.name} on {self.name} compiles the decode step only; prefill runs eager, as measured "
+                    f"by {fmt.name} on {DEFAULT}")
+        return None
+
+    def decoder(self, model, device, dtype):
+        return CompiledDecoder(model, device, dtype)

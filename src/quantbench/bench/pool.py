@@ -12,13 +12,14 @@ from pathlib import Path
 
 import torch
 
+from ..errors import BadCheckpoint, OutOfMemory, Unsupported
+from ..formats import LoadedModel, get_format
+from ..formats.checkpoints import FAKEQUANT_FILE, REFERENCE_FILE, checkpoint_dir, detect_checkpoint, ensure_checkpoint
+from ..formats.reference import guard_outputs
+from ..measure import current_bytes, resident_weight_bytes
+from ..runtimes import DEFAULT, get_runtime
+from ..specs import load_spec
 from . import guard
-from .errors import BadCheckpoint, OutOfMemory, Unsupported
-from .formats import LoadedModel, base_name, get_format
-from .measure import current_bytes, resident_weight_bytes
-from .models import FAKEQUANT_FILE, REFERENCE_FILE, checkpoint_dir, detect_checkpoint, ensure_checkpoint
-from .specs import load_spec
-from .workloads import guard_outputs
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class Prepared:
     loaded: LoadedModel
     guard: guard.GuardResult
     facts: dict = field(default_factory=dict)
-    decoder: object = None  # the format's decode runtime over this model (workloads.EagerDecoder, ...)
+    decoder: object = None  # the runtime's decoder over this model (runtimes.eager.EagerDecoder, ...)
 
 
 class ModelPool:
@@ -80,15 +81,15 @@ class ModelPool:
         self.current: Prepared | None = None
         self.failures: dict[tuple, BaseException] = {}
 
-    def get(self, source: ModelSource, format_name: str) -> Prepared:
-        key = (source, format_name)
+    def get(self, source: ModelSource, format_name: str, runtime_name: str = DEFAULT) -> Prepared:
+        key = (source, format_name, runtime_name)
         if key in self.failures:
             raise self.failures[key]
         if self.key == key and self.current is not None:
             return self.current
         self.release()
         try:
-            self.current = self._prepare(source, format_name)
+            self.current = self._prepare(source, format_name, runtime_name)
         except torch.cuda.OutOfMemoryError as exc:
             self.release()
             self.failures[key] = OutOfMemory(f"CUDA out of memory while loading: {str(exc)[:200]}")
@@ -108,13 +109,13 @@ class ModelPool:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _prepare(self, source: ModelSource, format_name: str) -> Prepared:
-        fmt = get_format(format_name)
+    def _prepare(self, source: ModelSource, format_name: str, runtime_name: str) -> Prepared:
+        fmt, runtime = get_format(format_name), get_runtime(runtime_name)
         allowed = source.formats()
-        if allowed is not None and base_name(format_name) not in allowed:
+        if allowed is not None and format_name not in allowed:
             raise Unsupported(f"{source.path} holds a {detect_checkpoint(source.path).kind} checkpoint; "
                               f"{format_name} does not run it (use {', '.join(allowed)})")
-        reason = fmt.unsupported_reason(self.device)
+        reason = fmt.unsupported_reason(self.device) or runtime.unsupported_reason(fmt, self.device)
         if reason:
             raise Unsupported(reason)
         ckpt = source.checkpoint(format_name, self.device)
@@ -122,7 +123,7 @@ class ModelPool:
         dense_ref, fake_ref = source.references(format_name, ckpt)
         ids = (dense_ref or fake_ref or {}).get("ids")
         if ids is None:
-            from .models import reference_ids
+            from ..formats.checkpoints import reference_ids
             ids = reference_ids(source.vocab_size())
         got = guard_outputs(loaded.model, ids.to(self.device))  # also the first forward
         loaded.facts.update(fmt.after_first_forward(loaded.model))
@@ -133,4 +134,5 @@ class ModelPool:
         result = guard.evaluate_outputs(got, dense_ref, fmt.min_cosine, fake_ref, note=note)
         if not all(torch.isfinite(t).all() for t in (got["logits"], got["hidden"]) if t is not None):  # NaN never passes
             result = guard.GuardResult(float("nan"), None, fmt.min_cosine, None, "non-finite outputs")
-        return Prepared(loaded, result, facts={"checkpoint": str(ckpt)}, decoder=fmt.decoder(loaded.model, self.device))
+        return Prepared(loaded, result, facts={"checkpoint": str(ckpt)}, 
+                        decoder=runtime.decoder(loaded.model, self.device, fmt.dtype))

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import torch
 
-from . import kernels
-from .measure import synchronize
-from .peaks import percent
-from .specs import load_spec
+from .. import kernels
+from ..history.ceilings import percent
+from ..measure import synchronize
+from ..specs import load_spec
+from .states import Stated, record_and_end
 
 # On CPU, AutoAWQ's naive path costs ~9 s per call at M=128 on the 1.1B down projection (its
 # dequantized fp16 matmul hits a slow CPU kernel), so the CPU sweep stays short.
@@ -77,12 +78,35 @@ class PreparedCache:
 
 def run_kernel_case(benchmark, case: KernelCase, device: torch.device, cache: PreparedCache, peaks: dict,
                     rounds: int, states, nodeid: str = "") -> dict:
-    kernel = kernels.KERNELS[case.kernel]
+    kernel, llc = kernels.KERNELS[case.kernel], cache_bytes(device)
+    try:
+        prepared, x, err = _prepare(case, kernel, device, cache, llc)
+    except Stated as exc:
+        record_and_end(states, case, exc, nodeid, kernel=True)
+    iters = _iterations(prepared, x, device)
+    copies = prepared.copies
+    position = {"i": 0}
+
+    def run():
+        i = position["i"]
+        for j in range(iters):
+            prepared.call(x, copies[(i + j) % len(copies)])
+        position["i"] = (i + iters) % len(copies)
+        synchronize(device)
+
+    benchmark.pedantic(run, rounds=rounds, warmup_rounds=2, iterations=1)
+    if benchmark.stats is None:
+        return {}
+    info = _describe(case, kernel, prepared, device, peaks, benchmark.stats.stats.median / iters, iters, err, llc)
+    benchmark.extra_info.update(info)
+    return info
+
+
+def _prepare(case: KernelCase, kernel, device, cache: PreparedCache, llc: int):
+    """The kernel's weight copies (enough to rotate past the cache), an input, and its error vs fp32."""
     reason = kernel.unsupported_reason(device)
     if reason:
-        states.add_kernel(case, "unsupported", reason, nodeid)
-        pytest.skip(f"unsupported: {reason}")
-    llc = cache_bytes(device)
+        raise Stated("unsupported", reason)
 
     def build():
         one = kernels.weight_bytes(case.kernel, case.k, case.n)
@@ -97,43 +121,35 @@ def run_kernel_case(benchmark, case: KernelCase, device: torch.device, cache: Pr
         err = kernels.rel_err(got, ref)
     except torch.cuda.OutOfMemoryError as exc:
         cache.key, cache.value = None, None
-        states.add_kernel(case, "oom", str(exc)[:200], nodeid)
-        pytest.skip(f"oom: {str(exc)[:200]}")
+        raise Stated("oom", str(exc)[:200]) from None
     if not err <= kernels.tolerance(kernel):
-        states.add_kernel(case, "guard-failed", f"rel err {err:.4g} > {kernels.tolerance(kernel)}", nodeid)
-        pytest.fail(f"{case.kernel} output differs from fp32 reference: rel err {err:.4g} "
-                    f"(bound {kernels.tolerance(kernel)})", pytrace=False)
+        raise Stated("guard-failed", f"{case.kernel} output differs from fp32 reference: rel err {err:.4g} "
+                     f"(bound {kernels.tolerance(kernel)})", fail=True)
+    return prepared, x, err
 
-    # Enough calls per round that a round is long against timer resolution and launch jitter.
+
+def _iterations(prepared, x, device) -> int:
+    """Enough calls per round that a round is long against timer resolution and launch jitter."""
     synchronize(device)
-    import time
     start = time.perf_counter()
     for i in range(3):
         prepared.call(x, prepared.copies[i % len(prepared.copies)])
     synchronize(device)
     per_call = (time.perf_counter() - start) / 3
     target = 0.005 if device.type == "cuda" else 0.02
-    iters = max(1, min(2000, math.ceil(target / max(per_call, 1e-7))))
-    position = {"i": 0}
+    return max(1, min(2000, math.ceil(target / max(per_call, 1e-7))))
+
+
+def _describe(case: KernelCase, kernel, prepared, device, peaks: dict, t: float, iters: int, err: float,
+              llc: int) -> dict:
+    """The kernel case's record: time per call, TFLOP/s and GB/s against the device's ceilings."""
     copies = prepared.copies
-
-    def run():
-        i = position["i"]
-        for j in range(iters):
-            prepared.call(x, copies[(i + j) % len(copies)])
-        position["i"] = (i + iters) % len(copies)
-        synchronize(device)
-
-    benchmark.pedantic(run, rounds=rounds, warmup_rounds=2, iterations=1)
-    if benchmark.stats is None:
-        return {}
-    t = benchmark.stats.stats.median / iters
     moved = kernels.bytes_moved(case.kernel, case.m, case.k, case.n)
     work = kernels.flops(case.m, case.k, case.n)
     tflops, gbps = work / t / 1e12, moved / t / 1e9
     dtype = str(kernel.dtype).replace("torch.", "")
     peak_tflops = (peaks.get("tflops") or {}).get(dtype)
-    info = {
+    return {
         "suite": "kernels", "kernel": case.kernel, "model": case.model, "shape": case.shape,
         "K": case.k, "N": case.n, "M": case.m, "state": "ok", "path": prepared.path, "device": str(device),
         "iterations_per_round": iters, "time_per_call_s": t, "tflops": tflops, "gbps": gbps,
@@ -146,5 +162,3 @@ def run_kernel_case(benchmark, case: KernelCase, device: torch.device, cache: Pr
         "rate_metrics": {"tflops": work * iters / 1e12, "gbps": moved * iters / 1e9},
         "time_metrics": [],
     }
-    benchmark.extra_info.update(info)
-    return info

@@ -1,36 +1,22 @@
 """The regression gate's decision core: pure functions on plain numbers (no I/O, no torch).
 
-Noise awareness (after asv): a case regresses only if (1) its median moved past the metric's
-threshold in the bad direction AND (2) the samples differ beyond noise by a one-sided
-Mann-Whitney U test (scipy). Mann-Whitney because round times are skewed and outlier-prone
-(GC, clock changes), it needs no normality, and it is exact for the small counts a benchmark
-affords.
-
-Which samples: the rounds of one run share that process's machine state (a neighbour on the
-host, clocks, allocator layout), so they are not independent draws; pooling the rounds of several
-runs and testing them as if they were overstates the evidence (a CPU A/A comparison of 8 runs a
-side read p=2e-5 on a case whose runs merely differed). So when both sides hold enough runs for
-the exact test to reach ``alpha`` at all, the test compares the run medians, the independent
-units; otherwise (one run a side, or 3 against 3) it falls back to the rounds and the decision
-says which it used. With fewer than ``min_rounds`` rounds on a side no test can reach
-significance, so the ratio alone decides and the decision says so.
-
-Paired (``--paired``): where run i of each side was made together (``nox -s gate``'s A/B pairs,
-side by side on CPU), the machine's drift is shared within a pair, so the per-pair ratios are
-tested (Wilcoxon signed-rank) instead of the two sides' spreads: the same runs lose none of the
-power to the drift between pairs.
+A case regresses only if its median moved past the metric's threshold in the bad direction and
+the samples differ beyond noise (one-sided Mann-Whitney on run medians when both sides hold
+enough runs, else on rounds; Wilcoxon on paired A/B runs). docs/gate.md says why each choice.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import tomllib
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from statistics import median
+from typing import TYPE_CHECKING
 
-from .errors import QuantbenchError
+from ..errors import QuantbenchError
+
+if TYPE_CHECKING:
+    from .thresholds import Thresholds
 
 STATES = ("regressed", "kernel-changed", "improved", "unchanged", "new", "missing", "unsupported", "oom",
           "invalid-input", "guard-failed", "no-baseline", "incomparable")
@@ -209,99 +195,6 @@ def _mann_whitney(current, baseline, alternative: str) -> float:
 
     p_value = float(mannwhitneyu(current, baseline, alternative=alternative).pvalue)
     return 1.0 if math.isnan(p_value) else p_value  # all values tied: no evidence of a change
-
-
-# ----------------------------------------------------------------------------- thresholds
-DEVICE_KINDS = ("cpu", "gpu")
-
-
-@dataclass(frozen=True)
-class Override:
-    """Threshold fields for the cases an override selects: by case-name pattern, by metric, and by the
-    kind of device the current run measured on (noise belongs to the machine, not to a model name)."""
-    pattern: str = "*"
-    metric: str | None = None
-    device: str | None = None      # "cpu" or "gpu"; None: any
-    fields: dict = field(default_factory=dict)
-
-    def selects(self, case: str, metric: str, device: str | None) -> bool:
-        return (wildcard_match(self.pattern, case) and self.metric in (None, metric)
-                and self.device in (None, device))
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    metrics: dict[str, Threshold]
-    overrides: tuple[Override, ...] = ()
-    fallback: Threshold = field(default_factory=Threshold)
-
-    def for_case(self, case: str, metric: str, device: str | None = None) -> Threshold:
-        """The metric's threshold with every selecting override applied in file order (later wins).
-        ``device``: the current run's device kind; without it, device overrides select nothing."""
-        base = self.metrics.get(metric, self.fallback)
-        for override in self.overrides:
-            if override.selects(case, metric, device):
-                base = replace(base, **override.fields)
-        return base
-
-
-def wildcard_match(pattern: str, name: str) -> bool:
-    """'*' and '?' wildcards, everything else literal: case names contain '[' and ']', which
-    fnmatch would read as a character class."""
-    regex = re.escape(pattern).replace(r"\*", ".*").replace(r"\?", ".")
-    return re.fullmatch(regex, name) is not None
-
-
-THRESHOLD_FIELDS = frozenset(("direction", "max_regression", "alpha", "min_rounds"))
-
-
-def _known_keys(table: dict, known: set | frozenset, where: str) -> None:
-    unknown = sorted(set(table) - set(known))
-    if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))} in {where}; known: "
-                         f"{', '.join(sorted(known))}")
-
-
-def parse_thresholds(text: str, source: str = "<thresholds>") -> Thresholds:
-    """fixtures/thresholds.toml -> Thresholds; a bad file names itself and the field."""
-    try:
-        data = tomllib.loads(text)
-        # A misspelt table or key would otherwise be ignored and the gate run at the defaults.
-        _known_keys(data, {"defaults", "metrics", "overrides"}, "the top level")
-        defaults = data.get("defaults", {})
-        _known_keys(defaults, THRESHOLD_FIELDS, "[defaults]")
-        metrics = {}
-        for name, fields in data.get("metrics", {}).items():
-            _known_keys(fields, THRESHOLD_FIELDS, f"[metrics.{name}]")
-            metrics[name] = Threshold(**{**defaults, **fields})
-        overrides = []
-        for number, item in enumerate(data.get("overrides", []), 1):
-            item = dict(item)
-            # direction belongs to the metric: an override that flipped it would read slower as better
-            _known_keys(item, (THRESHOLD_FIELDS | {"pattern", "metric", "device"}) - {"direction"},
-                        f"[[overrides]] number {number}")
-            device = item.pop("device", None)
-            if device not in (None, *DEVICE_KINDS):
-                raise ValueError(f"override device must be one of {DEVICE_KINDS}, got {device!r}")
-            if "pattern" not in item and device is None:
-                raise ValueError("an override needs a pattern, a device, or both")
-            metric = item.pop("metric", None)
-            if metric is not None and metric not in metrics:
-                raise ValueError(f"[[overrides]] number {number}: metric {metric!r} is not one of the file's "
-                                 f"[metrics.*] tables ({', '.join(metrics)})")
-            overrides.append(Override(item.pop("pattern", "*"), metric, device, item))
-            Threshold(**{**defaults, **item})  # validate the fields now, not at first use
-        return Thresholds(metrics, tuple(overrides), Threshold(**defaults))
-    except (tomllib.TOMLDecodeError, TypeError, ValueError, KeyError) as exc:
-        raise QuantbenchError(source, f"invalid thresholds file ({exc})",
-                              "compare it with fixtures/thresholds.toml") from None
-
-
-def load_thresholds(path: Path) -> Thresholds:
-    path = Path(path)
-    if not path.is_file():
-        raise QuantbenchError(path, "no such thresholds file", "pass --thresholds fixtures/thresholds.toml")
-    return parse_thresholds(path.read_text(), str(path))
 
 
 # ----------------------------------------------------------------------------- whole runs

@@ -2,7 +2,7 @@
 so a broken kernel can never look fast.
 
 What is compared is the hidden state after the first few decoder layers when the references hold
-it (see workloads.guard_outputs for why not the logits of a deep random model), else the logits."""
+it (see formats.reference.guard_outputs for why not the logits of a deep random model), else the logits."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def _pair(got: dict, ref: dict | None):
 
 def evaluate_outputs(got: dict, dense_ref: dict | None, min_cosine: float, fakequant_ref: dict | None = None,
                      note: str = "") -> GuardResult:
-    """``evaluate`` on workloads.guard_outputs dicts: hidden states where both sides hold them."""
+    """``evaluate`` on formats.reference.guard_outputs dicts: hidden states where both sides hold them."""
     dense, fake = _pair(got, dense_ref), _pair(got, fakequant_ref)
     return GuardResult(
         cosine_vs_dense=cosine(dense[0], dense[1]) if dense else None,

@@ -17,6 +17,7 @@ GPU_DEFAULTS = {"models": "qwen2.5-3b,mistral-7b", "batch": "1,8,32", "prompt": 
 class Case:
     source: object            # pool.ModelSource (kept opaque here)
     format: str | None        # None when the source itself is broken
+    runtime: str | None       # what executes the loaded checkpoint (quantbench.runtimes)
     batch: int
     prompt_len: int
     new_tokens: int
@@ -27,10 +28,10 @@ class Case:
     def id(self) -> str:
         if self.error is not None:
             return f"{self.source.label}-invalid"
-        return f"{self.source.label}-{self.format}-b{self.batch}-p{self.prompt_len}-{self.phase}"
+        return f"{self.source.label}-{self.format}-{self.runtime}-b{self.batch}-p{self.prompt_len}-{self.phase}"
 
     def params(self) -> dict:
-        return {"model": self.source.label, "format": self.format, "batch": self.batch,
+        return {"model": self.source.label, "format": self.format, "runtime": self.runtime, "batch": self.batch,
                 "prompt_len": self.prompt_len, "new_tokens": self.new_tokens, "phase": self.phase}
 
 
@@ -44,25 +45,26 @@ def parse_int_list(text: str, what: str) -> list[int]:
     return values
 
 
-def build_cases(sources, formats_for, formats: list[str], batches: list[int], prompts: list[int],
-                new_tokens: int, base_of=lambda name: name) -> list[Case]:
-    """Nested source -> format -> batch -> prompt -> phase, so one loaded model serves a run of cases.
+def build_cases(sources, formats_for, pairs: list[tuple[str, str]], batches: list[int], prompts: list[int],
+                new_tokens: int) -> list[Case]:
+    """Nested source -> (format, runtime) -> batch -> prompt -> phase, so one loaded model serves a run of
+    cases.
 
     ``formats_for(source)`` returns the formats that source can run (None = all), or raises with a
     message for a source that cannot be read: that becomes one failing case, and the run goes on.
-    ``base_of(format)`` names the format whose checkpoint a variant runs ('bf16+compile' -> 'bf16').
     """
     cases = []
     for source in sources:
         try:
             allowed = formats_for(source)
         except Exception as exc:  # noqa: BLE001 - the message is shown as the case's failure
-            cases.append(Case(source, None, 0, 0, 0, "prefill", error=str(exc)))
+            cases.append(Case(source, None, None, 0, 0, 0, "prefill", error=str(exc)))
             continue
-        chosen = [f for f in formats if allowed is None or base_of(f) in allowed]
-        for fmt in chosen:
+        for fmt, runtime in pairs:
+            if allowed is not None and fmt not in allowed:
+                continue
             for batch in batches:
                 for prompt in prompts:
                     for phase in PHASES:
-                        cases.append(Case(source, fmt, batch, prompt, new_tokens, phase))
+                        cases.append(Case(source, fmt, runtime, batch, prompt, new_tokens, phase))
     return cases

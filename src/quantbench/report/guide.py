@@ -15,8 +15,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import findings, gate, gating, history, peaks  # noqa: E402
-from .errors import BadHistory  # noqa: E402
+from .. import gate, history  # noqa: E402
+from ..errors import BadHistory  # noqa: E402
+from ..history import (
+    ceilings,  # noqa: E402
+    record,
+)
+from . import findings  # noqa: E402
 
 FORMAT_ORDER = ["bf16", "fp16", "awq-gemm", "awq-gemv", "awq-gemm-fused", "awq-gemm-hf", "awq-gemm-hf-torch",
                 "awq-gemm-hf-gemm", "awq-gemv-hf", "awq-gemm-hf-triton", "awq-gemm-hf-marlin", "awq-gemm-hf-machete",
@@ -223,7 +228,7 @@ def _md_compile(table: pd.DataFrame) -> str:
 
 
 def stack_lines(payload: dict) -> list[str]:
-    machine = (payload.get("machine_info") or {}).get("quantbench") or {}
+    machine = record.machine(payload)
     dev, ver = machine.get("device") or {}, machine.get("versions") or {}
     device = f"{dev.get('gpu')} x{dev.get('gpu_count')}" if dev.get("gpu") else f"CPU: {dev.get('cpu')}"
     return [f"| device | {device} |", f"| driver / CUDA | {dev.get('driver') or '-'} / {dev.get('cuda') or '-'} |",
@@ -237,7 +242,7 @@ def stack_lines(payload: dict) -> list[str]:
 
 
 def _combined_line(payload: dict) -> list[str]:
-    runs = (payload.get("quantbench") or {}).get("combined_from")
+    runs = record.section(payload).get("combined_from")
     if not runs:
         return []
     dates = ", ".join(str(r.get("datetime"))[:19] for r in runs)
@@ -255,11 +260,11 @@ def consecutive_changes(runs: list[tuple[str, dict]], thresholds: gate.Threshold
     that moved. One row each, oldest first."""
     rows = []
     for (_, before), (after, run) in zip(runs, runs[1:]):
-        result = gating.run_gate(run, [before], thresholds)
+        result = gate.run_gate(run, [before], thresholds)
         for d in result.decisions:
             if d.state in NEWS or (d.case == gate.SUITE and d.state != "unchanged"):
                 rows.append({"file": after, "run": str(run.get("datetime"))[:19],
-                             "commit": str((run.get("commit_info") or {}).get("id"))[:8], "state": d.state,
+                             "commit": str(record.commit(run).get("id"))[:8], "state": d.state,
                              "case": d.case, "metric": d.metric, "ratio": d.ratio,
                              "note": d.note if d.state == "kernel-changed" else
                              "the kernel changed" if gate.KERNEL_CHANGED_NOTE in d.note else ""})
@@ -285,14 +290,14 @@ def device_ceilings(payloads: list[dict], signature_dir: Path) -> dict | None:
     """The device's ceilings for this signature: measured ones stored with a run (the kernel suite's)
     or beside the history (``quantbench peaks``), else the datasheet's for a known GPU, else None."""
     for payload in payloads:
-        stored = (payload.get("quantbench") or {}).get("peaks")
+        stored = record.section(payload).get("peaks")
         if stored and stored.get("memory_gbps"):
             return stored
-    stored = peaks.load_measured(signature_dir.parent, signature_dir.name)
+    stored = ceilings.load_measured(signature_dir.parent, signature_dir.name)
     if stored and stored.get("memory_gbps"):
         return stored
     for payload in payloads:
-        if datasheet := peaks.datasheet_peaks(history.environment_fields(payload).get("device.gpu")):
+        if datasheet := ceilings.datasheet_peaks(history.environment_fields(payload).get("device.gpu")):
             return datasheet
     return None
 
@@ -310,7 +315,7 @@ def render_signature(paths: list[Path], out_dir: Path, thresholds: gate.Threshol
     payloads = {str(p): history.load_run(p) for p in paths}
     # Run order is the time each run started, not the file name.
     paths = sorted(paths, key=lambda p: str(payloads[str(p)].get("datetime") or ""))
-    frame = history.load_frame(paths)
+    frame = findings.with_series_names(history.load_frame(paths))
     is_kernel = frame.get("suite", pd.Series(index=frame.index, dtype=object)) == "kernels"
     gen_all, kern_all = frame[~is_kernel], frame[is_kernel]
     gen_files = [f for f in gen_all["file"].unique() if (gen_all[gen_all["file"] == f]["state"] == "ok").any()]
@@ -318,7 +323,7 @@ def render_signature(paths: list[Path], out_dir: Path, thresholds: gate.Threshol
     gen = gen_all[gen_all["file"] == gen_files[-1]] if gen_files else gen_all[:0]
     kern = kern_all[kern_all["file"] == kern_files[-1]] if kern_files else kern_all[:0]
     latest = payloads[gen_files[-1] if gen_files else kern_files[-1] if kern_files else str(paths[-1])]
-    combined = bool((latest.get("quantbench") or {}).get("combined_from"))
+    combined = bool(record.section(latest).get("combined_from"))
     ok = gen[gen["state"] == "ok"].copy()
     for column in ("batch", "prompt_len", "new_tokens"):  # NaN in kernel rows made them float
         if column in ok and not ok.empty:
@@ -394,7 +399,7 @@ def render_signature(paths: list[Path], out_dir: Path, thresholds: gate.Threshol
                   _md_compile(compiled), ""]
 
     if not kern.empty:
-        from .analysis import kernel_frame
+        from .crossover import kernel_frame
         kok = kernel_frame(payloads[kern_files[-1]]["benchmarks"])
         lines += ["## Kernels", "", f"Ceilings: {ceilings.get('memory_gbps', 0):.1f} GB/s, "
                   f"{', '.join(f'{k} {v:.3g} TFLOP/s' for k, v in (ceilings.get('tflops') or {}).items())} "

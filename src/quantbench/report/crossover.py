@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..history import record
+
 INT4_KERNELS = ("awq-gemm-awq_ext", "awq-gemm-triton", "awq-gemm-naive", "awq-gemv", "ct-w4a16",
                 # the same AWQ weights through gptqmodel's kernels (transformers 5.x's AWQ runtime)
                 "awq-hf-aten", "awq-hf-torch", "awq-hf-gemm", "awq-hf-gemv", "awq-hf-triton", "awq-hf-marlin",
@@ -44,7 +46,7 @@ def kernel_frame(benchmarks: list[dict]) -> pd.DataFrame:
     """pytest-benchmark entries of the kernel suite -> one row per case."""
     rows = []
     for bench in benchmarks:
-        info = bench.get("extra_info") or {}
+        info = record.case_info(bench)
         if info.get("suite") != "kernels":
             continue
         rows.append({"model": info["model"], "shape": info["shape"], "K": info["K"], "N": info["N"], "M": info["M"], "kernel": info["kernel"],

@@ -220,8 +220,8 @@ class GptqAWQ(Kernel):
         self.name, self.backend, self.version = f"awq-hf-{short}", backend, version
 
     def unsupported_reason(self, device):
-        from .errors import Unsupported
-        from .formats.gptqmodel import gptqmodel_available, selected_awq_linear
+        from ..errors import Unsupported
+        from ..formats.gptqmodel import gptqmodel_available, selected_awq_linear
         if not gptqmodel_available():
             return "gptqmodel is not installed (the current stack's extra has it)"
         try:
@@ -231,7 +231,7 @@ class GptqAWQ(Kernel):
         return None
 
     def prepare(self, k, n, device, copies, seed=0):
-        from .formats.gptqmodel import KERNEL_WORDS, selected_awq_linear
+        from ..formats.gptqmodel import KERNEL_WORDS, selected_awq_linear
         cls = selected_awq_linear(self.backend, self.version, device)[0]
         (source,), ref = _awq_modules(self.version, k, n, "cpu", 1, seed)
         mods = []

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from .environment import stack_versions
-from .errors import BadCheckpoint, QuantbenchError
-from .paths import REPO_ROOT
-from .specs import ModelSpec, load_spec
+from ..environment import stack_versions
+from ..errors import BadCheckpoint, QuantbenchError
+from ..paths import REPO_ROOT
+from ..specs import ModelSpec, load_spec
 
 BUILDER_VERSION = 2  # bump when a builder's output changes, so caches rebuild
 REFERENCE_FILE = "quantbench_reference.pt"
@@ -106,8 +106,8 @@ def build_dense(spec: ModelSpec, out: Path, device: torch.device) -> dict:
     """Random fp16 weights from the spec's seed, safetensors + config + tokenizer + fp32 reference."""
     from transformers import AutoModelForCausalLM
 
-    from .formats.base import dtype_kwargs
-    from .workloads import guard_outputs
+    from .base import dtype_kwargs
+    from .reference import guard_outputs
 
     torch.manual_seed(spec.seed)
     with torch.device(device):
@@ -124,7 +124,7 @@ def build_dense(spec: ModelSpec, out: Path, device: torch.device) -> dict:
 def ensure_checkpoint(spec: ModelSpec, kind: str, device: torch.device | str = "cpu",
                       force: bool = False) -> Path:
     """Path of the built checkpoint of this kind for the spec, building it (and the dense base) if needed."""
-    from .formats import BUILDERS
+    from .base import BUILDERS
 
     device = torch.device(device)
     dense = checkpoint_dir(spec, "dense")
@@ -148,7 +148,7 @@ def build_fixtures(model: str, format_names: list[str], device: torch.device | s
     """Materialize every checkpoint kind the formats need; returns {kind: path}."""
     from tqdm import tqdm
 
-    from .formats import get_format
+    from .base import get_format
 
     spec = load_spec(model)
     kinds = ["dense"] + sorted({get_format(f).checkpoint for f in format_names} - {"dense"})
@@ -169,7 +169,7 @@ class DetectedCheckpoint:
 
 def formats_for_kind(kind: str) -> tuple[str, ...]:
     """The registered formats that run a checkpoint kind, in registry order."""
-    from .formats import FORMATS
+    from .base import FORMATS
     return tuple(name for name, fmt in FORMATS.items() if fmt.checkpoint == kind)
 
 
@@ -219,7 +219,7 @@ def detect_checkpoint(path: str | Path) -> DetectedCheckpoint:
         return DetectedCheckpoint(path, "dense", formats_for_kind("dense"), None)
     method = str(qc.get("quant_method", "")).lower()
     if method == "awq":
-        from .formats.autoawq import read_awq_config
+        from .autoawq import read_awq_config
         read_awq_config(path)
         version = str(qc.get("version", "gemm")).lower()
         if version not in ("gemm", "gemv"):
@@ -227,7 +227,7 @@ def detect_checkpoint(path: str | Path) -> DetectedCheckpoint:
                                 "quantbench runs AWQ 'gemm' and 'gemv' checkpoints")
         kind = f"awq-{version}"
     elif method == "compressed-tensors":
-        from .formats.compressed_tensors import read_ct_weights_args
+        from .compressed_tensors import read_ct_weights_args
         weights = read_ct_weights_args(path)
         if weights.get("type") == "float" and weights.get("num_bits") == 8:
             kind = "ct-fp8"

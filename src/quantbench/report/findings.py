@@ -6,7 +6,25 @@ import pandas as pd
 
 BASELINE = "bf16"
 QUANTIZED_PREFIXES = ("awq", "ct-")
-COMPILED = "+compile"  # formats.compiled.SUFFIX (this layer reads history only, no torch imports)
+COMPILED = "+compile"  # the series-name suffix of the transformers+compile runtime
+DEFAULT_RUNTIME = "transformers"  # quantbench.runtimes.DEFAULT (this layer reads history only, no torch)
+
+
+def series_name(fmt, runtime) -> str:
+    """What a format on a runtime is called in tables and charts: 'bf16' on transformers (the default
+    runtime), 'bf16+compile' on transformers+compile, 'bf16@<runtime>' on any other runtime."""
+    if fmt is None or not isinstance(runtime, str) or runtime == DEFAULT_RUNTIME:
+        return fmt
+    if runtime.startswith(DEFAULT_RUNTIME + "+"):
+        return f"{fmt}{runtime[len(DEFAULT_RUNTIME):]}"
+    return f"{fmt}@{runtime}"
+
+
+def with_series_names(frame: pd.DataFrame) -> pd.DataFrame:
+    """Generation rows' ``format`` as the series name of their (format, runtime)."""
+    if frame.empty or "runtime" not in frame or "format" not in frame:
+        return frame
+    return frame.assign(format=[series_name(f, r) for f, r in zip(frame["format"], frame["runtime"])])
 
 
 def runtime_suffix(fmt: str) -> str:

@@ -1,0 +1,177 @@
+"""Runs one benchmark case through pytest-benchmark and explains the result in extra_info."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..environment import stack_versions
+from ..errors import BadCheckpoint, QuantbenchError, Unsupported
+from ..formats import get_format
+from ..measure import PeakMemory, step_timer, synchronize
+from ..runtimes import get_runtime
+from ..runtimes.compiled import CompileMismatch
+from .cases import Case
+from .pool import ModelPool
+from .prompts import prompt_ids
+from .states import Stated, StateRecorder, record_and_end
+
+
+@dataclass
+class RunOptions:
+    device: torch.device
+    rounds: int
+    warmup_rounds: int = 1
+    kernel_rounds: int = 5
+    inject_slowdown: float = 0.0  # test-only: stretch every timed region by this fraction
+
+
+def _stretch(start: float, fraction: float) -> None:
+    """Busy-wait so the timed region lasts (1 + fraction) times what it took: a real, measurable slowdown."""
+    if fraction > 0:
+        target = start + (time.perf_counter() - start) * (1 + fraction)
+        while time.perf_counter() < target:
+            pass
+
+
+def percentiles(values_s: list[float]) -> dict:
+    if not values_s:
+        return {}
+    arr = np.asarray(values_s)
+    return {f"p{q}": float(np.percentile(arr, q)) for q in (50, 90, 99)}
+
+
+def run_case(benchmark, case: Case, pool: ModelPool, options: RunOptions, states: StateRecorder,
+             nodeid: str = "") -> dict:
+    """Prepare the case (load, guard, compile at this shape), time it, describe the result."""
+    try:
+        prepared, ids, runtime_facts = prepare(case, pool, options)
+        step_times, peak = time_case(benchmark, case, prepared, ids, options)
+    except Stated as exc:
+        if exc.state == "oom":
+            pool.release()
+        record_and_end(states, case, exc, nodeid)
+    if benchmark.stats is None:  # --benchmark-disable: the case ran once as a smoke test, no numbers
+        return {}
+    info = describe(case, prepared, options, peak, step_times, benchmark.stats.stats.median, runtime_facts)
+    benchmark.extra_info.update(info)
+    return info
+
+
+def prepare(case: Case, pool: ModelPool, options: RunOptions):
+    """The loaded, guarded model, the prompt, and what the runtime did at this shape before timing."""
+    if case.error is not None:
+        raise Stated("invalid-input", case.error, fail=True)
+    reason = get_format(case.format).unsupported_phase(case.phase) or \
+        get_runtime(case.runtime).unsupported_phase(get_format(case.format), case.phase)
+    if reason:
+        raise Stated("unsupported", reason)
+    try:
+        prepared = pool.get(case.source, case.format, case.runtime)
+    except Unsupported as exc:
+        raise Stated(exc.state, str(exc)) from None
+    except QuantbenchError as exc:  # includes BadCheckpoint
+        raise Stated("invalid-input", exc.line(), fail=True) from None
+    if not prepared.guard.passed:
+        raise Stated("guard-failed", f"correctness guard failed for {case.format}: {prepared.guard.message()}",
+                     fail=True)
+    ids = prompt_ids(case.batch, case.prompt_len, case.source.vocab_size(), options.device)
+    if case.phase != "decode":
+        return prepared, ids, {}
+    try:  # a compiled runtime compiles and checks itself at this exact shape here, before any timing
+        return prepared, ids, prepared.decoder.prepare(ids, case.new_tokens)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise Stated("oom", f"CUDA out of memory while compiling: {str(exc)[:200]}") from None
+    except Unsupported as exc:
+        raise Stated(exc.state, str(exc)) from None
+    except CompileMismatch as exc:
+        raise Stated("guard-failed", str(exc), fail=True) from None
+
+
+def time_case(benchmark, case: Case, prepared, ids, options: RunOptions) -> tuple[list[float], PeakMemory]:
+    """pytest-benchmark's rounds over prefill or decode; warm-up rounds run the same shape, unkept."""
+    device, decoder = options.device, prepared.decoder
+    peak = PeakMemory(device)
+    step_times: list[float] = []
+    calls = {"n": 0}
+
+    def run_prefill():
+        start = time.perf_counter()
+        token = decoder.prefill(ids)
+        synchronize(device)
+        _stretch(start, options.inject_slowdown)
+        return token
+
+    def setup_decode():
+        synchronize(device)
+        state = decoder.start(ids, case.new_tokens)
+        synchronize(device)
+        return (state,), {}
+
+    def run_decode(state):
+        start = time.perf_counter()
+        timer = step_timer(device)
+        out = decoder.decode(state, case.new_tokens, timer)
+        synchronize(device)
+        _stretch(start, options.inject_slowdown)
+        calls["n"] += 1
+        if calls["n"] > options.warmup_rounds:
+            step_times.extend(timer.intervals_s())
+        return out
+
+    peak.reset()
+    try:
+        if case.phase == "prefill":
+            benchmark.pedantic(run_prefill, rounds=options.rounds, warmup_rounds=options.warmup_rounds,
+                               iterations=1)
+        else:
+            benchmark.pedantic(run_decode, setup=setup_decode, rounds=options.rounds,
+                               warmup_rounds=options.warmup_rounds)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise Stated("oom", f"CUDA out of memory: {str(exc)[:200]}") from None
+    except BadCheckpoint as exc:
+        raise Stated("invalid-input", exc.line(), fail=True) from None
+    return step_times, peak
+
+
+def describe(case: Case, prepared, options: RunOptions, peak: PeakMemory, step_times: list[float],
+             median: float, runtime_facts: dict) -> dict:
+    """The case's record: what ran, on what, how fast, with what memory (quantbench.history.record)."""
+    loaded = prepared.loaded
+    info = {
+        **case.params(),
+        "state": "ok",
+        "library": loaded.library,
+        "bits": get_format(case.format).bits,
+        "dtype": str(loaded.dtype).replace("torch.", ""),
+        "device": str(options.device),
+        "checkpoint": prepared.facts.get("checkpoint"),
+        "load_s": loaded.load_s,
+        "peak_memory_bytes": peak.peak_bytes(),
+        "peak_memory_kind": peak.kind,
+        "guard": prepared.guard.as_dict(),
+        **runtime_facts,
+        "stack": stack_versions(),
+        "inject_slowdown": options.inject_slowdown or None,
+        **loaded.facts,
+    }
+    return {**info, **(_prefill_metrics(case, median) if case.phase == "prefill" else
+                       _decode_metrics(case, median, step_times, loaded.facts))}
+
+
+def _prefill_metrics(case: Case, median: float) -> dict:
+    # How history/gate turn each stored round time into the metric (value = work / time).
+    return {"prefill_tokens_per_s": case.batch * case.prompt_len / median, "ttft_s": median,
+            "rate_metrics": {"prefill_tokens_per_s": case.batch * case.prompt_len}, "time_metrics": ["ttft_s"]}
+
+
+def _decode_metrics(case: Case, median: float, step_times: list[float], facts: dict) -> dict:
+    weight_bytes = facts.get("weight_bytes_after_first_forward") or 0
+    return {"decode_tokens_per_s": case.batch * case.new_tokens / median,
+            "rate_metrics": {"decode_tokens_per_s": case.batch * case.new_tokens}, "time_metrics": [],
+            "token_latency_s": percentiles(step_times),
+            # Every decode step reads every weight once (gpt-fast's "achieved bandwidth").
+            "decode_weight_gbps": weight_bytes * case.new_tokens / median / 1e9}

@@ -1,0 +1,44 @@
+"""Cases that end without a number: each recorded with its state and reason (stored in the run's
+JSON), then skipped or failed in one place."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from .cases import Case
+
+
+class StateRecorder:
+    """Cases that did not produce a number, each with its state and reason (stored in the JSON)."""
+
+    def __init__(self):
+        self.records: list[dict] = []
+
+    def add(self, case: Case, state: str, reason: str, nodeid: str = "") -> None:
+        self.records.append({"case": case.id, "nodeid": nodeid, "state": state, "reason": reason,
+                             **case.params()})
+
+    def add_kernel(self, case, state: str, reason: str, nodeid: str = "") -> None:
+        self.records.append({"case": case.id, "nodeid": nodeid, "state": state, "reason": reason,
+                             "suite": "kernels", "kernel": case.kernel, "model": case.model, "shape": case.shape,
+                             "K": case.k, "N": case.n, "M": case.m})
+
+
+class Stated(Exception):
+    """A case that ends without a number: its state and reason are recorded, then it skips or fails."""
+
+    def __init__(self, state: str, reason: str, fail: bool = False):
+        super().__init__(reason)
+        self.state, self.reason, self.fail = state, reason, fail
+
+
+def record_and_end(states: StateRecorder, case, exc: Stated, nodeid: str, kernel: bool = False):
+    """The one place a stated case is recorded and ended: pytest.fail for a wrong result or bad
+    input, pytest.skip for what cannot run here."""
+    (states.add_kernel if kernel else states.add)(case, exc.state, exc.reason, nodeid)
+    if exc.fail:
+        pytest.fail(exc.reason, pytrace=False)
+    pytest.skip(f"{exc.state}: {exc.reason}")

@@ -1,0 +1,171 @@
+"""The declared record: the fields a stored case carries, the schema version, and the migration of
+older files when they are read (in memory; a file on disk is never rewritten; asv's ``update_to_2``).
+
+A run is a pytest-benchmark JSON file. quantbench's part of it: ``machine_info.quantbench`` (the
+environment and signature), a top-level ``quantbench`` section (schema version, stated cases,
+telemetry), and each benchmark's ``extra_info`` (one case's record, the fields below). The runners
+write records through ``declared``, so an undeclared key is an error where it is written, not a
+column a reader silently never finds. Readers use the accessors, not ``.get(...) or {}`` chains.
+"""
+
+from __future__ import annotations
+
+import re
+
+SCHEMA_VERSION = 2
+DEFAULT_RUNTIME = "transformers"  # quantbench.runtimes.DEFAULT (this layer imports no torch)
+
+# One case of the generation suite (bench.runner.describe): what ran, on what, how fast.
+GENERATION = {
+    "model": "spec name, or dir:<name> for a user checkpoint",
+    "format": "what lies on disk and the library that loads it (quantbench formats)",
+    "runtime": "what executed the loaded model (quantbench runtimes): transformers, transformers+compile",
+    "library": "the library that built the model the runtime executes (transformers, autoawq, ...)",
+    "bits": "weight bits of the format; null for 16-bit dense",
+    "batch": "sequences per step", "prompt_len": "prompt tokens", "new_tokens": "decode tokens per round",
+    "phase": "prefill or decode", "state": "ok (a stated case is in the run's states, not here)",
+    "dtype": "activation dtype", "device": "torch device", "checkpoint": "checkpoint folder",
+    "load_s": "checkpoint load time", "peak_memory_bytes": "peak memory over the case's rounds",
+    "peak_memory_kind": "what peak_memory_bytes measures (CUDA allocator or process RSS)",
+    "guard": "the correctness guard's figures (cosine vs the dense reference, bound)",
+    "stack": "library versions at run time", "inject_slowdown": "test only: the injected slowdown",
+    "kernel": "the code path that multiplied by the weights", "linear_classes": "module classes at the projections",
+    "weight_bytes_after_load": "resident weight bytes after load",
+    "weight_bytes_after_first_forward": "resident weight bytes after the first forward (gated: exact)",
+    "device_bytes_after_load": "device memory after load", "device_bytes_after_first_forward": "... after the first forward",
+    "disk_bytes": "checkpoint size on disk",
+    "prefill_tokens_per_s": "batch x prompt / median round time", "ttft_s": "median prefill round time",
+    "decode_tokens_per_s": "batch x new tokens / median round time",
+    "token_latency_s": "per-token latency percentiles (p50/p90/p99) over the kept rounds",
+    "decode_weight_gbps": "weight bytes read per second of decode (every step reads every weight)",
+    "rate_metrics": "metric -> work per round (value = work / round time)",
+    "time_metrics": "metrics that are the round times themselves",
+    "run_round_times_s": "a merged case: each run's round times",
+    # facts a runtime adds
+    "decode_runtime": "how the decode step ran", "compile_s": "torch.compile time at this shape",
+    "compile_graphs": "graphs dynamo made", "compile_graph_breaks": "graph breaks",
+    "compile_break_reason": "the most frequent break's reason", "compile_break_at": "where it broke",
+    "cudagraph_skips": "graphs inductor ran without CUDA graphs", "cudagraph_skip_reason": "why",
+    "compile_cosine": "compiled vs eager logits of one step",
+    # facts a format adds
+    "packed_linears_after_first_forward": "projections still holding packed weights",
+    "dense_linears_after_first_forward": "projections holding dense weights",
+    "still_compressed_after_first_forward": "packed and no dense copy",
+    "ct_dispatch_removed_modules": "compressed-tensors offload dispatch removed from N modules",
+    "ct_forward_wrappers_removed": "compressed-tensors forward wrappers removed",
+    "gptqmodel_backend": "the gptqmodel backend asked for", "kernel_select_s": "gptqmodel's kernel selection time",
+    "gptqmodel_offline": "gptqmodel's offline setting", "gptqmodel_env_undone": "environment gptqmodel set, undone",
+    "gptqmodel_version": "gptqmodel's version",
+}
+# One case of the kernel suite (bench.kernel_runner): one linear kernel at (K, N) x M.
+KERNEL = {
+    "suite": "kernels", "kernel": "the kernel asked for", "path": "the code path it turned out to run",
+    "model": "the spec whose shapes these are", "shape": "which projection(s)", "K": "in features",
+    "N": "out features", "M": "tokens in flight", "state": "ok", "device": "torch device",
+    "bits": "weight bits of the kernel; null for 16-bit dense",
+    "iterations_per_round": "calls per timed round", "time_per_call_s": "median round time / calls",
+    "tflops": "achieved TFLOP/s", "gbps": "achieved GB/s (bytes_moved / time)", "bytes_moved": "the kernel's bytes model",
+    "flops": "2 M K N", "arithmetic_intensity": "flops / bytes_moved",
+    "pct_peak_tflops": "% of the device's TFLOP/s ceiling", "pct_peak_gbps": "% of its bandwidth ceiling",
+    "peaks_source": "where the ceilings came from", "rel_err_vs_fp32": "error against an fp32 matmul",
+    "rel_err_bound": "the bound it must meet", "weight_copies": "weight copies rotated past the cache",
+    "weight_bytes_per_copy": "bytes of one copy", "working_set_bytes": "all copies", "cache_bytes": "last-level cache",
+    "working_set_exceeds_2x_cache": "rotation defeats the cache", "rate_metrics": GENERATION["rate_metrics"],
+    "time_metrics": GENERATION["time_metrics"], "run_round_times_s": GENERATION["run_round_times_s"],
+}
+
+
+def declared(info: dict, fields: dict) -> dict:
+    """``info`` as a record of ``fields``; an undeclared key is a programming error caught at write time."""
+    unknown = sorted(set(info) - set(fields))
+    if unknown:
+        raise ValueError(f"undeclared record field(s) {unknown}: declare them in quantbench.history.record")
+    return info
+
+
+# ----------------------------------------------------------------------------- accessors
+def case_info(bench: dict) -> dict:
+    """A stored benchmark's record (empty for a case cut off inside its rounds)."""
+    return bench.get("extra_info") or {}
+
+
+def section(payload: dict) -> dict:
+    """The run's own section: schema version, stated cases, telemetry, args."""
+    return payload.get("quantbench") or {}
+
+
+def machine(payload: dict) -> dict:
+    """The environment the run measured on: device, versions, signature, git."""
+    return (payload.get("machine_info") or {}).get("quantbench") or {}
+
+
+def commit(payload: dict) -> dict:
+    return payload.get("commit_info") or {}
+
+
+def states(payload: dict) -> list[dict]:
+    return section(payload).get("states") or []
+
+
+# ----------------------------------------------------------------------------- migration
+# A schema-1 generation case id: '<model>-<format>[+compile]-b<batch>-p<prompt>-<phase>', where the
+# runtime was a '+compile' suffix of the format name; schema 2 names the runtime in every id.
+_V1_ID = re.compile(r"^(?P<head>.*?)(?P<compiled>\+compile)?-b(?P<batch>\d+)-p(?P<prompt>\d+)-(?P<phase>prefill|decode)"
+                    r"(?P<tail>\]?)$")
+V1_COMPILED_RUNTIME = "transformers+compile"
+
+
+def _v1_id(name: str | None) -> str | None:
+    """A schema-1 generation case name -> its schema-2 name (the runtime between format and batch)."""
+    found = _V1_ID.match(name or "")
+    if not found:
+        return name
+    runtime = V1_COMPILED_RUNTIME if found["compiled"] else DEFAULT_RUNTIME
+    return (f"{found['head']}-{runtime}-b{found['batch']}-p{found['prompt']}-{found['phase']}{found['tail']}")
+
+
+def _v1_fields(info: dict) -> None:
+    """format 'bf16+compile' -> format 'bf16', runtime 'transformers+compile'; the old 'runtime' field
+    (the library that loaded the model) becomes 'library'."""
+    if "runtime" in info:
+        info["library"] = info.pop("runtime")
+    fmt = info.get("format")
+    if fmt is None:  # a source that could not be read: no format, no runtime
+        info["runtime"] = None
+        return
+    compiled = str(fmt).endswith("+compile")
+    info["format"] = fmt[: -len("+compile")] if compiled else fmt
+    info["runtime"] = V1_COMPILED_RUNTIME if compiled else DEFAULT_RUNTIME
+
+
+def update_to_2(payload: dict) -> dict:
+    """Schema 1 -> 2: the runtime became an axis of its own (a field, and a part of every case id)."""
+    for bench in payload.get("benchmarks", []):
+        info = case_info(bench)
+        if info.get("suite") == "kernels" or not str(bench.get("name", "")).startswith("test_generation["):
+            continue
+        bench["name"], bench["fullname"] = _v1_id(bench.get("name")), _v1_id(bench.get("fullname"))
+        if "format" in info:
+            _v1_fields(info)
+    for state in states(payload):
+        if state.get("suite") == "kernels" or "format" not in state:
+            continue
+        state["case"], state["nodeid"] = _v1_id(state.get("case")), _v1_id(state.get("nodeid"))
+        _v1_fields(state)
+    return payload
+
+
+MIGRATIONS = {1: update_to_2}  # schema version read -> the step to the next one
+
+
+def migrate(payload: dict) -> dict:
+    """An older run brought to SCHEMA_VERSION in memory, step by step; ``migrated_from`` says it was."""
+    version = section(payload)["schema_version"]
+    original = version
+    while version < SCHEMA_VERSION:
+        payload = MIGRATIONS[version](payload)
+        version += 1
+    if original != version:
+        payload["quantbench"]["schema_version"] = version
+        payload["quantbench"]["migrated_from"] = original
+    return payload

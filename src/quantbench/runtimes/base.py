@@ -1,0 +1,73 @@
+"""The runtime interface and registry: what executes a loaded checkpoint, one axis of the case matrix
+beside the format (a case is model x format x runtime x batch x prompt x phase).
+
+A runtime says what it cannot run (a format, a phase) and makes the decoder that prefill and decode
+go through. Adding one is one module with a ``@register`` class and one import in __init__.py.
+"""
+
+from __future__ import annotations
+
+from ..errors import QuantbenchError
+
+RUNTIMES: dict[str, Runtime] = {}
+DEFAULT = "transformers"
+
+
+class Runtime:
+    """One way of executing a loaded model. Subclasses set the class attributes and decoder()."""
+
+    name: str = ""
+    description: str = ""
+    # The suffix that selected this runtime inside a format name before runtimes were an axis
+    # ('bf16+compile'): --qb-formats still takes it, and history files of that time migrate by it.
+    format_suffix: str | None = None
+
+    def unsupported_reason(self, fmt, device) -> str | None:
+        """Why this runtime cannot run ``fmt`` on ``device``, or None. Checked before loading."""
+        return None
+
+    def unsupported_phase(self, fmt, phase: str) -> str | None:
+        """Why this runtime does not measure ``phase`` (prefill/decode) of ``fmt``, or None."""
+        return None
+
+    def decoder(self, model, device, dtype):
+        """The decode runtime over a loaded model: prepare(ids, new_tokens) -> facts,
+        start(ids, new_tokens) -> state, decode(state, n, timer) -> tokens."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"name": self.name, "description": self.description}
+
+
+def register(cls):
+    """Class decorator: adds one instance to RUNTIMES under its name."""
+    instance = cls()
+    if instance.name in RUNTIMES:
+        raise RuntimeError(f"runtime {instance.name!r} registered twice")
+    RUNTIMES[instance.name] = instance
+    return cls
+
+
+def get_runtime(name: str) -> Runtime:
+    if name not in RUNTIMES:
+        raise QuantbenchError(None, f"unknown runtime {name!r}", f"use one of: {', '.join(RUNTIMES)} (or 'all')")
+    return RUNTIMES[name]
+
+
+def parse_runtimes(text: str) -> list[str]:
+    """A comma list of runtime names, or 'all' -> validated names, each once."""
+    names: list[str] = []
+    for token in (t.strip() for t in text.split(",")):
+        for name in (list(RUNTIMES) if token == "all" else [token] if token else []):
+            get_runtime(name)
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def split_format_suffix(name: str) -> tuple[str, str | None]:
+    """'bf16+compile' -> ('bf16', 'transformers+compile'); a name without a runtime suffix -> (name, None)."""
+    for runtime in RUNTIMES.values():
+        if runtime.format_suffix and name.endswith(runtime.format_suffix):
+            return name[: -len(runtime.format_suffix)], runtime.name
+    return name, None

@@ -1,0 +1,66 @@
+"""The eager runtime: transformers' own forward, prefill and decode as small functions (after
+gpt-fast): greedy, KV-cached, no sampling noise."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import DEFAULT, Runtime, register
+
+
+@torch.inference_mode()
+def prefill(model, ids: torch.Tensor):
+    """Run the prompt through the model; returns (kv cache, first generated token)."""
+    out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    next_token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+    return out.past_key_values, next_token
+
+
+@torch.inference_mode()
+def decode_one_token(model, cache, token: torch.Tensor):
+    out = model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return out.past_key_values, out.logits[:, -1].argmax(dim=-1, keepdim=True)
+
+
+@torch.inference_mode()
+def decode_n_tokens(model, cache, token: torch.Tensor, n: int, timer=None) -> torch.Tensor:
+    """Greedy decode of n tokens; ``timer.mark()`` after each step yields per-token latencies."""
+    tokens = []
+    if timer is not None:
+        timer.mark()
+    for _ in range(n):
+        cache, token = decode_one_token(model, cache, token)
+        tokens.append(token)
+        if timer is not None:
+            timer.mark()
+    return torch.cat(tokens, dim=1)
+
+
+class EagerDecoder:
+    """The default runtime: the library's own forward, one call per token, a DynamicCache grown per step."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def prepare(self, ids: torch.Tensor, new_tokens: int) -> dict:
+        return {"decode_runtime": "eager"}
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        """The timed prefill: the prompt through the model, the first generated token."""
+        return prefill(self.model, ids)[1]
+
+    def start(self, ids: torch.Tensor, new_tokens: int):
+        return prefill(self.model, ids)
+
+    def decode(self, state, n: int, timer=None) -> torch.Tensor:
+        cache, token = state
+        return decode_n_tokens(self.model, cache, token, n, timer)
+
+
+@register
+class Transformers(Runtime):
+    name = DEFAULT
+    description = "the model's own eager forward in this process, one call per token, a DynamicCache grown per step"
+
+    def decoder(self, model, device, dtype):
+        return EagerDecoder(model)
