@@ -40,7 +40,7 @@ def test_extra_info_explains_each_number(bench_json):
         if info["phase"] == "decode":
             assert set(info["token_latency_s"]) == {"p50", "p90", "p99"}
     meta = bench_json["machine_info"]["quantbench"]
-    assert meta["schema_version"] == 1 and meta["signature"] and meta["versions"]["torch"]
+    assert meta["schema_version"] == 2 and meta["signature"] and meta["versions"]["torch"]
 
 
 def test_user_checkpoint_of_another_architecture_is_detected_and_benchmarked(tmp_path, monkeypatch):

@@ -98,7 +98,7 @@ def test_pytest_benchmark_compare_reads_the_history(same_commit_pairs):
                           *map(str, base[:2]), "--columns=median,iqr,rounds", "--group-by=name"],
                          capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
-    assert "test_generation[tiny-bf16-b1-p16-decode]" in out.stdout
+    assert "test_generation[tiny-bf16-transformers-b1-p16-decode]" in out.stdout
 
 
 def test_gate_right_after_a_run_with_the_pytest_option(same_commit_pairs):

@@ -71,8 +71,10 @@ def test_gpu_only_kernels_state_why_on_cpu():
 def test_crossover():
     rows = []
     for m, dense, int4 in [(1, 10, 4), (16, 10, 6), (256, 10, 9), (1024, 10, 12), (4096, 10, 15)]:
-        rows += [{"model": "x", "shape": "down", "K": 4096, "N": 4096, "M": m, "kernel": "torch-fp16", "time_s": dense},
-                 {"model": "x", "shape": "down", "K": 4096, "N": 4096, "M": m, "kernel": "awq-gemv", "time_s": int4}]
+        rows += [{"model": "x", "shape": "down", "K": 4096, "N": 4096, "M": m, "kernel": "torch-fp16", "time_s": dense,
+                  "bits": None},
+                 {"model": "x", "shape": "down", "K": 4096, "N": 4096, "M": m, "kernel": "awq-gemv", "time_s": int4,
+                  "bits": 4}]
     table = crossover(pd.DataFrame(rows))
     row = table.iloc[0]
     assert row["crossover_M"] == 1024 and row["best_M"] == 1 and row["best_speedup"] == pytest.approx(2.5)

@@ -34,6 +34,7 @@ def bench(fmt, batch, phase, tps, scale=1.0):
             "stats": {"median": seconds, "data": [seconds] * 5, "rounds": 5},
             "extra_info": {"model": "m", "format": fmt, "batch": batch, "prompt_len": 128, "new_tokens": new,
                            "phase": phase, "state": "ok", metric: tps * scale, "kernel": kernel,
+                           "bits": None if fmt == "bf16" else 4, "display_order": list(WEIGHTS).index(fmt),
                            "weight_bytes_after_load": load, "weight_bytes_after_first_forward": after,
                            "peak_memory_bytes": after + 10 * MIB, "peak_memory_kind": "cuda_max_allocated",
                            "disk_bytes": load, "load_s": 1.0, "rate_metrics": {metric: batch * new},
@@ -146,8 +147,8 @@ def test_naive_kernel_is_a_fallback_only_where_the_library_picked_it():
 
 def test_quantization_stops_paying():
     speed = pd.DataFrame({1: [1.0, 2.0], 8: [1.0, 1.2], 32: [1.0, 0.8], 64: [1.0, 0.7]}, index=["bf16", "awq-gemm"])
-    assert findings.quantization_stops_paying(speed) == 32
-    assert findings.quantization_stops_paying(speed.drop(columns=[32, 64])) == "never"
+    assert findings.quantization_stops_paying(speed, {"awq-gemm"}) == 32
+    assert findings.quantization_stops_paying(speed.drop(columns=[32, 64]), {"awq-gemm"}) == "never"
 
 
 def test_report_layer_needs_no_torch():

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .. import kernels
+from ..history import record
 from ..history.ceilings import percent
 from ..measure import synchronize
 from ..specs import load_spec
@@ -149,7 +150,7 @@ def _describe(case: KernelCase, kernel, prepared, device, peaks: dict, t: float,
     tflops, gbps = work / t / 1e12, moved / t / 1e9
     dtype = str(kernel.dtype).replace("torch.", "")
     peak_tflops = (peaks.get("tflops") or {}).get(dtype)
-    return {
+    return record.declared({
         "suite": "kernels", "kernel": case.kernel, "model": case.model, "shape": case.shape,
         "K": case.k, "N": case.n, "M": case.m, "state": "ok", "path": prepared.path, "device": str(device),
         "iterations_per_round": iters, "time_per_call_s": t, "tflops": tflops, "gbps": gbps,
@@ -160,5 +161,6 @@ def _describe(case: KernelCase, kernel, prepared, device, peaks: dict, t: float,
         "working_set_bytes": len(copies) * prepared.weight_bytes, "cache_bytes": llc,
         "working_set_exceeds_2x_cache": len(copies) * prepared.weight_bytes > 2 * llc,
         "rate_metrics": {"tflops": work * iters / 1e12, "gbps": moved * iters / 1e9},
-        "time_metrics": [],
-    }
+        "time_metrics": [], "bits": kernel.bits,
+        "display_order": kernel.display_order,
+    }, record.KERNEL)

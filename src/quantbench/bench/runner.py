@@ -11,6 +11,7 @@ import torch
 from ..environment import stack_versions
 from ..errors import BadCheckpoint, QuantbenchError, Unsupported
 from ..formats import get_format
+from ..history import record
 from ..measure import PeakMemory, step_timer, synchronize
 from ..runtimes import get_runtime
 from ..runtimes.compiled import CompileMismatch
@@ -146,6 +147,7 @@ def describe(case: Case, prepared, options: RunOptions, peak: PeakMemory, step_t
         "state": "ok",
         "library": loaded.library,
         "bits": get_format(case.format).bits,
+        "display_order": get_format(case.format).display_order,
         "dtype": str(loaded.dtype).replace("torch.", ""),
         "device": str(options.device),
         "checkpoint": prepared.facts.get("checkpoint"),
@@ -158,8 +160,9 @@ def describe(case: Case, prepared, options: RunOptions, peak: PeakMemory, step_t
         "inject_slowdown": options.inject_slowdown or None,
         **loaded.facts,
     }
-    return {**info, **(_prefill_metrics(case, median) if case.phase == "prefill" else
-                       _decode_metrics(case, median, step_times, loaded.facts))}
+    metrics = (_prefill_metrics(case, median) if case.phase == "prefill" else
+               _decode_metrics(case, median, step_times, loaded.facts))
+    return record.declared({**info, **metrics}, record.GENERATION)
 
 
 def _prefill_metrics(case: Case, median: float) -> dict:

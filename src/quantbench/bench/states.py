@@ -18,13 +18,17 @@ class StateRecorder:
         self.records: list[dict] = []
 
     def add(self, case: Case, state: str, reason: str, nodeid: str = "") -> None:
+        from ..formats import get_format
+        fmt = get_format(case.format) if case.format else None
         self.records.append({"case": case.id, "nodeid": nodeid, "state": state, "reason": reason,
-                             **case.params()})
+                             **case.params(), "bits": fmt.bits if fmt else None,
+                             "display_order": fmt.display_order if fmt else None})
 
     def add_kernel(self, case, state: str, reason: str, nodeid: str = "") -> None:
         self.records.append({"case": case.id, "nodeid": nodeid, "state": state, "reason": reason,
                              "suite": "kernels", "kernel": case.kernel, "model": case.model, "shape": case.shape,
-                             "K": case.k, "N": case.n, "M": case.m})
+                             "K": case.k, "N": case.n, "M": case.m,
+                             "bits": _kernel(case.kernel).bits, "display_order": _kernel(case.kernel).display_order})
 
 
 class Stated(Exception):
@@ -42,3 +46,8 @@ def record_and_end(states: StateRecorder, case, exc: Stated, nodeid: str, kernel
     if exc.fail:
         pytest.fail(exc.reason, pytrace=False)
     pytest.skip(f"{exc.state}: {exc.reason}")
+
+
+def _kernel(name: str):
+    from ..kernels import KERNELS
+    return KERNELS[name]

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import torch
 
 from ..errors import BadCheckpoint
-from .base import Format, builder, check_loading_info, dtype_kwargs, register
+from .base import Format, builder, check_loading_info, detects, dtype_kwargs, register
 
 AWQ_GROUP_SIZES = (32, 64, 128)
 
@@ -163,6 +163,17 @@ class AWQGemmFused(_AWQ):
 
     def kernel(self, model, device):
         return "awq_ext fused (gemm_forward_cuda + fused attention/norm)"
+
+
+@detects("awq")
+def awq_kind(config_path: Path, qc: dict) -> str:
+    """An AutoAWQ checkpoint: awq-gemm or awq-gemv, by its version."""
+    read_awq_config(config_path.parent)
+    version = str(qc.get("version", "gemm")).lower()
+    if version not in ("gemm", "gemv"):
+        raise BadCheckpoint(config_path, f"unsupported AWQ version {version!r}",
+                            "quantbench runs AWQ 'gemm' and 'gemv' checkpoints")
+    return f"awq-{version}"
 
 
 # ----------------------------------------------------------------------------- building

@@ -20,6 +20,9 @@ from ..measure import current_bytes, resident_weight_bytes, synchronize
 
 FORMATS: dict[str, "Format"] = {}
 BUILDERS: dict[str, Callable] = {}
+# config.json quant_method -> detect(config_path, quantization_config) -> checkpoint kind; each format
+# family declares the method it reads (``@detects``), so --model-dir detection has no list of its own.
+DETECTORS: dict[str, Callable] = {}
 
 
 @dataclass
@@ -41,7 +44,8 @@ class Format:
     library: str = ""             # which library loads it
     # Why a runtime that brings its own KV cache (a StaticCache) cannot run this format, or None.
     own_kv_cache: str | None = None
-    bits: int | None = None       # weight bits; None = 16-bit dense
+    bits: int | None = None       # weight bits; None = 16-bit dense (so: not quantized)
+    display_order: int = 99       # position in the guide's tables and its color (set by @register)
     dtype: torch.dtype = torch.float16
     description: str = ""
 
@@ -102,17 +106,27 @@ class Format:
 
     def describe(self) -> dict:
         return {"name": self.name, "checkpoint": self.checkpoint, "library": self.library,
+                "display_order": self.display_order,
                 "bits": self.bits, "dtype": str(self.dtype).replace("torch.", ""),
                 "min_cosine": self.min_cosine, "description": self.description}
 
 
 def register(cls):
-    """Class decorator: adds one instance to FORMATS under its name."""
+    """Class decorator: adds one instance to FORMATS under its name; registry order is display order."""
     instance = cls()
     if instance.name in FORMATS:
         raise RuntimeError(f"format {instance.name!r} registered twice")
+    instance.display_order = len(FORMATS)
     FORMATS[instance.name] = instance
     return cls
+
+
+def detects(quant_method: str):
+    """Function decorator: reads a checkpoint whose config.json names this quant_method."""
+    def wrap(fn):
+        DETECTORS[quant_method] = fn
+        return fn
+    return wrap
 
 
 def builder(checkpoint: str):

@@ -218,27 +218,9 @@ def detect_checkpoint(path: str | Path) -> DetectedCheckpoint:
     if not qc:
         return DetectedCheckpoint(path, "dense", formats_for_kind("dense"), None)
     method = str(qc.get("quant_method", "")).lower()
-    if method == "awq":
-        from .autoawq import read_awq_config
-        read_awq_config(path)
-        version = str(qc.get("version", "gemm")).lower()
-        if version not in ("gemm", "gemv"):
-            raise BadCheckpoint(config_path, f"unsupported AWQ version {version!r}",
-                                "quantbench runs AWQ 'gemm' and 'gemv' checkpoints")
-        kind = f"awq-{version}"
-    elif method == "compressed-tensors":
-        from .compressed_tensors import read_ct_weights_args
-        weights = read_ct_weights_args(path)
-        if weights.get("type") == "float" and weights.get("num_bits") == 8:
-            kind = "ct-fp8"
-        elif weights.get("type", "int") == "int" and weights.get("num_bits") == 4:
-            kind = "ct-w4a16"
-        elif weights.get("type", "int") == "int" and weights.get("num_bits") == 8:
-            kind = "ct-w8a16"
-        else:
-            raise BadCheckpoint(config_path, f"unsupported compressed-tensors weights {weights}",
-                                "quantbench runs int4, int8 and fp8 weight schemes")
-    else:
+    from .base import DETECTORS
+    if method not in DETECTORS:
         raise BadCheckpoint(config_path, f"unknown quant_method {qc.get('quant_method')!r}",
-                            "quantbench detects 'awq' and 'compressed-tensors' (or none for dense)")
+                            f"quantbench detects {' and '.join(map(repr, DETECTORS))} (or none for dense)")
+    kind = DETECTORS[method](config_path, qc)
     return DetectedCheckpoint(path, kind, formats_for_kind(kind), method)

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ..errors import BadCheckpoint
-from .base import Format, builder, dtype_kwargs, from_pretrained_strict, register
+from .base import Format, builder, detects, dtype_kwargs, from_pretrained_strict, register
 
 CT_GROUP_SIZES = (32, 64, 128, None)
 
@@ -51,11 +51,30 @@ def read_ct_weights_args(ckpt_dir: Path) -> dict:
     if not groups:
         raise BadCheckpoint(path, "compressed-tensors quantization_config has no config_groups",
                             "re-export the checkpoint with llm-compressor or compressed-tensors")
-    weights = next(iter(groups.values())).get("weights") or {}
+    group = next(iter(groups.values()))
+    weights = group.get("weights") or {}
     if weights.get("strategy") == "group" and weights.get("group_size") not in CT_GROUP_SIZES:
         raise BadCheckpoint(path, f"unsupported compressed-tensors group_size {weights.get('group_size')}",
                             "use group_size 32, 64 or 128")
-    return {"format": qc.get("format"), **weights}
+    return {"format": qc.get("format"), "input_activations": group.get("input_activations"), **weights}
+
+
+@detects("compressed-tensors")
+def ct_kind(config_path: Path, qc: dict) -> str:
+    """A compressed-tensors checkpoint: its scheme's weight type and bits, and whether activations
+    are quantized too (W8A8), name the kind."""
+    weights = read_ct_weights_args(config_path.parent)
+    acts, kind = weights.get("input_activations") or {}, None
+    if weights.get("type") == "float" and weights.get("num_bits") == 8:
+        kind = "ct-fp8"
+    elif weights.get("type", "int") == "int" and weights.get("num_bits") == 8:
+        kind = "ct-w8a8" if acts.get("type", "int") == "int" and acts.get("num_bits") == 8 else "ct-w8a16"
+    elif weights.get("type", "int") == "int" and weights.get("num_bits") == 4 and not acts:
+        kind = "ct-w4a16"
+    if kind is None:
+        raise BadCheckpoint(config_path, f"unsupported compressed-tensors scheme (weights {weights})",
+                            "quantbench runs W4A16, W8A16, W8A8 int8 and FP8 schemes")
+    return kind
 
 
 class _CT(Format):
@@ -205,6 +224,17 @@ class CTFP8(_CT):
     min_cosine = 0.985
 
 
+@register
+class CTW8A8(_CT):
+    name = "ct-w8a8"
+    checkpoint = "ct-w8a8"
+    bits = 8
+    description = ("compressed-tensors W8A8 int8 (per-channel weights, dynamic per-token int8 activations, "
+                   "int-quantized)")
+    # Activations are rounded to int8 per token too (measured: see docs/formats.md).
+    min_cosine = 0.985
+
+
 # ----------------------------------------------------------------------------- building
 def _scheme(kind: str):
     from compressed_tensors.quantization import preset_name_to_scheme
@@ -213,6 +243,8 @@ def _scheme(kind: str):
         "ct-w4a16": (preset_name_to_scheme("W4A16", ["Linear"]), "pack-quantized"),
         "ct-w8a16": (preset_name_to_scheme("W8A16", ["Linear"]), "pack-quantized"),
         "ct-fp8": (preset_name_to_scheme("FP8_DYNAMIC", ["Linear"]), "float-quantized"),
+        # int8 per-channel weights, dynamic per-token int8 activations: the int8 path engines run natively
+        "ct-w8a8": (preset_name_to_scheme("W8A8", ["Linear"]), "int-quantized"),
     }[kind]
 
 
@@ -271,5 +303,5 @@ def _build(kind):
     return build
 
 
-for _kind in ("ct-w4a16", "ct-w8a16", "ct-fp8"):
+for _kind in ("ct-w4a16", "ct-w8a16", "ct-fp8", "ct-w8a8"):
     builder(_kind)(_build(_kind))

@@ -235,6 +235,13 @@ class AWQGemmTransformersGemm(_AWQTransformers):
 
 
 @register
+class AWQGemvTransformers(_AWQTransformers):
+    name, backend = "awq-gemv-hf", "gemv"
+    checkpoint, checkpoint_format = "awq-gemv", "gemv"
+    description = "AWQ GEMV checkpoint, transformers + AutoAWQ's GEMV CUDA kernel as gptqmodel builds it"
+
+
+@register
 class AWQGemmTransformersTriton(_AWQTransformers):
     name, backend = "awq-gemm-hf-triton", "gemm_triton"
     description = "AWQ GEMM checkpoint, transformers + gptqmodel's Triton AWQ GEMM"
@@ -250,10 +257,3 @@ class AWQGemmTransformersMarlin(_AWQTransformers):
 class AWQGemmTransformersMachete(_AWQTransformers):
     name, backend = "awq-gemm-hf-machete", "machete"
     description = "AWQ GEMM checkpoint, transformers + gptqmodel's Machete kernel (Hopper, CUTLASS)"
-
-
-@register
-class AWQGemvTransformers(_AWQTransformers):
-    name, backend = "awq-gemv-hf", "gemv"
-    checkpoint, checkpoint_format = "awq-gemv", "gemv"
-    description = "AWQ GEMV checkpoint, transformers + AutoAWQ's GEMV CUDA kernel as gptqmodel builds it"

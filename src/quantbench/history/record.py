@@ -21,7 +21,8 @@ GENERATION = {
     "format": "what lies on disk and the library that loads it (quantbench formats)",
     "runtime": "what executed the loaded model (quantbench runtimes): transformers, transformers+compile",
     "library": "the library that built the model the runtime executes (transformers, autoawq, ...)",
-    "bits": "weight bits of the format; null for 16-bit dense",
+    "bits": "weight bits of the format; null for 16-bit dense (not quantized)",
+    "display_order": "the format's position in the guide's tables, and its color (registry order)",
     "batch": "sequences per step", "prompt_len": "prompt tokens", "new_tokens": "decode tokens per round",
     "phase": "prefill or decode", "state": "ok (a stated case is in the run's states, not here)",
     "dtype": "activation dtype", "device": "torch device", "checkpoint": "checkpoint folder",
@@ -62,7 +63,7 @@ KERNEL = {
     "suite": "kernels", "kernel": "the kernel asked for", "path": "the code path it turned out to run",
     "model": "the spec whose shapes these are", "shape": "which projection(s)", "K": "in features",
     "N": "out features", "M": "tokens in flight", "state": "ok", "device": "torch device",
-    "bits": "weight bits of the kernel; null for 16-bit dense",
+    "bits": "weight bits of the kernel; null for 16-bit dense", "display_order": GENERATION["display_order"],
     "iterations_per_round": "calls per timed round", "time_per_call_s": "median round time / calls",
     "tflops": "achieved TFLOP/s", "gbps": "achieved GB/s (bytes_moved / time)", "bytes_moved": "the kernel's bytes model",
     "flops": "2 M K N", "arithmetic_intensity": "flops / bytes_moved",
@@ -124,6 +125,24 @@ def _v1_id(name: str | None) -> str | None:
     return (f"{found['head']}-{runtime}-b{found['batch']}-p{found['prompt']}-{found['phase']}{found['tail']}")
 
 
+# What schema 1 did not store, as quantbench knew it then: each format's and kernel's weight bits
+# (None: dense) in the guide's order (the report's name lists of that time, frozen here).
+V1_FORMATS = {"bf16": None, "fp16": None, "awq-gemm": 4, "awq-gemv": 4, "awq-gemm-fused": 4, "awq-gemm-hf": 4,
+              "awq-gemm-hf-torch": 4, "awq-gemm-hf-gemm": 4, "awq-gemv-hf": 4, "awq-gemm-hf-triton": 4,
+              "awq-gemm-hf-marlin": 4, "awq-gemm-hf-machete": 4, "ct-w4a16": 4, "ct-w4a16-dequant": 4,
+              "ct-w4a16-nodispatch": 4, "ct-w4a16-bare": 4, "ct-w8a16": 8, "ct-fp8": 8}
+V1_KERNELS = {"torch-bf16": None, "torch-fp16": None, "awq-gemm-awq_ext": 4, "awq-gemm-triton": 4,
+              "awq-gemm-naive": 4, "awq-gemv": 4, "ct-w4a16": 4, "fp8-scaled-mm": 8, "awq-hf-aten": 4,
+              "awq-hf-torch": 4, "awq-hf-gemm": 4, "awq-hf-gemv": 4, "awq-hf-triton": 4, "awq-hf-marlin": 4,
+              "awq-hf-machete": 4}
+
+
+def _v1_metadata(info: dict, known: dict, name) -> None:
+    if name in known:
+        info.setdefault("bits", known[name])
+        info.setdefault("display_order", list(known).index(name))
+
+
 def _v1_fields(info: dict) -> None:
     """format 'bf16+compile' -> format 'bf16', runtime 'transformers+compile'; the old 'runtime' field
     (the library that loaded the model) becomes 'library'."""
@@ -136,18 +155,24 @@ def _v1_fields(info: dict) -> None:
     compiled = str(fmt).endswith("+compile")
     info["format"] = fmt[: -len("+compile")] if compiled else fmt
     info["runtime"] = V1_COMPILED_RUNTIME if compiled else DEFAULT_RUNTIME
+    _v1_metadata(info, V1_FORMATS, info["format"])
 
 
 def update_to_2(payload: dict) -> dict:
-    """Schema 1 -> 2: the runtime became an axis of its own (a field, and a part of every case id)."""
+    """Schema 1 -> 2: the runtime became an axis of its own (a field, and a part of every case id); a
+    case names its weight bits and display order."""
     for bench in payload.get("benchmarks", []):
         info = case_info(bench)
+        if info.get("suite") == "kernels":
+            _v1_metadata(info, V1_KERNELS, info.get("kernel"))
         if info.get("suite") == "kernels" or not str(bench.get("name", "")).startswith("test_generation["):
             continue
         bench["name"], bench["fullname"] = _v1_id(bench.get("name")), _v1_id(bench.get("fullname"))
         if "format" in info:
             _v1_fields(info)
     for state in states(payload):
+        if state.get("suite") == "kernels":
+            _v1_metadata(state, V1_KERNELS, state.get("kernel"))
         if state.get("suite") == "kernels" or "format" not in state:
             continue
         state["case"], state["nodeid"] = _v1_id(state.get("case")), _v1_id(state.get("nodeid"))

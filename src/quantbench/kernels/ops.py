@@ -88,7 +88,8 @@ class Prepared:
 
 class Kernel:
     name = ""
-    bits: int | None = None
+    bits: int | None = None        # weight bits; None = 16-bit dense (the crossover compares bits 4 with it)
+    display_order: int = 99
     dtype = torch.float16
 
     def unsupported_reason(self, device: torch.device) -> str | None:
@@ -322,6 +323,8 @@ KERNELS: dict[str, Kernel] = {k.name: k for k in (
     GptqAWQ("aten", "awq_torch_aten"), GptqAWQ("torch", "awq_torch"), GptqAWQ("gemm", "awq_gemm"),
     GptqAWQ("gemv", "awq_gemv", version="gemv"), GptqAWQ("triton", "awq_gemm_triton"),
     GptqAWQ("marlin", "awq_marlin"), GptqAWQ("machete", "awq_machete"))}
+for _order, _kernel in enumerate(KERNELS.values()):
+    _kernel.display_order = _order  # registry order is the guide's order and color
 DENSE_BASELINE = "torch-fp16"
 
 

@@ -6,12 +6,6 @@ import pandas as pd
 
 from ..history import record
 
-INT4_KERNELS = ("awq-gemm-awq_ext", "awq-gemm-triton", "awq-gemm-naive", "awq-gemv", "ct-w4a16",
-                # the same AWQ weights through gptqmodel's kernels (transformers 5.x's AWQ runtime)
-                "awq-hf-aten", "awq-hf-torch", "awq-hf-gemm", "awq-hf-gemv", "awq-hf-triton", "awq-hf-marlin",
-                "awq-hf-machete")
-
-
 def crossover(frame: pd.DataFrame, baseline: str = "torch-fp16") -> pd.DataFrame:
     """For each (model, shape, int4 kernel): the smallest M from which the kernel is no faster than the
     dense baseline at every larger M measured. ``frame`` columns: shape, K, N, M, kernel, time_s.
@@ -19,7 +13,8 @@ def crossover(frame: pd.DataFrame, baseline: str = "torch-fp16") -> pd.DataFrame
     'never' = the int4 kernel wins at every M measured; the smallest M = it never wins."""
     rows = []
     dense = {(r.model, r.shape, r.M): r.time_s for r in frame[frame["kernel"] == baseline].itertuples()}
-    for (model, shape, kernel), group in frame[frame["kernel"].isin(INT4_KERNELS)].groupby(["model", "shape", "kernel"]):
+    int4 = frame["bits"] == 4 if "bits" in frame else pd.Series(False, index=frame.index)  # each kernel names its bits
+    for (model, shape, kernel), group in frame[int4].groupby(["model", "shape", "kernel"]):
         group = group.sort_values("M")
         wins = []
         for _, row in group.iterrows():
@@ -52,5 +47,5 @@ def kernel_frame(benchmarks: list[dict]) -> pd.DataFrame:
         rows.append({"model": info["model"], "shape": info["shape"], "K": info["K"], "N": info["N"], "M": info["M"], "kernel": info["kernel"],
                      "time_s": info["time_per_call_s"], "tflops": info["tflops"], "gbps": info["gbps"],
                      "pct_peak_tflops": info.get("pct_peak_tflops"), "pct_peak_gbps": info.get("pct_peak_gbps"),
-                     "intensity": info["arithmetic_intensity"]})
+                     "intensity": info["arithmetic_intensity"], "bits": info.get("bits")})
     return pd.DataFrame(rows)

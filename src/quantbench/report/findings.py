@@ -5,7 +5,6 @@ from __future__ import annotations
 import pandas as pd
 
 BASELINE = "bf16"
-QUANTIZED_PREFIXES = ("awq", "ct-")
 COMPILED = "+compile"  # the series-name suffix of the transformers+compile runtime
 DEFAULT_RUNTIME = "transformers"  # quantbench.runtimes.DEFAULT (this layer reads history only, no torch)
 
@@ -47,8 +46,12 @@ WITHOUT_DISPATCH = {"ct-w4a16": (("ct-w4a16-nodispatch", "without it"),
                                  ("ct-w4a16-bare", "without its forward wrappers too"))}
 
 
-def is_quantized(fmt: str) -> bool:
-    return str(fmt).startswith(QUANTIZED_PREFIXES)
+def quantized_formats(frame: pd.DataFrame) -> set[str]:
+    """The series whose records name weight bits (a dense format's bits are null): each format says
+    whether it is quantized, the report keeps no list of names."""
+    if frame.empty or "bits" not in frame:
+        return set()
+    return set(frame.loc[frame["bits"].notna(), "format"])
 
 
 def decode_table(gen: pd.DataFrame, model: str, prompt_len: int) -> pd.DataFrame:
@@ -93,10 +96,10 @@ def fastest_by_batch(table: pd.DataFrame) -> list[tuple[int, int, str]]:
     return [tuple(r) for r in runs]
 
 
-def quantization_stops_paying(speedups: pd.DataFrame) -> int | None | str:
+def quantization_stops_paying(speedups: pd.DataFrame, quantized: set[str]) -> int | None | str:
     """Smallest batch from which no quantized format beats bf16 at any larger batch measured;
     'never' if some quantized format still wins at the largest batch; None without data."""
-    quant = speedups[[is_quantized(f) for f in speedups.index]]
+    quant = speedups[[f in quantized for f in speedups.index]]
     if quant.empty:
         return None
     best = quant.max(axis=0).sort_index()
@@ -183,10 +186,11 @@ def flags(gen: pd.DataFrame) -> list[str]:
     """The seed's failure modes, found automatically."""
     out = []
     ok = gen[gen["state"] == "ok"] if "state" in gen else gen
+    quantized = quantized_formats(ok)
     for (model, prompt), rows in ok.groupby(["model", "prompt_len"]):
         speed = speedup_table(ok, model, prompt, "decode")
         for fmt in speed.index:
-            if not is_quantized(fmt):
+            if fmt not in quantized:
                 continue
             slower = speed.loc[fmt][speed.loc[fmt] < 1.0].dropna()
             if len(slower):
@@ -203,7 +207,7 @@ def flags(gen: pd.DataFrame) -> list[str]:
             continue
         dense = by_format.loc[BASELINE, "weight_bytes_after_first_forward"]
         for fmt, row in by_format.iterrows():
-            if is_quantized(fmt) and row["weight_bytes_after_first_forward"] >= 0.9 * dense:
+            if fmt in quantized and row["weight_bytes_after_first_forward"] >= 0.9 * dense:
                 out.append(f"NO MEMORY SAVING: {model}: {fmt} holds {row['weight_bytes_after_first_forward'] / 2**20:.1f} "
                            f"MiB of weights after the first forward vs {dense / 2**20:.1f} MiB for bf16 "
                            f"({row['weight_bytes_after_load'] / 2**20:.1f} MiB right after load)")

@@ -23,12 +23,10 @@ from ..history import (
 )
 from . import findings  # noqa: E402
 
-FORMAT_ORDER = ["bf16", "fp16", "awq-gemm", "awq-gemv", "awq-gemm-fused", "awq-gemm-hf", "awq-gemm-hf-torch",
-                "awq-gemm-hf-gemm", "awq-gemv-hf", "awq-gemm-hf-triton", "awq-gemm-hf-marlin", "awq-gemm-hf-machete",
-                "ct-w4a16", "ct-w4a16-dequant", "ct-w4a16-nodispatch", "ct-w4a16-bare", "ct-w8a16", "ct-fp8"]
-KERNEL_ORDER = ["torch-bf16", "torch-fp16", "awq-gemm-awq_ext", "awq-gemm-triton", "awq-gemm-naive", "awq-gemv",
-                "ct-w4a16", "fp8-scaled-mm", "awq-hf-aten", "awq-hf-torch", "awq-hf-gemm", "awq-hf-gemv",
-                "awq-hf-triton", "awq-hf-marlin", "awq-hf-machete"]
+# name -> display order, read from the records being rendered: each format and kernel names its own
+# (its registry position), so a new one needs no list here. Kept for the signature being rendered.
+_FORMAT_ORDER: dict[str, int] = {}
+_KERNEL_ORDER: dict[str, int] = {}
 # 20 colors, the ten strong hues first, then their light partners: up to 20 formats never share one.
 _PALETTE = [plt.get_cmap("tab20").colors[i] for i in (*range(0, 20, 2), *range(1, 20, 2))]
 
@@ -37,8 +35,8 @@ def color(name: str) -> tuple:
     """One color per format/kernel across every chart of every report (a compiled variant shares
     its format's color and is drawn dashed)."""
     name = findings.eager_name(name)
-    order = FORMAT_ORDER if name in FORMAT_ORDER else KERNEL_ORDER
-    index = order.index(name) if name in order else zlib.crc32(name.encode())  # hash() differs per process
+    index = _FORMAT_ORDER.get(name, _KERNEL_ORDER.get(name))
+    index = index if index is not None else zlib.crc32(name.encode())  # hash() differs per process
     return _PALETTE[index % len(_PALETTE)]
 
 
@@ -58,10 +56,20 @@ def _save(fig, out_dir: Path, stem: str) -> str:
     return f"{stem}.png"
 
 
+def remember_order(gen: pd.DataFrame, kern: pd.DataFrame) -> None:
+    """The display order the records name, for this signature's tables and colors."""
+    _FORMAT_ORDER.clear()
+    _KERNEL_ORDER.clear()
+    for frame, column, order in ((gen, "format", _FORMAT_ORDER), (kern, "kernel", _KERNEL_ORDER)):
+        if "display_order" in frame and column in frame:
+            known = frame[frame["display_order"].notna()]
+            order.update({findings.eager_name(n): int(o) for n, o in zip(known[column], known["display_order"])})
+
+
 def _sorted_formats(names) -> list[str]:
     def key(name):
         eager = findings.eager_name(name)
-        return (FORMAT_ORDER.index(eager) if eager in FORMAT_ORDER else 99, eager, findings.runtime_suffix(name))
+        return (_FORMAT_ORDER.get(eager, 99), eager, findings.runtime_suffix(name))
     return sorted(names, key=key)
 
 
@@ -152,7 +160,7 @@ def chart_memory(gen: pd.DataFrame, model: str, out_dir: Path) -> str:
 def chart_roofline(kern: pd.DataFrame, model: str, ceilings: dict | None, out_dir: Path) -> str:
     rows = kern[kern["model"] == model]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
-    for kernel in [k for k in KERNEL_ORDER if k in set(rows["kernel"])]:
+    for kernel in sorted(set(rows["kernel"]), key=lambda k: (_KERNEL_ORDER.get(k, 99), k)):
         sub = rows[rows["kernel"] == kernel]
         axes[0].scatter(sub["intensity"], sub["tflops"], s=14, label=kernel, color=color(kernel))
         for shape, per_shape in sub.groupby("shape"):
@@ -318,6 +326,7 @@ def render_signature(paths: list[Path], out_dir: Path, thresholds: gate.Threshol
     frame = findings.with_series_names(history.load_frame(paths))
     is_kernel = frame.get("suite", pd.Series(index=frame.index, dtype=object)) == "kernels"
     gen_all, kern_all = frame[~is_kernel], frame[is_kernel]
+    remember_order(gen_all, kern_all)
     gen_files = [f for f in gen_all["file"].unique() if (gen_all[gen_all["file"] == f]["state"] == "ok").any()]
     kern_files = [f for f in kern_all["file"].unique() if (kern_all[kern_all["file"] == f]["state"] == "ok").any()]
     gen = gen_all[gen_all["file"] == gen_files[-1]] if gen_files else gen_all[:0]
@@ -346,7 +355,8 @@ def render_signature(paths: list[Path], out_dir: Path, thresholds: gate.Threshol
             table = findings.decode_table(ok, model, prompt)
             ranges = findings.fastest_by_batch(table)
             desc = "; ".join(f"batch {a}" + (f"-{b}" if b != a else "") + f": **{fmt}**" for a, b, fmt in ranges)
-            stops = findings.quantization_stops_paying(findings.speedup_table(ok, model, prompt))
+            stops = findings.quantization_stops_paying(findings.speedup_table(ok, model, prompt),
+                                                       findings.quantized_formats(ok))
             stop_text = ("no quantized format measured" if stops is None else
                          "a quantized format still beats bf16 at the largest batch measured" if stops == "never"
                          else f"from batch {stops} on, no quantized format beats bf16")
