@@ -236,3 +236,13 @@ def test_tied_embeddings_and_the_rtn_fast_path_load_and_pass_the_guard(tmp_path,
         assert guard.compared == "hidden state after layer 2"
         assert guard.cosine_vs_fakequant is not None and guard.cosine_vs_fakequant > 0.9999  # exact on CPU
     pool.release()
+
+
+def test_a_w8a8_checkpoint_is_told_from_w8a16_by_its_activation_scheme(tiny_checkpoints):
+    from quantbench.formats.checkpoints import checkpoint_dir, detect_checkpoint
+    from quantbench.specs import load_spec
+    tiny = load_spec("tiny")
+    w8a8 = detect_checkpoint(checkpoint_dir(tiny, "ct-w8a8"))
+    assert (w8a8.kind, w8a8.formats, w8a8.quant_method) == ("ct-w8a8", ("ct-w8a8",), "compressed-tensors")
+    assert detect_checkpoint(checkpoint_dir(tiny, "ct-w8a16")).kind == "ct-w8a16"
+    assert get_format("ct-w8a8").bits == 8 and get_format("ct-w8a8").display_order == len(FORMATS) - 1
