@@ -12,9 +12,13 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import nox
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))  # the side-by-side runner (standard library only)
+from quantbench.side_by_side import Command, run_side_by_side
 
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
@@ -68,7 +72,8 @@ def run_benchmarks(session: nox.Session, out: str, *extra: str) -> None:
     """Generation and kernel suites in one pytest run, stored in the history and as out/bench.json."""
     os.makedirs(out, exist_ok=True)
     session.run("pytest", "benchmarks/test_generation.py", "benchmarks/test_kernels.py", "-p", "no:cacheprovider",
-                f"--benchmark-json={out}/bench.json", f"--qb-history={HISTORY}", "--benchmark-columns=median,iqr,rounds",
+                f"--benchmark-json={out}/bench.json", f"--qb-history={HISTORY}",
+                "--benchmark-columns=median,iqr,rounds",
                 "--benchmark-sort=name", *extra, *session.posargs)
 
 
@@ -195,18 +200,14 @@ def gate(session: nox.Session) -> None:
                     session.run(*command(side, out), env=side_env(side), external=True)
                 runs[side].append(str(out))
             return
-        cores = sorted(os.sched_getaffinity(0))
-        procs = []
-        for slot, side in enumerate(order):
-            out, log = work / f"{side}-{index}.json", work / f"{side}-{index}.log"
-            with open(log, "w") as sink:
-                procs.append((side, out, log, subprocess.Popen(
-                    command(side, out), cwd=trees[side], env=side_env(side), stdout=sink, stderr=subprocess.STDOUT,
-                    preexec_fn=lambda core=cores[slot]: os.sched_setaffinity(0, {core}))))
-        for side, out, log, proc in procs:
-            if proc.wait() != 0:
-                session.error(f"{side} run {index} failed (exit {proc.returncode}); its output: {log}")
-            runs[side].append(str(out))
+        outs = {side: work / f"{side}-{index}.json" for side in order}
+        results = run_side_by_side([Command(command(side, outs[side]), cwd=trees[side], env=side_env(side),
+                                            log=work / f"{side}-{index}.log") for side in order])
+        for side, result in zip(order, results):
+            if result.returncode != 0:
+                session.error(f"{side} run {index} failed (exit {result.returncode}); its output: "
+                              f"{work / f'{side}-{index}.log'}")
+            runs[side].append(str(outs[side]))
         session.log(f"pair {index + 1}: base and head side by side")
 
     try:

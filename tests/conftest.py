@@ -35,25 +35,11 @@ def run_pytest(*args, cwd=REPO, env=None, timeout=900):
 
 
 def run_pytest_side_by_side(*arg_lists, rotate: int = 0, timeout=900):
-    """Run several pytest subprocesses at the same time, each pinned to its own core (single-threaded
-    torch), and wait for all. On a shared VM the speed drifts by 10-50% over tens of seconds: a drift
-    lands on runs side by side alike, but on runs one after another apart. ``rotate`` shifts which
-    core each run gets, so that pairs alternate and a slower core is not always the same side's."""
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    procs = []
-    for index, args in enumerate(arg_lists):
-        pin = None
-        if len(cores) >= len(arg_lists):
-            core = cores[(index + rotate) % len(arg_lists)]
-            pin = (lambda core=core: os.sched_setaffinity(0, {core}))
-        procs.append(subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=REPO,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                      preexec_fn=pin))
-    results = []
-    for proc in procs:
-        stdout, _ = proc.communicate(timeout=timeout)
-        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, ""))
-    return results
+    """Several pytest subprocesses at the same time, each pinned to its own core (single-threaded
+    torch): the runner ``nox -s gate`` uses (quantbench.side_by_side)."""
+    from quantbench.side_by_side import Command, run_side_by_side
+    return run_side_by_side([Command([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=REPO)
+                             for args in arg_lists], rotate=rotate, timeout=timeout)
 
 
 def run_cli(*args, timeout=600):

@@ -9,8 +9,8 @@ import torch
 from quantbench.bench.cases import build_cases
 from quantbench.bench.pool import ModelPool, ModelSource
 from quantbench.bench.prompts import prompt_ids
-from quantbench.errors import QuantbenchError, Unsupported
 from quantbench.bench.selection import parse_pairs
+from quantbench.errors import QuantbenchError, Unsupported
 from quantbench.formats import get_format
 from quantbench.report import findings
 from quantbench.runtimes import RUNTIMES, compiled, get_runtime, split_format_suffix
@@ -22,7 +22,8 @@ from .conftest import run_cli, run_pytest
 def test_old_variant_names_select_the_compiled_runtime_for_the_base_format():
     runtime = get_runtime("transformers+compile")
     assert parse_pairs("awq-gemm+compile") == [("awq-gemm", "transformers+compile")]  # the base format's checkpoint
-    assert split_format_suffix("awq-gemm+compile") == ("awq-gemm", runtime.name) and split_format_suffix("bf16")[1] is None
+    assert split_format_suffix("awq-gemm+compile") == ("awq-gemm", runtime.name)
+    assert split_format_suffix("bf16")[1] is None
     assert parse_pairs("bf16,bf16+compile") == [("bf16", "transformers"), ("bf16", "transformers+compile")]
     assert all(r == "transformers" for _, r in parse_pairs("all"))  # opt-in: compiling costs minutes
     assert parse_pairs("all,bf16+compile,bf16")[-1] == ("bf16", "transformers+compile")
@@ -76,9 +77,11 @@ def test_a_skipped_cuda_graph_is_recorded_and_flagged():
     with compiled._compiler_log() as log:  # inductor's own skip path, as it runs on a GPU
         log_cudagraph_skip_and_bump_counter("skipping cudagraphs due to mutated inputs (2 instances). Found from :\n x")
     assert compiled.compile_report(before, compiled._counters())["cudagraph_skips"] == 1
-    assert log.facts()["cudagraph_skip_reason"] == "skipping cudagraphs due to mutated inputs (2 instances). Found from :"
+    assert log.facts()["cudagraph_skip_reason"] == ("skipping cudagraphs due to mutated inputs (2 instances). "
+                                                    "Found from :")
     rows = pd.DataFrame([{"model": "m", "format": "bf16+compile", "phase": "decode", "batch": 1, "prompt_len": 8,
-                          "decode_tokens_per_s": 90.0, "compile_graphs": 1, "compile_graph_breaks": 0, "compile_s": 30.0,
+                          "decode_tokens_per_s": 90.0, "compile_graphs": 1, "compile_graph_breaks": 0,
+                          "compile_s": 30.0,
                           "cudagraph_skips": 1, **log.facts()},
                          {"model": "m", "format": "bf16", "phase": "decode", "batch": 1, "prompt_len": 8,
                           "decode_tokens_per_s": 100.0}])
@@ -121,7 +124,8 @@ def test_releasing_a_compiled_model_drops_its_graphs(tiny_checkpoints):
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list
     step_code = compiled.CompiledDecoder._step.__code__  # where dynamo keeps every decoder's compiled steps
     pool = ModelPool(torch.device("cpu"))
-    pool.get(ModelSource.from_spec("tiny"), "bf16", "transformers+compile").decoder.prepare(prompt_ids(1, 16, 256, "cpu"), 4)
+    prepared = pool.get(ModelSource.from_spec("tiny"), "bf16", "transformers+compile")
+    prepared.decoder.prepare(prompt_ids(1, 16, 256, "cpu"), 4)
     assert len(_debug_get_cache_entry_list(step_code)) >= 1
     pool.release()
     assert _debug_get_cache_entry_list(step_code) == []  # they would pile up over a run's models
@@ -149,7 +153,8 @@ def test_a_graph_break_is_counted_not_hidden(pool):
     assert findings.compile_table(rows).iloc[0]["vs_eager_max"] == 0.5
     assert findings.compile_flags(rows.iloc[:0]) == []
     flag = findings.compile_flags(rows)
-    assert len(flag) == 1 and flag[0].startswith("GRAPH BREAKS: tiny: bf16+compile") and "0.50x of bf16 eager" in flag[0]
+    assert len(flag) == 1 and flag[0].startswith("GRAPH BREAKS: tiny: bf16+compile")
+    assert "0.50x of bf16 eager" in flag[0]
     assert f"at {facts['compile_break_at']})" in flag[0]
 
 

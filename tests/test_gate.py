@@ -131,7 +131,8 @@ def test_repository_thresholds_loosen_single_cases_on_cpu_only():
     per-case bound; a GPU case keeps the metric's own, and so does the suite-level decision."""
     from quantbench.paths import THRESHOLDS
     t = gate.load_thresholds(THRESHOLDS)
-    for case in ("test_generation[tiny-bf16-b1-p32-decode]", "test_kernel[tinyllama-1.1b-q+o-K2048-N2048-M1-torch-bf16]"):
+    for case in ("test_generation[tiny-bf16-b1-p32-decode]",
+                 "test_kernel[tinyllama-1.1b-q+o-K2048-N2048-M1-torch-bf16]"):
         assert t.for_case(case, "decode_tokens_per_s" if "generation" in case else "gbps", "cpu").max_regression >= 0.3
     assert t.for_case("test_kernel[qwen2.5-3b-down-K11008-N2048-M1-torch-bf16]", "gbps", "gpu").max_regression == 0.05
     assert t.for_case("test_generation[qwen2.5-3b-bf16-b1-p128-decode]", "decode_tokens_per_s",
@@ -361,7 +362,7 @@ def _paired_sides(rng, pairs, cases, slowdown):
             for k in range(cases):
                 times = np.exp(rng.normal(0, WITHIN_CV, ROUNDS) + drift + process + rng.normal(0, 0.03)) * (1 + slow)
                 side[k].append(Sample(float(np.median(1 / times)), tuple(1 / times)))
-    merge = lambda side: {(f"c{k}", "tps"): _merged(side[k], keep_runs=True) for k in range(cases)}  # noqa: E731
+    merge = lambda side: {(f"c{k}", "tps"): _merged(side[k], keep_runs=True) for k in range(cases)}
     return merge(current), merge(baseline)
 
 

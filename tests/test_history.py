@@ -510,7 +510,8 @@ def test_a_schema_1_file_is_migrated_when_read_and_never_rewritten(tmp_path):
     assert (info["format"], info["runtime"], info["library"]) == ("bf16", "transformers+compile",
                                                                   "transformers + torch.compile")
     state = run["quantbench"]["states"][0]
-    assert state["case"] == "tiny-bf16-transformers+compile-b1-p32-prefill" and state["runtime"] == "transformers+compile"
+    assert state["case"] == "tiny-bf16-transformers+compile-b1-p32-prefill"
+    assert state["runtime"] == "transformers+compile"
     assert history.load_run(history.save_run(tmp_path, _schema_1_run("bf16")))["benchmarks"][0]["name"] == (
         "test_generation[tiny-bf16-transformers-b1-p32-decode]")
 

@@ -48,7 +48,8 @@ class GuardResult:
         parts = []
         if self.cosine_vs_dense is not None:
             rel = f", max rel err {self.rel_err_vs_dense:.4f}" if self.rel_err_vs_dense is not None else ""
-            parts.append(f"{self.compared}: cosine vs fp32 dense {self.cosine_vs_dense:.5f} (bound >= {self.min_cosine}){rel}")
+            parts.append(f"{self.compared}: cosine vs fp32 dense {self.cosine_vs_dense:.5f} "
+                         f"(bound >= {self.min_cosine}){rel}")
         if self.cosine_vs_fakequant is not None:
             parts.append(f"cosine vs quantizer's fake-quant {self.cosine_vs_fakequant:.6f} "
                          f"(bound >= {FAKEQUANT_MIN_COSINE})")
@@ -77,7 +78,8 @@ def evaluate(got: torch.Tensor, dense_ref: torch.Tensor | None, min_cosine: floa
 def _pair(got: dict, ref: dict | None):
     if ref is None:
         return None
-    if got.get("hidden") is not None and ref.get("hidden") is not None and ref.get("hidden_layer") == got["hidden_layer"]:
+    both_hidden = got.get("hidden") is not None and ref.get("hidden") is not None
+    if both_hidden and ref.get("hidden_layer") == got["hidden_layer"]:
         return got["hidden"], ref["hidden"], f"hidden state after layer {got['hidden_layer']}"
     return got["logits"], ref["logits"], "logits"
 

@@ -31,12 +31,12 @@ class ModelSource:
     path: str | None = None
 
     @classmethod
-    def from_spec(cls, name: str) -> "ModelSource":
+    def from_spec(cls, name: str) -> ModelSource:
         load_spec(name)
         return cls(label=name, spec=name)
 
     @classmethod
-    def from_dir(cls, path: str) -> "ModelSource":
+    def from_dir(cls, path: str) -> ModelSource:
         return cls(label=f"dir:{Path(path).name}", path=str(Path(path).resolve()))
 
     def formats(self) -> tuple[str, ...] | None:
@@ -132,7 +132,8 @@ class ModelPool:
         loaded.facts.update(fmt.first_forward_facts(loaded.model))
         note = "" if dense_ref is not None else "user checkpoint: no dense reference, kernel checked for finite output"
         result = guard.evaluate_outputs(got, dense_ref, fmt.min_cosine, fake_ref, note=note)
-        if not all(torch.isfinite(t).all() for t in (got["logits"], got["hidden"]) if t is not None):  # NaN never passes
+        outputs = (t for t in (got["logits"], got["hidden"]) if t is not None)
+        if not all(torch.isfinite(t).all() for t in outputs):  # NaN never passes
             result = guard.GuardResult(float("nan"), None, fmt.min_cosine, None, "non-finite outputs")
         return Prepared(loaded, result, facts={"checkpoint": str(ckpt)}, 
                         decoder=runtime.decoder(loaded.model, self.device, fmt.dtype))

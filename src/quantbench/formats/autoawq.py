@@ -22,7 +22,7 @@ AWQ_GROUP_SIZES = (32, 64, 128)
 
 
 def _gemm_module():
-    import awq.modules.linear.gemm as gemm
+    from awq.modules.linear import gemm
     return gemm
 
 

@@ -9,16 +9,16 @@ loaded model (eager, compiled, ...) is the runtime axis: quantbench.runtimes.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from ..errors import BadCheckpoint, QuantbenchError
 from ..measure import current_bytes, resident_weight_bytes, synchronize
 
-FORMATS: dict[str, "Format"] = {}
+FORMATS: dict[str, Format] = {}
 BUILDERS: dict[str, Callable] = {}
 # config.json quant_method -> detect(config_path, quantization_config) -> checkpoint kind; each format
 # family declares the method it reads (``@detects``), so --model-dir detection has no list of its own.
@@ -182,7 +182,8 @@ def check_loading_info(ckpt_dir, info: dict) -> None:
     mismatched = list(info.get("mismatched_keys", []))
     if missing or unexpected or mismatched:
         raise BadCheckpoint(ckpt_dir, f"weights do not match the model: missing {missing[:4]}, "
-                            f"unexpected {unexpected[:4]}, mismatched {[m[0] if isinstance(m, tuple) else m for m in mismatched[:4]]}",
+                            f"unexpected {unexpected[:4]}, "
+                            f"mismatched {[m[0] if isinstance(m, tuple) else m for m in mismatched[:4]]}",
                             "rebuild the checkpoint, or check that config.json belongs to these weights")
 
 

@@ -94,7 +94,8 @@ def load_run(path: Path) -> dict:
         if (exc.pos >= len(body) or exc.msg.startswith("Unterminated string")
                 or (last_line > 1 and exc.lineno == last_line)):
             raise BadHistory(path, f"truncated JSON (ends early at {where})",
-                             "the run that wrote it was interrupted; delete it or restore it from CI artifacts") from None
+                             "the run that wrote it was interrupted; delete it or restore it from CI "
+                             "artifacts") from None
         raise BadHistory(path, f"corrupt JSON ({exc.msg} at {where})",
                          "delete it or restore it from CI artifacts") from None
     if not isinstance(payload, dict) or "benchmarks" not in payload:

@@ -123,7 +123,7 @@ class Dense(Kernel):
 @contextmanager
 def awq_gemm_path(path: str):
     """Force WQLinear_GEMM's forward down one path (awq_ext, triton or naive) for the duration."""
-    import awq.modules.linear.gemm as gemm
+    from awq.modules.linear import gemm
     saved = gemm.awq_ext, gemm.TRITON_AVAILABLE
     try:
         if path != "awq_ext":
@@ -171,7 +171,7 @@ class AWQGemm(Kernel):
         self.name = f"awq-gemm-{path}"
 
     def unsupported_reason(self, device):
-        import awq.modules.linear.gemm as gemm
+        from awq.modules.linear import gemm
         if self.path == "naive":
             return None
         if device.type != "cuda":
@@ -199,7 +199,7 @@ class AWQGemv(Kernel):
     bits = 4
 
     def unsupported_reason(self, device):
-        import awq.modules.linear.gemv as gemv
+        from awq.modules.linear import gemv
         if device.type != "cuda" or gemv.awq_ext is None:
             return "WQLinear_GEMV needs AutoAWQ's awq_ext CUDA extension"
         return None

@@ -6,6 +6,7 @@ import pandas as pd
 
 from ..history import record
 
+
 def crossover(frame: pd.DataFrame, baseline: str = "torch-fp16") -> pd.DataFrame:
     """For each (model, shape, int4 kernel): the smallest M from which the kernel is no faster than the
     dense baseline at every larger M measured. ``frame`` columns: shape, K, N, M, kernel, time_s.
@@ -33,7 +34,8 @@ def crossover(frame: pd.DataFrame, baseline: str = "torch-fp16") -> pd.DataFrame
                      "kernel": kernel, "crossover_M": loses_from if loses_from is not None else "never",
                      "speedup_at_min_M": next((s for m, _, s in wins if m == min(w[0] for w in wins)), None),
                      "best_speedup": best[2], "best_M": best[0]})
-    return pd.DataFrame(rows, columns=["model", "shape", "K", "N", "kernel", "crossover_M", "speedup_at_min_M", "best_speedup",
+    return pd.DataFrame(rows, columns=["model", "shape", "K", "N", "kernel", "crossover_M", "speedup_at_min_M",
+                                       "best_speedup",
                                        "best_M"])
 
 
@@ -44,7 +46,8 @@ def kernel_frame(benchmarks: list[dict]) -> pd.DataFrame:
         info = record.case_info(bench)
         if info.get("suite") != "kernels":
             continue
-        rows.append({"model": info["model"], "shape": info["shape"], "K": info["K"], "N": info["N"], "M": info["M"], "kernel": info["kernel"],
+        rows.append({"model": info["model"], "shape": info["shape"], "K": info["K"], "N": info["N"], "M": info["M"],
+                     "kernel": info["kernel"],
                      "time_s": info["time_per_call_s"], "tflops": info["tflops"], "gbps": info["gbps"],
                      "pct_peak_tflops": info.get("pct_peak_tflops"), "pct_peak_gbps": info.get("pct_peak_gbps"),
                      "intensity": info["arithmetic_intensity"], "bits": info.get("bits")})

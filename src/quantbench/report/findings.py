@@ -77,7 +77,8 @@ def speedup_table(gen: pd.DataFrame, model: str, prompt_len: int, phase: str = "
     metric = f"{phase}_tokens_per_s"
     rows = gen[(gen["model"] == model) & (gen["prompt_len"] == prompt_len) & (gen["phase"] == phase)]
     table = rows.pivot_table(index="format", columns="batch", values=metric, aggfunc="median")
-    ratios = [(table.loc[fmt] / table.loc[baseline_for(fmt)]).rename(fmt) for fmt in table.index if baseline_for(fmt) in table.index]
+    ratios = [(table.loc[fmt] / table.loc[baseline_for(fmt)]).rename(fmt) for fmt in table.index
+              if baseline_for(fmt) in table.index]
     return pd.DataFrame(ratios) if ratios else pd.DataFrame()
 
 
@@ -133,10 +134,12 @@ def bandwidth_lines(gen: pd.DataFrame, ceiling_gbps: float | None, ceiling_sourc
     decode = ok[(ok["phase"] == "decode") & ok["decode_weight_gbps"].notna()]
     for (model, prompt), rows in decode.groupby(["model", "prompt_len"]):
         batch = int(rows["batch"].min())
-        rates = rows[rows["batch"] == batch].groupby("format")["decode_weight_gbps"].median().sort_values(ascending=False)
+        rates = (rows[rows["batch"] == batch].groupby("format")["decode_weight_gbps"].median()
+                 .sort_values(ascending=False))
         parts = [f"{fmt} {gbps:.3g} GB/s" + (f" ({100.0 * gbps / ceiling_gbps:.1f}%)" if ceiling_gbps else "")
                  for fmt, gbps in rates.items()]
-        ceiling = (f", and % of the {ceiling_gbps:.0f} GB/s copy ceiling" + (f" ({ceiling_source})" if ceiling_source else "")
+        ceiling = (f", and % of the {ceiling_gbps:.0f} GB/s copy ceiling"
+                   + (f" ({ceiling_source})" if ceiling_source else "")
                    if ceiling_gbps else " (no ceiling stored: run `quantbench peaks`)")
         out.append(f"DECODE BANDWIDTH: {model} p{prompt} batch {batch}: weights read per second{ceiling}: "
                    + ", ".join(parts))
@@ -165,7 +168,8 @@ def gemv_vs_gemm(gen: pd.DataFrame) -> list[str]:
                 stated = gen[(gen["model"] == model) & (gen["format"] == gemv) & (gen["state"] != "ok")]
                 if not stated.empty:
                     row = stated.iloc[0]
-                    out.append(f"GEMV VS GEMM: {model}: {gemv} could not run ({row['state']}: {row.get('reason', '')}); "
+                    out.append(f"GEMV VS GEMM: {model}: {gemv} could not run "
+                               f"({row['state']}: {row.get('reason', '')}); "
                                f"{gemm} ran, so this stack cannot answer which wins at batch 1")
                 continue
             for prompt in sorted(ok[ok["model"] == model]["prompt_len"].unique()):
@@ -208,7 +212,8 @@ def flags(gen: pd.DataFrame) -> list[str]:
         dense = by_format.loc[BASELINE, "weight_bytes_after_first_forward"]
         for fmt, row in by_format.iterrows():
             if fmt in quantized and row["weight_bytes_after_first_forward"] >= 0.9 * dense:
-                out.append(f"NO MEMORY SAVING: {model}: {fmt} holds {row['weight_bytes_after_first_forward'] / 2**20:.1f} "
+                held = row["weight_bytes_after_first_forward"] / 2**20
+                out.append(f"NO MEMORY SAVING: {model}: {fmt} holds {held:.1f} "
                            f"MiB of weights after the first forward vs {dense / 2**20:.1f} MiB for bf16 "
                            f"({row['weight_bytes_after_load'] / 2**20:.1f} MiB right after load)")
     if "kernel" in once:
@@ -238,7 +243,8 @@ def compile_table(ok: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (model, fmt), cases in decode[decode["compile_graphs"].notna()].groupby(["model", "format"]):
         eager = (model, eager_name(fmt))
-        ratio = (speed.loc[(model, fmt)] / speed.loc[eager]).dropna() if eager in speed.index else pd.Series(dtype=float)
+        ratio = ((speed.loc[(model, fmt)] / speed.loc[eager]).dropna() if eager in speed.index
+                 else pd.Series(dtype=float))
         rows.append({"model": model, "format": fmt, "graphs": int(cases["compile_graphs"].max()),
                      "graph_breaks": int(cases["compile_graph_breaks"].max()),
                      "break_reason": _mode(cases, "compile_break_reason"),

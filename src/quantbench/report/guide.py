@@ -11,17 +11,17 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from .. import gate, history  # noqa: E402
-from ..errors import BadHistory  # noqa: E402
+from .. import gate, history
+from ..errors import BadHistory
 from ..history import (
-    ceilings,  # noqa: E402
+    ceilings,
     record,
 )
-from . import findings  # noqa: E402
+from . import findings
 
 # name -> display order, read from the records being rendered: each format and kernel names its own
 # (its registry position), so a new one needs no list here. Kept for the signature being rendered.
@@ -207,7 +207,8 @@ def chart_history(runs: pd.DataFrame, regressions: set, out_dir: Path, stem: str
         series = series.sort_values("when")
         fmt = series["format"].iloc[0]
         ax.plot(series["when"], series["decode_tokens_per_s"], marker="o", color=color(fmt),
-                label=f"{series['model'].iloc[0]} {fmt} b{int(series['batch'].iloc[0])} p{int(series['prompt_len'].iloc[0])}")
+                label=f"{series['model'].iloc[0]} {fmt} b{int(series['batch'].iloc[0])} "
+                      f"p{int(series['prompt_len'].iloc[0])}")
         bad = series[[(f, name) in regressions for f in series["file"]]]
         if len(bad):
             ax.scatter(bad["when"], bad["decode_tokens_per_s"], s=140, facecolors="none", edgecolors="red",
@@ -241,9 +242,11 @@ def stack_lines(payload: dict) -> list[str]:
     device = f"{dev.get('gpu')} x{dev.get('gpu_count')}" if dev.get("gpu") else f"CPU: {dev.get('cpu')}"
     return [f"| device | {device} |", f"| driver / CUDA | {dev.get('driver') or '-'} / {dev.get('cuda') or '-'} |",
             f"| compute capability | {dev.get('compute_capability') or '-'} |",
-            f"| torch | {ver.get('torch')} |", f"| transformers | {ver.get('transformers')} ({ver.get('stack')} stack) |",
+            f"| torch | {ver.get('torch')} |",
+            f"| transformers | {ver.get('transformers')} ({ver.get('stack')} stack) |",
             f"| autoawq / awq_ext | {ver.get('autoawq')} / {ver.get('awq_ext') or 'absent'} |",
-            f"| compressed-tensors | {ver.get('compressed-tensors')} |", f"| triton | {ver.get('triton') or 'absent'} |",
+            f"| compressed-tensors | {ver.get('compressed-tensors')} |",
+            f"| triton | {ver.get('triton') or 'absent'} |",
             f"| git commit | {(payload.get('commit_info') or {}).get('id')} |",
             f"| run date | {payload.get('datetime')} |", f"| signature | {machine.get('signature')} |",
             *_combined_line(payload)]
@@ -366,7 +369,8 @@ def render_signature(paths: list[Path], out_dir: Path, thresholds: gate.Threshol
     for model in sorted(ok["model"].unique()) if not ok.empty else []:
         lines += [f"## {model}", ""]
         for prompt in sorted(ok[ok["model"] == model]["prompt_len"].unique()):
-            lines += [f"### prompt {prompt} tokens", "", f"![throughput]({chart_throughput(ok, model, prompt, out_dir)})", ""]
+            chart = chart_throughput(ok, model, prompt, out_dir)
+            lines += [f"### prompt {prompt} tokens", "", f"![throughput]({chart})", ""]
             speed = findings.speedup_table(ok, model, prompt)
             if not speed.empty:
                 lines += [f"![speedup]({chart_speedup(speed, model, prompt, out_dir, combined)})", ""]
@@ -381,7 +385,8 @@ def render_signature(paths: list[Path], out_dir: Path, thresholds: gate.Threshol
                           _md(bandwidth.loc[_sorted_formats(bandwidth.index)], ".1f"), ""]
             prefill = ok[(ok["model"] == model) & (ok["prompt_len"] == prompt) & (ok["phase"] == "prefill")]
             pre = prefill.pivot_table(index="format", columns="batch", values="prefill_tokens_per_s", aggfunc="median")
-            lines += ["Prefill throughput (tokens/s) by batch size:", "", _md(pre.loc[_sorted_formats(pre.index)], ".1f"), ""]
+            lines += ["Prefill throughput (tokens/s) by batch size:", "",
+                      _md(pre.loc[_sorted_formats(pre.index)], ".1f"), ""]
             spread = findings.spread_table(ok, model, prompt)
             if not spread.empty:
                 order = [(phase, fmt) for phase in ("prefill", "decode")
@@ -420,8 +425,10 @@ def render_signature(paths: list[Path], out_dir: Path, thresholds: gate.Threshol
         if not cross.empty:
             cross = cross.astype({"K": int, "N": int, "best_M": int, "crossover_M": str})
             lines += ["Crossover M: from this M on, the int4 kernel is no faster than torch-fp16 "
-                      "('never' = it wins at every M measured):", "", cross.to_markdown(index=False, floatfmt=".2f"), ""]
-        table = kok.pivot_table(index=["model", "shape", "kernel"], columns="M", values="pct_peak_gbps", aggfunc="median")
+                      "('never' = it wins at every M measured):", "",
+                      cross.to_markdown(index=False, floatfmt=".2f"), ""]
+        table = kok.pivot_table(index=["model", "shape", "kernel"], columns="M", values="pct_peak_gbps",
+                                aggfunc="median")
         lines += ["Achieved bandwidth, % of the measured ceiling, by M:", "", _md(table, ".1f"), ""]
 
     # The runs this guide shows, and the newest run (which may have timed nothing): each case once, in

@@ -6,5 +6,5 @@ over a StaticCache (compiled). Adding a runtime: one module with a ``@register``
 
 # Import order is registry order: the default runtime first.
 from . import eager  # noqa: F401, I001  (registration side effects)
-from . import compiled  # noqa: F401, I001
+from . import compiled  # noqa: F401
 from .base import DEFAULT, RUNTIMES, Runtime, get_runtime, parse_runtimes, split_format_suffix  # noqa: F401

@@ -107,8 +107,8 @@ def _compiler_log():
     """Listen to dynamo's graph_breaks and inductor's cudagraphs logs for one compilation. Leaves a
     user's own TORCH_LOGS setting alone."""
     with contextlib.suppress(ImportError):  # the modules that own those loggers
-        import torch._dynamo.symbolic_convert  # noqa: F401
-        import torch._inductor.cudagraph_utils  # noqa: F401
+        import torch._dynamo.symbolic_convert
+        import torch._inductor.cudagraph_utils
     handler = CompilerLog()
     configured = bool(os.environ.get("TORCH_LOGS"))
     if not configured:
