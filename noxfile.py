@@ -153,82 +153,90 @@ def _side_by_side() -> bool:
     return not has_gpu() and hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) >= 2
 
 
+class ABPairs:
+    """Base and head worktrees benchmarked in A/B pairs: side by side on a CPU-only machine (one core
+    each), one after the other on a GPU; the side that goes first alternates, spreading drift."""
+
+    def __init__(self, session: nox.Session, work: Path, refs: dict[str, str], matrix: list[str]):
+        self.session, self.work, self.matrix = session, work, matrix
+        self.side_by_side = _side_by_side()
+        self.trees = {side: work / side for side in refs}
+        self.runs: dict[str, list[str]] = {side: [] for side in refs}
+        # Both sides share one fixture cache: same checkpoints, built once, before any timing.
+        self.cache = str(Path(os.environ.get("QUANTBENCH_CACHE", ".cache/quantbench")).resolve())
+        self.python = str(Path(session.bin) / "python")
+        for side, ref in refs.items():
+            session.run("git", "worktree", "add", "--force", "--detach", str(self.trees[side]),
+                        _git("rev-parse", ref), external=True)
+
+    def env(self, side: str) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(self.trees[side] / "src"), "QUANTBENCH_CACHE": self.cache}
+
+    def command(self, out: Path) -> list[str]:
+        return [self.python, "-m", "pytest", "benchmarks/test_generation.py", "-q", "-p", "no:cacheprovider",
+                f"--benchmark-json={out}", *self.matrix]
+
+    def build_fixtures(self) -> None:
+        with self.session.chdir(str(self.trees["head"])):
+            self.session.run(self.python, "-m", "quantbench.cli", "fixtures", "build", "--model", "tiny",
+                             env=self.env("head"), external=True)
+
+    def run_pair(self, index: int) -> None:
+        order = ("base", "head") if index % 2 == 0 else ("head", "base")
+        outs = {side: self.work / f"{side}-{index}.json" for side in order}
+        if not self.side_by_side:
+            for side in order:
+                with self.session.chdir(str(self.trees[side])):  # that side's conftest, plugin and benchmarks
+                    self.session.run(*self.command(outs[side]), env=self.env(side), external=True)
+                self.runs[side].append(str(outs[side]))
+            return
+        logs = {side: self.work / f"{side}-{index}.log" for side in order}
+        results = run_side_by_side([Command(self.command(outs[side]), cwd=self.trees[side], env=self.env(side),
+                                            log=logs[side]) for side in order])
+        for side, result in zip(order, results):
+            if result.returncode != 0:
+                self.session.error(f"{side} run {index} failed (exit {result.returncode}); its output: {logs[side]}")
+            self.runs[side].append(str(outs[side]))
+        self.session.log(f"pair {index + 1}: base and head side by side")
+
+    def gate_args(self) -> list[str]:
+        merged = str(self.work / "head-merged.json")
+        self.session.run("quantbench", "merge", *self.runs["head"], "--out", merged)
+        return ["quantbench", "gate", "--paired", "--current", merged, "--baseline", ",".join(self.runs["base"]),
+                "--markdown", str(self.work / "gate.md")]
+
+    def remove(self) -> None:
+        for tree in self.trees.values():
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], check=False)
+
+
 @nox.session(default=False)
 def gate(session: nox.Session) -> None:
     """PR gate: benchmark base and head in A/B pairs on this machine (side by side on CPU, interleaved
     A/B/B/A on GPU), gate head vs base."""
     install(session, os.environ.get("QUANTBENCH_STACK", "current"))
-    base = os.environ.get("QUANTBENCH_BASE", "HEAD~1")
-    head = os.environ.get("QUANTBENCH_HEAD", "HEAD")
-    side_by_side = _side_by_side()
-    # 4 pairs is the fewest whose run medians the gate can test (an exact Mann-Whitney test on 3 vs 3
-    # runs cannot reach p < 0.05; with fewer it falls back to pooled rounds, which overstate the evidence).
-    pairs = int(os.environ.get("QUANTBENCH_GATE_PAIRS", "8" if side_by_side else "4"))
+    refs = {"base": os.environ.get("QUANTBENCH_BASE", "HEAD~1"), "head": os.environ.get("QUANTBENCH_HEAD", "HEAD")}
     work = Path(session.create_tmp()).resolve() / "gate"
     shutil.rmtree(work, ignore_errors=True)
-    trees = {}
-    for side, ref in (("base", base), ("head", head)):
-        trees[side] = work / side
-        session.run("git", "worktree", "add", "--force", "--detach", str(trees[side]), _git("rev-parse", ref),
-                    external=True)
     matrix = session.posargs or ["--qb-formats", "bf16,fp16,ct-w4a16,ct-w8a16", "--qb-batch", "1,2",
                                  "--qb-prompt", "16,32", "--qb-new-tokens", "16"]
-    runs: dict[str, list[str]] = {"base": [], "head": []}
-
-    # Both sides share one fixture cache: same checkpoints, built once, before any timing.
-    cache = str(Path(os.environ.get("QUANTBENCH_CACHE", ".cache/quantbench")).resolve())
-    python = str(Path(session.bin) / "python")
-
-    def side_env(side: str) -> dict[str, str]:
-        return {**os.environ, "PYTHONPATH": str(trees[side] / "src"), "QUANTBENCH_CACHE": cache}
-
-    def command(side: str, out: Path) -> list[str]:
-        return [python, "-m", "pytest", "benchmarks/test_generation.py", "-q", "-p", "no:cacheprovider",
-                f"--benchmark-json={out}", *matrix]
-
-    with session.chdir(str(trees["head"])):
-        session.run(python, "-m", "quantbench.cli", "fixtures", "build", "--model", "tiny", env=side_env("head"),
-                    external=True)
-
-    def one_pair(index: int) -> None:
-        # Alternating which side goes first (or which core it gets) spreads drift over both sides.
-        order = ("base", "head") if index % 2 == 0 else ("head", "base")
-        if not side_by_side:
-            for side in order:
-                out = work / f"{side}-{index}.json"
-                with session.chdir(str(trees[side])):  # that side's conftest, plugin and benchmarks
-                    session.run(*command(side, out), env=side_env(side), external=True)
-                runs[side].append(str(out))
-            return
-        outs = {side: work / f"{side}-{index}.json" for side in order}
-        results = run_side_by_side([Command(command(side, outs[side]), cwd=trees[side], env=side_env(side),
-                                            log=work / f"{side}-{index}.log") for side in order])
-        for side, result in zip(order, results):
-            if result.returncode != 0:
-                session.error(f"{side} run {index} failed (exit {result.returncode}); its output: "
-                              f"{work / f'{side}-{index}.log'}")
-            runs[side].append(str(outs[side]))
-        session.log(f"pair {index + 1}: base and head side by side")
-
+    ab = ABPairs(session, work, refs, matrix)
+    # 4 pairs is the fewest whose run medians the gate can test (an exact Mann-Whitney test on 3 vs 3
+    # runs cannot reach p < 0.05; with fewer it falls back to pooled rounds, which overstate the evidence).
+    pairs = int(os.environ.get("QUANTBENCH_GATE_PAIRS", "8" if ab.side_by_side else "4"))
     try:
+        ab.build_fixtures()
         for i in range(pairs):
-            one_pair(i)
-        merged = str(work / "head-merged.json")
-        session.run("quantbench", "merge", *runs["head"], "--out", merged)
-        gate_args = ["quantbench", "gate", "--paired", "--current", merged, "--baseline", ",".join(runs["base"]),
-                     "--markdown", str(work / "gate.md")]
+            ab.run_pair(i)
         try:
-            session.run(*gate_args)
+            session.run(*ab.gate_args())
         except nox.command.CommandFailed:
             session.log("gate failed: confirming with two more A/B pairs")
-            one_pair(pairs)
-            one_pair(pairs + 1)
-            session.run("quantbench", "merge", *runs["head"], "--out", merged)
-            gate_args[gate_args.index("--baseline") + 1] = ",".join(runs["base"])
-            session.run(*gate_args)
+            ab.run_pair(pairs)
+            ab.run_pair(pairs + 1)
+            session.run(*ab.gate_args())
     finally:
-        for tree in trees.values():
-            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], check=False)
+        ab.remove()
         session.log(f"gate summary: {work / 'gate.md'}")
         _step_summary(work / "gate.md")
 

@@ -278,7 +278,13 @@ def _count(least: int):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_fixtures, _add_gate, _add_results):
+        add(sub)
+    return parser
 
+
+def _add_fixtures(sub) -> None:
+    """Checkpoints and formats: fixtures, formats, inspect."""
     fixtures = sub.add_parser("fixtures", help="synthetic model checkpoints")
     fsub = fixtures.add_subparsers(dest="fixtures_command", required=True)
     build = fsub.add_parser("build", help="build (or reuse cached) checkpoints for a spec")
@@ -294,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("path", nargs="+")
     inspect.set_defaults(func=cmd_inspect)
 
+
+def _add_gate(sub) -> None:
     gate = sub.add_parser("gate", help="fail when the current run regressed against a baseline")
     gate.add_argument("--current", required=True, help="history file of this run, or 'latest'")
     gate.add_argument("--baseline", required=True,
@@ -318,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "(side by side or back to back, as nox -s gate does): test per-pair ratios")
     gate.set_defaults(func=cmd_gate)
 
+
+def _add_results(sub) -> None:
+    """Stored runs: export, peaks, report, merge, combine, history."""
     exp = sub.add_parser("export", help="github-action-benchmark JSON (customBiggerIsBetter/SmallerIsBetter)")
     exp.add_argument("--current", required=True, help="history file")
     exp.add_argument("--out-dir", required=True)
@@ -354,7 +365,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="store these run files (a --benchmark-json, another machine's run) under "
                            "HISTORY/<signature>/ first; a run already stored is not stored again")
     hist.set_defaults(func=cmd_history_list)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,22 +1,10 @@
-"""compressed-tensors formats (the llm-compressor checkpoint format), run by transformers.
+"""compressed-tensors formats (the llm-compressor checkpoint format), loaded by transformers.
 
-W4A16 is stored ``pack-quantized`` (int4 in int32, group 128, symmetric). transformers 5.x
-decompresses such weights to dense on the first forward unless told otherwise, and 4.x keeps a
-dense copy beside the packed one: ``first_forward_facts`` records which happened, because that
-is where "a 4-bit model that saves no memory" comes from.
-
-Decompressing also puts every module of the model behind compressed-tensors' offload dispatch
-(compressed-tensors 0.20: ``decompress_model`` calls ``from_accelerate``; 0.10 has none), even with the
-whole model on one device: each module call then routes its arguments through ``send_tensors``
-and every parameter access through the offload cache. That is host work per module call, paid
-on every decode step (measured on CPU, tiny model: 79-113 us per linear call against 24-40 us
-for fp16; decode benchmark at 0.60-0.84x of fp16 on the same dense weights, 1.13-1.48x faster
-with the dispatch removed). ``ct-w4a16-nodispatch``
-removes the dispatch after the first forward to measure the same weights without it.
-What remains then is compressed-tensors' per-Linear forward wrapper (``set_forward_quantized``),
-which patches ``weight.data`` around every call even for decompressed weights (CPU, tiny model:
-1.27 vs 1.15 ms per token; it is also where torch.compile breaks the graph): ``ct-w4a16-bare``
-removes both, which leaves plain transformers Linear layers over the same dense weights.
+What transformers and compressed-tensors do with a checkpoint on its first forward (decompress to
+dense, put every module behind an offload dispatch, wrap every Linear's forward) is recorded per
+case, because that is where "a 4-bit model that saves no memory" and its host-bound decode come
+from; the -nodispatch and -bare formats strip those layers to measure what they cost
+(docs/formats-and-runtimes.md has the figures).
 """
 
 from __future__ import annotations

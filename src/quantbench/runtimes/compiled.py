@@ -1,14 +1,10 @@
-"""The compiled decode runtime: a static KV cache and one torch.compile'd decode step (after gpt-fast).
+"""The compiled runtime: a static KV cache and one torch.compile'd decode step (after gpt-fast).
 
-Why it exists: eager transformers decode launches hundreds of small kernels per token from Python.
-On a GPU at small batch that host work, not the weights, sets the speed (H100, qwen2.5-3b shape,
-bf16 at batch 1: 7.6% of the copy bandwidth), so eager numbers compare Python overheads more than
-formats. A compiled step (CUDA graphs on a GPU, mode "reduce-overhead") takes the host out.
-
-What the compiler did is recorded per case: graphs, graph breaks with the first reason, CUDA
-graph skips. A graph break is exactly the silent slow path this suite exists to expose (measured
-on CPU: compressed-tensors' offload dispatch breaks the step into 11 graphs at 42 breaks).
-Before timing, one compiled step is checked against an eager step at the same cache state.
+Eager decode at small batch on a GPU measures Python launching kernels more than the format; a
+compiled step (CUDA graphs on a GPU) takes the host out. What the compiler did is recorded per case
+(graphs, graph breaks with where and why, CUDA graph skips): a graph break is the silent slow path
+this suite exists to expose. Before timing, one compiled step is checked against an eager step at
+the same cache state. Figures: docs/formats-and-runtimes.md.
 """
 
 from __future__ import annotations
