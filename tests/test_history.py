@@ -542,3 +542,11 @@ def test_the_committed_history_loads_and_names_every_generation_case_with_its_ru
                 assert "+compile" not in info["format"]
             elif bench["name"].startswith("test_generation["):  # cut off inside its rounds: the name still moves
                 assert history.case_state(bench) == "interrupted" and "-transformers-b" in bench["name"], bench["name"]
+
+
+def test_a_record_field_nobody_declared_fails_where_it_is_written():
+    from quantbench.history import record
+    assert record.declared({"format": "bf16", "decode_tokens_per_s": 1.0}, record.GENERATION)
+    with pytest.raises(ValueError, match=r"undeclared record field\(s\) \['decode_tokens_per_sec'\]"):
+        record.declared({"format": "bf16", "decode_tokens_per_sec": 1.0}, record.GENERATION)
+    assert set(record.KERNEL) & {"tflops", "gbps", "path", "bits"} == {"tflops", "gbps", "path", "bits"}

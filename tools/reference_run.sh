@@ -147,7 +147,7 @@ stage_sweep() {
 
 stage_formats() {
   bench "formats-$STACK" benchmarks/test_generation.py --qb-models "$MODEL" \
-    --qb-formats "${QB_OTHER_FORMATS:-fp16,ct-w4a16-dequant,ct-w4a16-nodispatch,ct-w4a16-bare,ct-w8a16,ct-fp8}" --qb-batch 1,16 \
+    --qb-formats "${QB_OTHER_FORMATS:-fp16,ct-w4a16-dequant,ct-w4a16-nodispatch,ct-w4a16-bare,ct-w8a16,ct-w8a8,ct-fp8}" --qb-batch 1,16 \
     --qb-prompt 128 --qb-new-tokens "$NEW" --qb-rounds "$ROUNDS"
 }
 

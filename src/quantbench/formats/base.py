@@ -17,6 +17,7 @@ import torch
 
 from ..errors import BadCheckpoint, QuantbenchError
 from ..measure import current_bytes, resident_weight_bytes, synchronize
+from ..registry import parse_names
 
 FORMATS: dict[str, Format] = {}
 BUILDERS: dict[str, Callable] = {}
@@ -146,13 +147,7 @@ def get_format(name: str) -> Format:
 def parse_formats(text: str) -> list[str]:
     """A comma list of names, where 'all' stands for every registered format in registry order
     -> validated names, each once."""
-    names: list[str] = []
-    for token in (t.strip() for t in text.split(",")):
-        for name in (list(FORMATS) if token == "all" else [token] if token else []):
-            get_format(name)
-            if name not in names:
-                names.append(name)
-    return names
+    return parse_names(text, FORMATS, get_format)
 
 
 def dtype_kwargs(dtype) -> dict:

@@ -8,6 +8,7 @@ go through. Adding one is one module with a ``@register`` class and one import i
 from __future__ import annotations
 
 from ..errors import QuantbenchError
+from ..registry import parse_names
 
 RUNTIMES: dict[str, Runtime] = {}
 DEFAULT = "transformers"
@@ -56,13 +57,7 @@ def get_runtime(name: str) -> Runtime:
 
 def parse_runtimes(text: str) -> list[str]:
     """A comma list of runtime names, or 'all' -> validated names, each once."""
-    names: list[str] = []
-    for token in (t.strip() for t in text.split(",")):
-        for name in (list(RUNTIMES) if token == "all" else [token] if token else []):
-            get_runtime(name)
-            if name not in names:
-                names.append(name)
-    return names
+    return parse_names(text, RUNTIMES, get_runtime)
 
 
 def split_format_suffix(name: str) -> tuple[str, str | None]:
