@@ -59,7 +59,7 @@ def run_ids(payload: dict) -> set[str]:
     stored = record.section(payload).get("run_ids")
     if stored:
         return set(stored)
-    return {f"{payload.get('datetime')}@{(payload.get('commit_info') or {}).get('id')}"}
+    return {f"{payload.get('datetime')}@{record.commit(payload).get('id')}"}
 
 
 def _sources(payloads: list[dict]) -> list[str]:

@@ -248,7 +248,7 @@ def stack_lines(payload: dict) -> list[str]:
             f"| autoawq / awq_ext | {ver.get('autoawq')} / {ver.get('awq_ext') or 'absent'} |",
             f"| compressed-tensors | {ver.get('compressed-tensors')} |",
             f"| triton | {ver.get('triton') or 'absent'} |",
-            f"| git commit | {(payload.get('commit_info') or {}).get('id')} |",
+            f"| git commit | {record.commit(payload).get('id')} |",
             f"| run date | {payload.get('datetime')} |", f"| signature | {machine.get('signature')} |",
             *_combined_line(payload)]
 
