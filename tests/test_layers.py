@@ -10,14 +10,14 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "quantbench"
 SHARED = {"errors", "paths", "offline", "environment", "specs", "measure", "registry"}  # what every layer may use
 # Each sub-package and the sub-packages it may import. history, gate and report read results only;
-# formats (what lies on disk) and runtimes (what executes it) know nothing of each other; bench (the
-# plugin side) drives formats, runtimes and kernels, and reads the history's ceilings.
+# formats (what lies on disk) know no runtime; a runtime opens a format's checkpoint and executes it;
+# bench (the plugin side) drives formats, runtimes and kernels, and reads the history's ceilings.
 ALLOWED = {
     "history": set(),
     "gate": {"history"},
     "report": {"history", "gate"},
     "formats": set(),
-    "runtimes": set(),
+    "runtimes": {"formats"},
     "kernels": {"formats"},
     "bench": {"formats", "runtimes", "kernels", "history"},
 }

@@ -15,8 +15,6 @@ import torch
 from ..errors import BadCheckpoint, OutOfMemory, Unsupported
 from ..formats import LoadedModel, get_format
 from ..formats.checkpoints import FAKEQUANT_FILE, REFERENCE_FILE, checkpoint_dir, detect_checkpoint, ensure_checkpoint
-from ..formats.reference import guard_outputs
-from ..measure import current_bytes, resident_weight_bytes
 from ..runtimes import DEFAULT, get_runtime
 from ..specs import load_spec
 from . import guard
@@ -119,21 +117,16 @@ class ModelPool:
         if reason:
             raise Unsupported(reason)
         ckpt = source.checkpoint(format_name, self.device)
-        loaded = fmt.open(ckpt, self.device)
         dense_ref, fake_ref = source.references(format_name, ckpt)
         ids = (dense_ref or fake_ref or {}).get("ids")
         if ids is None:
             from ..formats.checkpoints import reference_ids
             ids = reference_ids(source.vocab_size())
-        got = guard_outputs(loaded.model, ids.to(self.device))  # also the first forward
-        loaded.facts.update(fmt.after_first_forward(loaded.model))
-        loaded.facts["weight_bytes_after_first_forward"] = resident_weight_bytes(loaded.model)["total"]
-        loaded.facts["device_bytes_after_first_forward"] = current_bytes(self.device)
-        loaded.facts.update(fmt.first_forward_facts(loaded.model))
+        opened = runtime.open(fmt, ckpt, self.device, ids)
+        got = opened.outputs
         note = "" if dense_ref is not None else "user checkpoint: no dense reference, kernel checked for finite output"
         result = guard.evaluate_outputs(got, dense_ref, fmt.min_cosine, fake_ref, note=note)
         outputs = (t for t in (got["logits"], got["hidden"]) if t is not None)
         if not all(torch.isfinite(t).all() for t in outputs):  # NaN never passes
             result = guard.GuardResult(float("nan"), None, fmt.min_cosine, None, "non-finite outputs")
-        return Prepared(loaded, result, facts={"checkpoint": str(ckpt)}, 
-                        decoder=runtime.decoder(loaded.model, self.device, fmt.dtype))
+        return Prepared(opened.loaded, result, facts={"checkpoint": str(ckpt)}, decoder=opened.decoder)

@@ -7,6 +7,8 @@ go through. Adding one is one module with a ``@register`` class and one import i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..errors import QuantbenchError
 from ..registry import parse_names
 
@@ -14,8 +16,18 @@ RUNTIMES: dict[str, Runtime] = {}
 DEFAULT = "transformers"
 
 
+@dataclass
+class Opened:
+    """A checkpoint opened by a runtime: what was loaded (its facts: kernel, memory, load time), the
+    guard's outputs of its first forward, and the decoder prefill and decode go through."""
+
+    loaded: object      # formats.LoadedModel, or a runtime's own account of what it loaded
+    outputs: dict       # formats.reference.guard_outputs' keys: logits, hidden, hidden_layer
+    decoder: object
+
+
 class Runtime:
-    """One way of executing a loaded model. Subclasses set the class attributes and decoder()."""
+    """One way of executing a checkpoint. Subclasses set the class attributes, open() and decoder()."""
 
     name: str = ""
     description: str = ""
@@ -30,6 +42,10 @@ class Runtime:
     def unsupported_phase(self, fmt, phase: str) -> str | None:
         """Why this runtime does not measure ``phase`` (prefill/decode) of ``fmt``, or None."""
         return None
+
+    def open(self, fmt, ckpt, device, guard_ids) -> Opened:
+        """Load ``ckpt`` as ``fmt`` on ``device`` and run its first forward on ``guard_ids``."""
+        raise NotImplementedError
 
     def decoder(self, model, device, dtype):
         """The decode runtime over a loaded model: prepare(ids, new_tokens) -> facts,

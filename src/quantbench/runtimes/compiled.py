@@ -22,7 +22,8 @@ import torch
 
 from ..errors import Unsupported, first_line
 from ..measure import synchronize
-from .base import DEFAULT, Runtime, register
+from .base import DEFAULT, register
+from .eager import Transformers
 
 COMPILE_MIN_COSINE = 0.999  # compiled vs eager last-token logits of one decode step, same cache state
 RECOMPILE_LIMIT = 256  # one entry per (model, batch, cache length); the default (8) would silently fall back
@@ -249,7 +250,7 @@ def compiler_missing(device: torch.device) -> str | None:
 
 
 @register
-class TransformersCompiled(Runtime):
+class TransformersCompiled(Transformers):
     name = "transformers+compile"
     format_suffix = "+compile"
     description = ("the format's load, decode step compiled by torch.compile over a StaticCache (CUDA graphs on a "

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import DEFAULT, Runtime, register
+from ..formats.reference import guard_outputs
+from ..measure import current_bytes, resident_weight_bytes
+from .base import DEFAULT, Opened, Runtime, register
 
 
 @torch.inference_mode()
@@ -61,6 +63,17 @@ class EagerDecoder:
 class Transformers(Runtime):
     name = DEFAULT
     description = "the model's own eager forward in this process, one call per token, a DynamicCache grown per step"
+
+    def open(self, fmt, ckpt, device, guard_ids) -> Opened:
+        """The format's library builds the model in this process; the guard's forward is its first, and
+        what the format does after it (and the memory it then holds) is recorded."""
+        loaded = fmt.open(ckpt, device)
+        outputs = guard_outputs(loaded.model, guard_ids.to(device))
+        loaded.facts.update(fmt.after_first_forward(loaded.model))
+        loaded.facts["weight_bytes_after_first_forward"] = resident_weight_bytes(loaded.model)["total"]
+        loaded.facts["device_bytes_after_first_forward"] = current_bytes(device)
+        loaded.facts.update(fmt.first_forward_facts(loaded.model))
+        return Opened(loaded, outputs, self.decoder(loaded.model, device, fmt.dtype))
 
     def decoder(self, model, device, dtype):
         return EagerDecoder(model)
