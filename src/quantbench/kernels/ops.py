@@ -45,30 +45,24 @@ def awq_gemv_zeros_width(k: int, group: int = GROUP) -> int:
     return math.ceil(math.ceil(k / group) / 8)
 
 
+def awq_gemm_weight_bytes(k: int, n: int, group: int = GROUP) -> int:
+    """qweight (int4) + qzeros (int4 packed in int32) + fp16 scales."""
+    return k * n // 2 + (k // group) * (n // 8) * 4 + (k // group) * n * 2
+
+
+def awq_gemv_weight_bytes(k: int, n: int, group: int = GROUP) -> int:
+    width = awq_gemv_zeros_width(k, group)
+    return k * n // 2 + n * width * 8 * 2 + n * width * 4
+
+
 def weight_bytes(kernel: str, k: int, n: int, group: int = GROUP) -> int:
     """Bytes of one copy of the kernel's weights as stored (what must come from memory each call)."""
-    if kernel.startswith("torch-"):
-        return 2 * k * n
-    if kernel == "awq-gemv" or kernel == "awq-hf-gemv":
-        width = awq_gemv_zeros_width(k, group)
-        return k * n // 2 + n * width * 8 * 2 + n * width * 4
-    if kernel.startswith(("awq-gemm", "awq-hf-")):
-        return k * n // 2 + (k // group) * (n // 8) * 4 + (k // group) * n * 2
-    if kernel == "ct-w4a16":
-        return k * n // 2 + 2 * n * (k // group)
-    if kernel == "fp8-scaled-mm":
-        return k * n + 4
-    raise KeyError(kernel)
+    return KERNELS[kernel].weight_bytes(k, n, group)
 
 
 def bytes_moved(kernel: str, m: int, k: int, n: int, group: int = GROUP) -> int:
     """Bytes a kernel reads and writes for one call (see the module docstring for the model)."""
-    moved = weight_bytes(kernel, k, n, group) + 2 * m * k + 2 * m * n
-    if kernel in ("awq-gemm-naive", "awq-hf-torch", "ct-w4a16"):
-        moved += 4 * k * n  # the dequantized fp16 weight is written, then read by the matmul
-    if kernel == "fp8-scaled-mm":
-        moved += m * k + 4  # x is re-written in fp8, plus its scale
-    return moved
+    return KERNELS[kernel].bytes_moved(m, k, n, group)
 
 
 def flops(m: int, k: int, n: int) -> int:
@@ -87,9 +81,21 @@ class Prepared:
 
 
 class Kernel:
+    """One linear kernel: what it cannot run on, its weights, and its bytes-moved model."""
+
     name = ""
     bits: int | None = None        # weight bits; None = 16-bit dense (the crossover compares bits 4 with it)
     display_order: int = 99
+    dequantizes_per_call = False   # writes the dense fp16 weight, then reads it in the matmul
+
+    def weight_bytes(self, k: int, n: int, group: int = GROUP) -> int:
+        """Bytes of one copy of the weights as stored (what must come from memory each call)."""
+        return 2 * k * n
+
+    def bytes_moved(self, m: int, k: int, n: int, group: int = GROUP) -> int:
+        """Weights + activations in (2MK) + output (2MN), + 4KN for a dequantizing kernel."""
+        moved = self.weight_bytes(k, n, group) + 2 * m * k + 2 * m * n
+        return moved + 4 * k * n * self.dequantizes_per_call
     dtype = torch.float16
 
     def unsupported_reason(self, device: torch.device) -> str | None:
@@ -169,6 +175,10 @@ class AWQGemm(Kernel):
     def __init__(self, path):
         self.path = path
         self.name = f"awq-gemm-{path}"
+        self.dequantizes_per_call = path == "naive"
+
+    def weight_bytes(self, k, n, group=GROUP):
+        return awq_gemm_weight_bytes(k, n, group)
 
     def unsupported_reason(self, device):
         from awq.modules.linear import gemm
@@ -198,6 +208,9 @@ class AWQGemv(Kernel):
     name = "awq-gemv"
     bits = 4
 
+    def weight_bytes(self, k, n, group=GROUP):
+        return awq_gemv_weight_bytes(k, n, group)
+
     def unsupported_reason(self, device):
         from awq.modules.linear import gemv
         if device.type != "cuda" or gemv.awq_ext is None:
@@ -219,6 +232,11 @@ class GptqAWQ(Kernel):
 
     def __init__(self, short: str, backend: str, version: str = "gemm"):
         self.name, self.backend, self.version = f"awq-hf-{short}", backend, version
+        self.dequantizes_per_call = short == "torch"  # gptqmodel's torch kernel dequantizes every call
+
+    def weight_bytes(self, k, n, group=GROUP):
+        """The checkpoint's bytes, whatever layout the kernel repacks them into at load."""
+        return (awq_gemv_weight_bytes if self.version == "gemv" else awq_gemm_weight_bytes)(k, n, group)
 
     def unsupported_reason(self, device):
         from ..errors import Unsupported
@@ -262,6 +280,10 @@ class CTW4A16(Kernel):
     """compressed-tensors W4A16 as its decompressor runs it: unpack int32 -> dequantize -> matmul."""
     name = "ct-w4a16"
     bits = 4
+    dequantizes_per_call = True
+
+    def weight_bytes(self, k, n, group=GROUP):
+        return k * n // 2 + 2 * n * (k // group)
 
     def prepare(self, k, n, device, copies, seed=0):
         from compressed_tensors.compressors import pack_to_int32, unpack_from_int32
@@ -292,6 +314,12 @@ class CTW4A16(Kernel):
 class FP8ScaledMM(Kernel):
     name = "fp8-scaled-mm"
     bits = 8
+
+    def weight_bytes(self, k, n, group=GROUP):
+        return k * n + 4  # fp8 weight and its fp32 scale
+
+    def bytes_moved(self, m, k, n, group=GROUP):
+        return super().bytes_moved(m, k, n, group) + m * k + 4  # x is re-written in fp8, plus its scale
 
     def unsupported_reason(self, device):
         if device.type != "cuda":
