@@ -118,7 +118,7 @@ def pytest_configure(config):
     state = config.stash[STATE] = RunState(states=StateRecorder())
     try:
         _read_matrix(config, state)
-        state.fail_on = _gate_options(config)
+        _read_gate_options(config, state)
     except QuantbenchError as exc:
         raise pytest.UsageError(exc.line()) from None
     except ValueError as exc:
@@ -149,11 +149,11 @@ def _read_matrix(config, state: RunState) -> None:
     state.kernel_cases = _kernel_cases(config)
 
 
-def _gate_options(config) -> tuple:
+def _read_gate_options(config, state: RunState) -> None:
     from .gate import load_thresholds, parse_fail_on
+    state.fail_on = parse_fail_on(config.getoption("qb_gate_fail_on"), "--qb-gate-fail-on")
     if config.getoption("qb_gate"):
-        run_state(config).thresholds = load_thresholds(config.getoption("qb_thresholds") or THRESHOLDS)
-    return parse_fail_on(config.getoption("qb_gate_fail_on"), "--qb-gate-fail-on")
+        state.thresholds = load_thresholds(config.getoption("qb_thresholds") or THRESHOLDS)
 
 
 def _check_history_folder(root) -> None:

@@ -161,6 +161,5 @@ def _describe(case: KernelCase, kernel, prepared, device, peaks: dict, t: float,
         "working_set_bytes": len(copies) * prepared.weight_bytes, "cache_bytes": llc,
         "working_set_exceeds_2x_cache": len(copies) * prepared.weight_bytes > 2 * llc,
         "rate_metrics": {"tflops": work * iters / 1e12, "gbps": moved * iters / 1e9},
-        "time_metrics": [], "bits": kernel.bits,
-        "display_order": kernel.display_order,
+        "time_metrics": [], **kernel.record_fields(),
     }, record.KERNEL)

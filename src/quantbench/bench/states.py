@@ -21,14 +21,14 @@ class StateRecorder:
         from ..formats import get_format
         fmt = get_format(case.format) if case.format else None
         self.records.append({"case": case.id, "nodeid": nodeid, "state": state, "reason": reason,
-                             **case.params(), "bits": fmt.bits if fmt else None,
-                             "display_order": fmt.display_order if fmt else None})
+                             **case.params(),
+                             **(fmt.record_fields() if fmt else {"bits": None, "display_order": None})})
 
     def add_kernel(self, case, state: str, reason: str, nodeid: str = "") -> None:
         self.records.append({"case": case.id, "nodeid": nodeid, "state": state, "reason": reason,
                              "suite": "kernels", "kernel": case.kernel, "model": case.model, "shape": case.shape,
                              "K": case.k, "N": case.n, "M": case.m,
-                             "bits": _kernel(case.kernel).bits, "display_order": _kernel(case.kernel).display_order})
+                             **_kernel(case.kernel).record_fields()})
 
 
 class Stated(Exception):

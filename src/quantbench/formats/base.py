@@ -105,6 +105,11 @@ class Format:
         }
         return LoadedModel(model, self.name, self.library, device, self.dtype, load_s, facts)
 
+    def record_fields(self) -> dict:
+        """What every case of this format records about it (measured or stated): the guide reads
+        whether it is quantized and where it sorts from here, not from a list of names."""
+        return {"bits": self.bits, "display_order": self.display_order}
+
     def describe(self) -> dict:
         return {"name": self.name, "checkpoint": self.checkpoint, "library": self.library,
                 "display_order": self.display_order,

@@ -88,6 +88,10 @@ class Kernel:
     display_order: int = 99
     dequantizes_per_call = False   # writes the dense fp16 weight, then reads it in the matmul
 
+    def record_fields(self) -> dict:
+        """What every case of this kernel records about it (as Format.record_fields)."""
+        return {"bits": self.bits, "display_order": self.display_order}
+
     def weight_bytes(self, k: int, n: int, group: int = GROUP) -> int:
         """Bytes of one copy of the weights as stored (what must come from memory each call)."""
         return 2 * k * n

@@ -52,9 +52,6 @@ class Runtime:
         start(ids, new_tokens) -> state, decode(state, n, timer) -> tokens."""
         raise NotImplementedError
 
-    def describe(self) -> dict:
-        return {"name": self.name, "description": self.description}
-
 
 def register(cls):
     """Class decorator: adds one instance to RUNTIMES under its name."""
