@@ -43,6 +43,8 @@ BENCH_FORMATS = "all,bf16+compile,awq-gemm+compile,awq-gemm-hf+compile,ct-w4a16+
 # 2-core CPU, so the eager variant of every format is opt-in). Batch 1 and 4 at one prompt length.
 VLLM_BENCH = ["--qb-formats", "bf16,awq-gemm,ct-w4a16,ct-w8a16,ct-fp8,ct-w8a8,bf16@vllm+eager,ct-w8a8@vllm+eager",
               "--qb-runtimes", "transformers,vllm", "--qb-prompt", "32"]
+# vLLM's kernels beside the dense baseline of the crossover (the other kernels are the current stack's).
+VLLM_KERNELS = ["--qb-kernels", "torch-fp16,vllm-int8-scaled-mm"]
 # On a GPU (the nightly) every format on every runtime of the stack.
 VLLM_GPU = ["--qb-formats", "bf16,fp16,awq-gemm,ct-w4a16,ct-w8a16,ct-fp8,ct-w8a8",
             "--qb-runtimes", "transformers,vllm,vllm+eager"]
@@ -51,7 +53,7 @@ VLLM_GPU = ["--qb-formats", "bf16,fp16,awq-gemm,ct-w4a16,ct-w8a16,ct-fp8,ct-w8a8
 def selection(stack: str) -> list[str]:
     """The formats x runtimes a stack's bench and nightly measure."""
     if stack == "vllm":
-        return VLLM_GPU if has_gpu() else VLLM_BENCH
+        return (VLLM_GPU if has_gpu() else VLLM_BENCH) + VLLM_KERNELS
     return ["--qb-formats", BENCH_FORMATS]
 # transformers / compressed-tensors pairs for the upgrade matrix; each lands in its own history
 # signature, and `quantbench gate --allow-incomparable` compares two of them explicitly.

@@ -64,6 +64,7 @@ def test_user_checkpoint_of_another_architecture_is_detected_and_benchmarked(tmp
     assert all(b["extra_info"]["model"].startswith("dir:") for b in data["benchmarks"])
 
 
+@pytest.mark.stack_independent  # the harness's own loop around the model
 def test_harness_overhead_is_small(tiny_checkpoints, tmp_path):
     # A busy neighbour can slow either side for a whole measurement (on 2026-11-23 this VM ran whole
     # seconds at 1.3-2x the time); a real harness overhead shows up in every attempt, so the best of
@@ -81,6 +82,7 @@ def test_harness_overhead_is_small(tiny_checkpoints, tmp_path):
     assert min(ratios) < 1.05  # target <= 1.02
 
 
+@pytest.mark.stack_independent  # the plugin's and the history's plumbing, not the libraries
 def test_a_stored_run_leaves_no_scratch_copy_behind(tiny_checkpoints, tmp_path, monkeypatch):
     """--qb-history without --benchmark-json has pytest-benchmark write to a scratch folder: before,
     every such run left one in /tmp (185 of them on the dev machine)."""
@@ -95,6 +97,7 @@ def test_a_stored_run_leaves_no_scratch_copy_behind(tiny_checkpoints, tmp_path, 
     assert [p.name for p in scratch.iterdir() if p.name.startswith("quantbench-")] == []
 
 
+@pytest.mark.stack_independent  # the plugin's and the history's plumbing, not the libraries
 def test_a_history_that_cannot_be_stored_fails_the_run_and_keeps_its_json(tiny_checkpoints, tmp_path):
     """The history is written at the very end: a full disk or a file in the way there must not lose
     the run (pytest-benchmark still writes --benchmark-json) nor pass quietly."""
@@ -111,6 +114,7 @@ def test_a_history_that_cannot_be_stored_fails_the_run_and_keeps_its_json(tiny_c
     assert json.loads(out.read_text())["benchmarks"]
 
 
+@pytest.mark.stack_independent  # the plugin's and the history's plumbing, not the libraries
 def test_a_run_whose_every_case_is_unsupported_is_still_a_result(tmp_path):
     """pytest-benchmark writes nothing when no case was timed. On a machine without awq_ext, a run of
     the AutoAWQ CUDA formats is all "unsupported: why": that must reach the JSON, the history, the

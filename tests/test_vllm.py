@@ -173,3 +173,18 @@ def test_vllm_harness_overhead_is_small(tiny_checkpoints, tmp_path):
             break
     print(f"vLLM harness overhead ratios (min suite / min bare generate): {ratios}")
     assert min(ratios) < 1.05  # target <= 1.02
+
+
+@pytest.mark.vllm
+@without_vllm
+def test_vllms_int8_kernel_matches_fp32_or_states_why_not():
+    from quantbench.kernels import KERNELS, rel_err, tolerance
+    kernel, cpu = KERNELS["vllm-int8-scaled-mm"], torch.device("cpu")
+    reason = kernel.unsupported_reason(cpu)
+    if reason:  # AVX2 without VNNI: oneDNN's int8 GEMM saturates int16 sums there
+        assert "VNNI" in reason
+        return
+    prepared = kernel.prepare(768, 256, cpu, copies=2)
+    x = torch.randn(16, 768, generator=torch.Generator().manual_seed(0)).to(torch.float16)
+    got = prepared.call(x, prepared.copies[1])
+    assert rel_err(got, x.float() @ prepared.reference_weight.t()) <= tolerance(kernel)

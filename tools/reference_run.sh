@@ -8,6 +8,8 @@
 #   sweep    decode/prefill over the batch sweep for the formats the seed asks about
 #   formats  every other registered format at two batch sizes
 #   compile  decode with torch.compile + CUDA graphs (the +compile formats) beside bf16 eager, two batch sizes
+#   vllm     the seed's formats through vLLM's engine (compiled and eager) beside transformers, two batch
+#            sizes (needs vllm importable: the image or a stack installed with it; else every case states why)
 #   hf       the AWQ checkpoints through transformers + gptqmodel, one format per kernel (GEMM vs GEMV at 1 and 8)
 #   prompts  longer prompts for bf16, awq-gemm and ct-w4a16
 #   kernels  the GEMM/GEMV kernel suite over the specs' (K, N) shapes and the full M sweep
@@ -155,6 +157,13 @@ stage_compile() {
   bench "compile-$STACK" benchmarks/test_generation.py --qb-models "$MODEL" \
     --qb-formats "${QB_COMPILE_FORMATS:-bf16,bf16+compile,awq-gemm+compile,awq-gemm-hf+compile,ct-w4a16+compile,ct-w4a16-bare+compile}" \
     --qb-batch "${QB_COMPILE_BATCH:-1,16}" --qb-prompt 128 --qb-new-tokens "$NEW" --qb-rounds "$ROUNDS" -k decode
+}
+
+stage_vllm() {
+  bench "vllm-$STACK" benchmarks/test_generation.py --qb-models "$MODEL" \
+    --qb-formats "${QB_VLLM_FORMATS:-bf16,awq-gemm,ct-w4a16,ct-w8a8,ct-fp8}" \
+    --qb-runtimes "${QB_VLLM_RUNTIMES:-transformers,vllm,vllm+eager}" \
+    --qb-batch "${QB_VLLM_BATCH:-1,16}" --qb-prompt 128 --qb-new-tokens "$NEW" --qb-rounds "$ROUNDS"
 }
 
 stage_gptq() {

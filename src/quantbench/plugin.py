@@ -389,7 +389,7 @@ def pytest_terminal_summary(terminalreporter, config):
     state = run_state(config)
     table = state.crossover
     if table is not None and not table.empty:
-        terminalreporter.section("quantbench: crossover M (int4 kernel stops beating torch-fp16)")
+        terminalreporter.section("quantbench: crossover M (quantized kernel stops beating torch-fp16)")
         terminalreporter.write_line(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     saved = state.saved
     if saved:

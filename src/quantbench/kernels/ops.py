@@ -22,6 +22,8 @@ ct-w4a16 (dequant+mm)     KN/2 (weight_packed) + 2KN/G (weight_scale) + 4KN (den
                           written, read) + 2MK + 2MN
 fp8 scaled_mm             KN (fp8 W) + 4 (its fp32 scale) + 2MK (x read) + MK + 4 (fp8 x and
                           its scale written) + 2MN
+vllm-int8-scaled-mm       KN (int8 W) + 4N (fp32 channel scales) + 2MK (x read) + MK + 4M (int8 x
+                          and its per-token scales written) + 2MN
 ========================  ====================================================================
 
 Activation quantization of fp8 reads x in fp16 and writes it in fp8, hence 2MK + MK.
@@ -107,6 +109,14 @@ class Kernel:
 
     def prepare(self, k: int, n: int, device: torch.device, copies: int, seed: int = 0) -> Prepared:
         raise NotImplementedError
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((set(line.split(":", 1)[1].split()) for line in fh if line.startswith("flags")), set())
+    except OSError:
+        return set()
 
 
 def _random_weight(k: int, n: int, device, seed: int) -> torch.Tensor:
@@ -348,13 +358,71 @@ class FP8ScaledMM(Kernel):
         return Prepared(ws, call, ref, _nbytes(w8, w_scale), "torch._scaled_mm e4m3 (per-tensor scales)")
 
 
+class VllmInt8ScaledMM(Kernel):
+    """vLLM's W8A8 int8 linear through its own ops, as its kernels call them: dynamic per-token int8
+    activations, per-channel int8 weights. CPU: CPUInt8ScaledMMLinearKernel's oneDNN path
+    (create_onednn_scaled_mm + onednn_scaled_int8_quant + onednn_scaled_mm); CUDA: its CUTLASS
+    scaled-mm (scaled_int8_quant + cutlass_scaled_mm)."""
+
+    name = "vllm-int8-scaled-mm"
+    bits = 8
+
+    def weight_bytes(self, k, n, group=GROUP):
+        return k * n + 4 * n
+
+    def bytes_moved(self, m, k, n, group=GROUP):
+        return super().bytes_moved(m, k, n, group) + m * k + 4 * m
+
+    def unsupported_reason(self, device):
+        import importlib.util
+        if importlib.util.find_spec("vllm") is None:
+            return "vLLM is not installed here (the vllm stack has it)"
+        from vllm.platforms import current_platform
+        if current_platform.device_type != device.type:
+            return f"this vLLM build runs on {current_platform.device_type}, not {device.type}"
+        if device.type == "cpu" and not {"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags():
+            # Measured on an AVX2 AMD EPYC (K=256, N=768): max rel err 0.13-0.20 with full-range int8
+            # weights, 0.0003 with 7-bit ones, so a wrong result, never a timing.
+            return ("vLLM's oneDNN int8 GEMM on a CPU without VNNI (AVX2 only here) sums u8 x s8 pairs in int16 "
+                    "and saturates: max rel err 0.13-0.20 vs fp32 with full-range int8 weights")
+        return None
+
+    def prepare(self, k, n, device, copies, seed=0):
+        from vllm import _custom_ops as ops
+        w = _random_weight(k, n, device, seed).float()
+        scale = (w.abs().amax(dim=1, keepdim=True) / 127.0).clamp(min=1e-12)  # [N, 1]
+        q = torch.round(w / scale).clamp(-128, 127).to(torch.int8)
+        ref = q.float() * scale
+        if device.type == "cuda":
+            ws = [(q.t(), scale.t().contiguous())] + [(q.clone().t(), scale.t().contiguous()) for _ in range(copies - 1)]
+
+            def call(x, copy):
+                x_q, x_s, _ = ops.scaled_int8_quant(x, symmetric=True)
+                return ops.cutlass_scaled_mm(x_q, copy[0], x_s, copy[1], out_dtype=x.dtype)
+            return Prepared(ws, call, ref, _nbytes(q, scale), "vllm cutlass_scaled_mm int8 (dynamic per-token x)")
+        # [K, N] as a transposed view of [N, K], as vLLM hands it to oneDNN (which packs its own copy)
+        # The handler keeps a pointer to the scales (vLLM keeps them as a layer parameter): held with it.
+        scales = [scale.clone() for _ in range(copies)]
+        ws = [(ops.create_onednn_scaled_mm(q.clone().t(), s, torch.float16, True, False, 32), s) for s in scales]
+
+        def call(x, copy):
+            handler = copy[0]
+            x_q, x_s, x_zp = ops.onednn_scaled_int8_quant(x, None, None, True)
+            out = torch.empty((x.shape[0], handler.n), dtype=x.dtype)
+            ops.onednn_scaled_mm(handler, x_q, out, x_s, x_zp, None, None)  # symmetric x: no zero-point term
+            return out
+        return Prepared(ws, call, ref, _nbytes(q, scale), "vllm onednn_scaled_mm int8 (dynamic per-token x)")
+
+
 KERNELS: dict[str, Kernel] = {k.name: k for k in (
     Dense(torch.bfloat16), Dense(torch.float16), AWQGemm("awq_ext"), AWQGemm("triton"), AWQGemm("naive"),
     AWQGemv(), CTW4A16(), FP8ScaledMM(),
     # The same AWQ weights through gptqmodel's kernels (transformers 5.x's AWQ runtime).
     GptqAWQ("aten", "awq_torch_aten"), GptqAWQ("torch", "awq_torch"), GptqAWQ("gemm", "awq_gemm"),
     GptqAWQ("gemv", "awq_gemv", version="gemv"), GptqAWQ("triton", "awq_gemm_triton"),
-    GptqAWQ("marlin", "awq_marlin"), GptqAWQ("machete", "awq_machete"))}
+    GptqAWQ("marlin", "awq_marlin"), GptqAWQ("machete", "awq_machete"),
+    # vLLM's own linear kernels (the vllm stack)
+    VllmInt8ScaledMM())}
 for _order, _kernel in enumerate(KERNELS.values()):
     _kernel.display_order = _order  # registry order is the guide's order and color
 DENSE_BASELINE = "torch-fp16"
@@ -370,4 +438,6 @@ def tolerance(kernel: Kernel) -> float:
     rounding of inputs, weights and accumulation allows (fp8 also rounds x to 3 mantissa bits)."""
     if kernel.name == "fp8-scaled-mm":
         return 0.08
+    if kernel.name == "vllm-int8-scaled-mm":
+        return 0.03  # x is rounded to int8 per token: ~1/127 of its largest element
     return 0.02 if kernel.dtype == torch.bfloat16 else 0.01

@@ -8,14 +8,16 @@ from ..history import record
 
 
 def crossover(frame: pd.DataFrame, baseline: str = "torch-fp16") -> pd.DataFrame:
-    """For each (model, shape, int4 kernel): the smallest M from which the kernel is no faster than the
-    dense baseline at every larger M measured. ``frame`` columns: shape, K, N, M, kernel, time_s.
+    """For each (model, shape, quantized kernel: int4, int8, fp8): the smallest M from which the kernel is
+    no faster than the dense baseline at every larger M measured. ``frame`` columns: shape, K, N, M, kernel,
+    time_s, bits.
 
-    'never' = the int4 kernel wins at every M measured; the smallest M = it never wins."""
+    'never' = the kernel wins at every M measured; the smallest M = it never wins."""
     rows = []
     dense = {(r.model, r.shape, r.M): r.time_s for r in frame[frame["kernel"] == baseline].itertuples()}
-    int4 = frame["bits"] == 4 if "bits" in frame else pd.Series(False, index=frame.index)  # each kernel names its bits
-    for (model, shape, kernel), group in frame[int4].groupby(["model", "shape", "kernel"]):
+    # each kernel names its bits; a dense one's are null
+    quantized = frame["bits"].notna() if "bits" in frame else pd.Series(False, index=frame.index)
+    for (model, shape, kernel), group in frame[quantized].groupby(["model", "shape", "kernel"]):
         group = group.sort_values("M")
         wins = []
         for _, row in group.iterrows():

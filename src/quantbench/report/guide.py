@@ -524,7 +524,7 @@ def _kernel_section(sig: Signature, out_dir: Path) -> list[str]:
     cross = pd.DataFrame(record.section(run).get("crossover") or [])
     if not cross.empty:
         cross = cross.astype({"K": int, "N": int, "best_M": int, "crossover_M": str})
-        lines += ["Crossover M: from this M on, the int4 kernel is no faster than torch-fp16 "
+        lines += ["Crossover M: from this M on, the quantized kernel is no faster than torch-fp16 "
                   "('never' = it wins at every M measured):", "",
                   cross.to_markdown(index=False, floatfmt=".2f"), ""]
     table = kok.pivot_table(index=["model", "shape", "kernel"], columns="M", values="pct_peak_gbps",
