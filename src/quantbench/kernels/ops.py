@@ -394,7 +394,9 @@ class VllmInt8ScaledMM(Kernel):
         q = torch.round(w / scale).clamp(-128, 127).to(torch.int8)
         ref = q.float() * scale
         if device.type == "cuda":
-            ws = [(q.t(), scale.t().contiguous())] + [(q.clone().t(), scale.t().contiguous()) for _ in range(copies - 1)]
+            # As vLLM's CUTLASS int8 kernel holds them: w [K, N] column-major, channel scales [N, 1] (untested
+            # here: no GPU was lent while this was written).
+            ws = [(q.t(), scale)] + [(q.clone().t(), scale.clone()) for _ in range(copies - 1)]
 
             def call(x, copy):
                 x_q, x_s, _ = ops.scaled_int8_quant(x, symmetric=True)
