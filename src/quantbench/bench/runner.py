@@ -134,6 +134,8 @@ def time_case(benchmark, case: Case, prepared, ids, options: RunOptions) -> tupl
         raise Stated("oom", f"CUDA out of memory: {str(exc)[:200]}") from None
     except BadCheckpoint as exc:
         raise Stated("invalid-input", exc.line(), fail=True) from None
+    except Unsupported as exc:  # what an engine finds it cannot do at this shape (vLLM: a prefill in two steps)
+        raise Stated(exc.state, str(exc)) from None
     return step_times, peak
 
 
