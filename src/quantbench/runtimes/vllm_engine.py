@@ -71,8 +71,8 @@ def engine_args(shapes: Shapes, guard_ids: torch.Tensor) -> dict:
 class Engine:
     """One vLLM engine in this process, started for one checkpoint; closed when the pool moves on."""
 
-    def __init__(self, llm, start_s: float):
-        self.llm, self.start_s = llm, start_s
+    def __init__(self, llm, start_s: float, vocab: int):
+        self.llm, self.start_s, self.vocab = llm, start_s, vocab
         self.engine = llm.llm_engine
         self.requests = 0
 
@@ -99,16 +99,21 @@ class Engine:
     def step(self) -> list:
         return self.engine.step()
 
+    def run(self, ids: torch.Tensor, new_tokens: int, logprobs: int | None = None) -> Requests:
+        """Requests in, the engine stepped until every one finished (prefill cases, the guard)."""
+        requests = Requests(self.add(ids, new_tokens, logprobs))
+        while not requests.finished():
+            requests.take(self.step())
+        return requests
+
     def all_started(self) -> bool:
         """Has every request in flight its first token? (vLLM's per-request stats, kept with log stats on)"""
         states = self.engine.output_processor.request_states.values()
         return all(state.stats is not None and state.stats.num_generation_tokens >= 1 for state in states)
 
     def close(self) -> None:
-        from vllm.distributed import cleanup_dist_env_and_memory
         self.engine = self.llm = None
-        gc.collect()
-        cleanup_dist_env_and_memory()
+        _cleanup()
 
 
 class Requests:
@@ -157,10 +162,7 @@ class VLLMDecoder:
         return {"engine_decode_s": median, "wall_vs_engine_decode": wall_median_s / median if median else None}
 
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
-        requests = Requests(self.engine.add(ids, 1))
-        while not requests.finished():
-            requests.take(self.engine.step())
-        return requests.token_tensor()
+        return self.engine.run(ids, 1).token_tensor()
 
     def start(self, ids: torch.Tensor, new_tokens: int) -> Requests:
         """Untimed: the requests enter and their prefill step returns every first token."""
@@ -255,7 +257,7 @@ class VLLM(Runtime):
             _cleanup()
             raise Unsupported(f"vLLM ({build()}) cannot load {fmt.name} here: {_vllm_reason(exc)}") from None
         synchronize(device)
-        return Engine(llm, time.perf_counter() - start)
+        return Engine(llm, time.perf_counter() - start, vocab)
 
     def decoder(self, model, device, dtype):
         raise NotImplementedError("vLLM's decoder comes with its engine: see open()")
@@ -286,12 +288,9 @@ def guard_forward(engine: Engine, ids: torch.Tensor) -> tuple[dict, dict]:
     """The guard prompt's next-token logprobs from the engine (the guard's 'logits'), NaN where vLLM
     returned none (beyond its top K): position i of vLLM's prompt logprobs predicts token i, so the
     reference's logits at i pair with vLLM's at i + 1, and the last with the first sampled token's."""
-    top_k = engine.llm.llm_engine.vllm_config.model_config.max_logprobs
-    requests = Requests(engine.add(ids, 1, logprobs=top_k))
-    while not requests.finished():
-        requests.take(engine.step())
-    vocab = _vocab_size(engine.llm.llm_engine.vllm_config.model_config.model)
-    logprobs = torch.full((*ids.shape, vocab), float("nan"), dtype=torch.float32)
+    top_k = engine.engine.vllm_config.model_config.max_logprobs
+    requests = engine.run(ids, 1, logprobs=top_k)
+    logprobs = torch.full((*ids.shape, engine.vocab), float("nan"), dtype=torch.float32)
     for row, name in enumerate(requests.tokens):
         out = requests.outputs[name]
         positions = list(out.prompt_logprobs[1:]) + [out.outputs[0].logprobs[0]]
@@ -299,7 +298,7 @@ def guard_forward(engine: Engine, ids: torch.Tensor) -> tuple[dict, dict]:
             for token, entry in entries.items():
                 logprobs[row, pos, token] = entry.logprob
     return ({"logits": logprobs, "logprobs": True, "hidden": None, "hidden_layer": None},
-            {"guard_source": f"vLLM prompt logprobs, top {top_k} of {vocab} per position"})
+            {"guard_source": f"vLLM prompt logprobs, top {top_k} of {engine.vocab} per position"})
 
 
 def engine_kernels(model) -> dict[str, str]:
@@ -349,7 +348,7 @@ def kernel_summary(kinds: dict[str, str]) -> str:
 def engine_facts(engine: Engine, ckpt, device) -> dict:
     from ..formats.base import disk_bytes, linear_classes
     model, runner = engine.runner.model, engine.runner
-    config = engine.llm.llm_engine.vllm_config
+    config = engine.engine.vllm_config
     kinds = engine_kernels(model)
     weights = resident_weight_bytes(model)["total"]
     return {
