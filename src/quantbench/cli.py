@@ -73,30 +73,77 @@ def _thresholds(args):
 
 
 def cmd_gate(args) -> int:
+    from . import history
+    from .gate import parse_fail_on
+    parse_fail_on(args.fail_on)  # before anything is read: a typo here fails nothing ever
+    store = history.open_store(args.history)
+    try:
+        if args.group:
+            currents = _group_runs(store, args.group)
+        elif args.current is None:
+            raise QuantbenchError(None, "quantbench gate needs --current or --group",
+                                  "pass --current FILE|latest, or --group ID for a sharded run")
+        else:
+            currents = [_current_run(store, args.current)]
+        results = [_gate_one(args, store, *current) for current in currents]
+    finally:
+        store.close()
+    if args.markdown:  # one section per signature of a --group
+        from pathlib import Path
+        Path(args.markdown).write_text("\n".join(text for _, text in results if text), encoding="utf-8")
+    return max(code for code, _ in results)
+
+
+def _current_run(store, text: str):
+    """--current: 'latest' (the newest run in the history, its shards joined), a file, or a stored run."""
     from pathlib import Path
 
+    from . import history
+    if text == "latest":
+        newest = history.units(store.runs(), store.name_of)
+        if not newest:
+            store.latest()  # raises: no runs stored
+        refs = newest[-1]
+    else:
+        found = Path(text) if Path(text).is_file() else store.find(text)
+        refs = [found if found is not None else Path(text)]
+    where, payload = history.collapse(history.read_all(store, refs))[-1]
+    return where, payload, refs[-1] if len(refs) == 1 else None
+
+
+def _group_runs(store, group: str) -> list:
+    """--group: the shards of one sharded run, joined, one run per machine signature."""
+    from . import history
+    wanted = history.shard_group_name(group)
+    refs = [ref for ref in store.runs() if (history.group_of(store.name_of(ref)) or ("",))[0] == wanted]
+    if not refs:
+        raise QuantbenchError(store.label, f"no runs of group {group} stored",
+                              "check the group id (the shards' --qb-group or GITHUB_RUN_ID) and --history")
+    runs = history.collapse(history.read_all(store, refs))
+    return [(where, payload, None) for where, payload in runs]
+
+
+def _gate_one(args, store, current_where: str, current: dict, current_ref) -> tuple[int, str]:
+    """Gate one run; (exit status, Markdown summary)."""
     from . import gate, history
     from .errors import NoBaseline
-    from .gate import parse_fail_on
-    fail_on = parse_fail_on(args.fail_on)  # before any file is read: a typo here fails nothing ever
-    current_path = Path(args.current) if args.current != "latest" else history.latest_run(args.history)
-    current = history.load_run(current_path)
+    fail_on = gate.parse_fail_on(args.fail_on)
     try:
-        baseline_paths = gate.resolve_baselines(args.baseline, Path(args.history), current, current_path,
-                                                  args.baseline_runs)
+        baseline_refs = gate.resolve_baselines(args.baseline, store, current, current_ref, args.baseline_runs)
     except NoBaseline as exc:
         if args.if_no_baseline != "pass":
             raise
         print(f"quantbench gate: nothing to compare with, passed: {exc.line()}")
-        return 0
-    baselines = [history.load_run(p) for p in baseline_paths]
+        return 0, ""
+    baseline_runs = history.collapse(history.read_all(store, baseline_refs))
+    baselines = [payload for _, payload in baseline_runs]
     thresholds = _thresholds(args)
-    current_runs, baseline_runs = history.runs_in(current), sum(history.runs_in(b) for b in baselines)
-    if args.paired and current_runs != baseline_runs:
-        print(f"quantbench gate: error: {current_path}: --paired needs the current file to be a merge of as many "
-              f"runs as the baseline holds ({baseline_runs}), it holds {current_runs}. Fix: quantbench "
+    current_runs, baseline_count = history.runs_in(current), sum(history.runs_in(b) for b in baselines)
+    if args.paired and current_runs != baseline_count:
+        print(f"quantbench gate: error: {current_where}: --paired needs the current file to be a merge of as many "
+              f"runs as the baseline holds ({baseline_count}), it holds {current_runs}. Fix: quantbench "
               "merge the current side's runs, in the order of the baseline runs", file=sys.stderr)
-        return 2
+        return 2, ""
     upgrade = gate.crosses_upgrade(args.baseline, current, baselines)
     if upgrade:
         print(f"quantbench gate: first run of signature {history.signature(current)}: comparing with the stack it "
@@ -106,21 +153,30 @@ def cmd_gate(args) -> int:
         if not result.exit_code:
             break
         result = _confirm_by_rerun(result, current, baselines, thresholds, fail_on)
-    print(f"quantbench gate: current  {current_path}")
-    for path in baseline_paths:
-        print(f"                 baseline {path}")
+    print(f"quantbench gate: current  {current_where}")
+    for where, _ in baseline_runs:
+        print(f"                 baseline {where}")
+    _print_group_state(current)
     print(result.table())
     for decision in result.decisions:
         if decision.state == "regressed":
             print("REGRESSED " + decision.message())
-    if args.markdown:
-        Path(args.markdown).write_text(result.markdown(), encoding="utf-8")
     if result.machine_note:
         print(f"quantbench gate: {result.machine_note}")
     compared = any(d.state != "incomparable" for d in result.decisions)
     verdict = "FAILED" if result.exit_code else "passed" if compared else "NOT COMPARED (incomparable)"
     print(f"quantbench gate: {verdict} {result.counts()}")
-    return result.exit_code
+    return result.exit_code, result.markdown()
+
+
+def _print_group_state(payload: dict) -> None:
+    from .history import record
+    group = record.section(payload).get("group")
+    if group and group.get("missing"):
+        print(f"quantbench gate: group {group['id']}: shard(s) {', '.join(map(str, group['missing']))} of "
+              f"{group['shards']} not stored: their cases are 'missing' (not compared, never a regression)")
+    elif group:
+        print(f"quantbench gate: group {group['id']}: all {group['shards']} shards stored, gated as one run")
 
 
 def _confirm_by_rerun(result, current, baselines, thresholds, fail_on):
@@ -150,7 +206,11 @@ def cmd_export(args) -> int:
 
     from . import history
     from .gate import export
-    payload = history.load_run(args.current)
+    store = history.open_store(args.history)
+    try:
+        _, payload, _ = _current_run(store, args.current)
+    finally:
+        store.close()
     for path in export.write_github_action_benchmark(payload, _thresholds(args), Path(args.out_dir)):
         print(path)
     return 0
@@ -163,32 +223,29 @@ def _skipped(command: str):
     return warn
 
 
-def _stored_as(root, payload: dict):
-    """The history file that already holds exactly this run (same run ids), if any."""
+def cmd_history(args) -> int:
     from . import history
-    for path in history.run_files(root, history.signature(payload)):
-        try:
-            if history.run_ids(history.load_run(path)) == history.run_ids(payload):
-                return path
-        except BadHistory as exc:
-            _skipped("history")(exc)
-    return None
+    store = history.open_store(args.history)
+    try:
+        for file in args.add:
+            # a run measured elsewhere (another machine, a --benchmark-json whose history save failed):
+            # validated, stored under its own signature, never twice
+            where, stored_now = store.save(history.load_run(file), added=True)
+            print(f"{file}: stored as {where}" if stored_now else f"{file}: already stored as {where}")
+        if args.action == "import":
+            return _import(store, args.folder)
+        if args.action == "export":
+            return _export(store, args.to)
+        return _list(store)
+    finally:
+        store.close()
 
 
-def cmd_history_list(args) -> int:
-    from pathlib import Path
-
+def _list(store) -> int:
     from . import history
-    for file in args.add:
-        # a run measured elsewhere (another machine, a --benchmark-json whose history save failed):
-        # validated, stored under its own signature, never twice
-        payload = history.load_run(file)
-        twin = _stored_as(Path(args.history), payload)
-        print(f"{file}: already stored as {twin}" if twin else
-              f"{file}: stored as {history.save_run(Path(args.history), payload, at_run_time=True)}")
-    frame = history.load_frame(history.readable(history.run_files(args.history), _skipped("history")))
+    frame = history.frame_of(history.read_all(store, store.runs(), _skipped("history")))
     if frame.empty:
-        print(f"no history under {args.history}")
+        print(f"no history under {store.label}")
         return 0
     table = frame.groupby(["signature", "file"], dropna=False).agg(
         cases=("name", "count"), commit=("commit", "first"), datetime=("datetime", "first")).reset_index()
@@ -196,8 +253,60 @@ def cmd_history_list(args) -> int:
     return 0
 
 
-def cmd_peaks(args) -> int:
+def _import(store, folder) -> int:
+    """Every run of a history folder (and its measured ceilings) into ``store``, under the same names;
+    a run already there is not stored again, a damaged file is named and skipped."""
+    import json
     from pathlib import Path
+
+    from . import history
+    if not folder or not Path(folder).is_dir():
+        raise QuantbenchError(folder, "not a history folder", "pass the folder that holds <signature>/ folders: "
+                              "quantbench history import FOLDER --history URL")
+    source = history.FolderStore(folder)
+    counts = {"stored": 0, "already stored": 0, "skipped": 0}
+    for name in source.signatures():
+        for path in source.runs(name):
+            try:
+                history.load_run(path)  # checked; stored as written (a schema-1 file migrates when read)
+            except BadHistory as exc:
+                _skipped("history import")(exc)
+                counts["skipped"] += 1
+                continue
+            _, stored_now = store.save(json.loads(path.read_text()), name=path.name)
+            counts["stored" if stored_now else "already stored"] += 1
+        if (peaks := source.load_peaks(name)) is not None:
+            store.save_peaks(name, peaks)
+    print(f"quantbench history import: {folder} -> {store.label}: "
+          + ", ".join(f"{count} {what}" for what, count in counts.items()))
+    return 0
+
+
+def _export(store, to) -> int:
+    """The store's runs written as a history folder (<signature>/<name>.json, peaks.json): every folder
+    command and ``pytest-benchmark compare`` read it."""
+    from pathlib import Path
+
+    from . import history
+    if not to:
+        raise QuantbenchError(None, "quantbench history export needs --to FOLDER", "pass the folder to write")
+    written = 0
+    for name in store.signatures():
+        for ref in store.runs(name):
+            try:
+                payload = store.load_raw(ref)
+            except BadHistory as exc:
+                _skipped("history export")(exc)
+                continue
+            history.write_atomic(Path(to) / name / store.name_of(ref), payload)
+            written += 1
+        if (peaks := store.load_peaks(name)) is not None:
+            history.write_atomic(Path(to) / name / "peaks.json", peaks)
+    print(f"quantbench history export: {written} runs from {store.label} -> {to}")
+    return 0
+
+
+def cmd_peaks(args) -> int:
 
     from . import environment
     from .bench.peaks import measure_peaks
@@ -211,7 +320,12 @@ def cmd_peaks(args) -> int:
     measured["datasheet"] = ceilings.datasheet_peaks(env["device"].get("gpu"))
     print(json.dumps(measured, indent=1))
     if args.history:
-        print(ceilings.save_measured(Path(args.history), env["signature"], measured))
+        from . import history
+        store = history.open_store(args.history)
+        try:
+            print(store.save_peaks(env["signature"], measured))
+        finally:
+            store.close()
     return 0
 
 
@@ -219,17 +333,21 @@ def cmd_report(args) -> int:
     import time
     from pathlib import Path
 
-    from . import report
+    from . import history, report
     start = time.perf_counter()
     if args.files:
-        from . import history
         payload = history.load_run(args.files[0])
         out = Path(args.out) / history.signature(payload)
         written = [report.render_signature([Path(f) for f in args.files], out, _thresholds(args))]
     else:
-        written = report.render_all(Path(args.history), Path(args.out), _thresholds(args), warn=_skipped("report"))
+        store = history.open_store(args.history)
+        try:
+            written = report.render_all(store, Path(args.out), _thresholds(args), warn=_skipped("report"))
+        finally:
+            store.close()
     if not written:
-        print(f"quantbench report: no history under {args.history}; run the benchmark with --qb-history first")
+        print(f"quantbench report: no history under {history.redact(args.history)}; run the benchmark with "
+              "--qb-history first")
         return 2
     for path in written:
         print(f"quantbench report: wrote {path}")
@@ -254,10 +372,24 @@ def cmd_combine(args) -> int:
     from pathlib import Path
 
     from . import history
+    store = history.open_store(args.history)
     try:
-        combined = history.combine_runs([history.load_run(p) for p in args.files])
-    except ValueError as exc:
-        raise QuantbenchError(None, str(exc), "combine only runs of one machine signature") from None
+        if not args.files and not args.group:
+            raise QuantbenchError(None, "nothing to combine", "pass run files, or --group ID")
+        if args.group:
+            runs = _group_runs(store, args.group)
+            if len(runs) > 1:
+                raise QuantbenchError(store.label, f"group {args.group} holds runs of {len(runs)} machine "
+                                      "signatures", "combine one signature's shards: pass their files")
+            combined = runs[0][1]
+        else:
+            payloads = [history.load_ref(store, store.find(f) or Path(f)) for f in args.files]
+            try:
+                combined = history.combine_runs(payloads)
+            except ValueError as exc:
+                raise QuantbenchError(None, str(exc), "combine only runs of one machine signature") from None
+    finally:
+        store.close()
     print(history.write_atomic(Path(args.out), combined))
     return 0
 
@@ -303,7 +435,10 @@ def _add_fixtures(sub) -> None:
 
 def _add_gate(sub) -> None:
     gate = sub.add_parser("gate", help="fail when the current run regressed against a baseline")
-    gate.add_argument("--current", required=True, help="history file of this run, or 'latest'")
+    gate.add_argument("--current", default=None, help="this run: a file, a stored run's name, or 'latest' (the "
+                      "newest in --history, its shards joined)")
+    gate.add_argument("--group", default=None, help="gate the shards of one sharded run (--qb-shard, this --qb-group "
+                      "id) as one run, once per machine signature; a shard not stored is named, its cases missing")
     gate.add_argument("--baseline", required=True,
                       help="history file(s), comma-separated; 'latest' (the newest earlier runs of this "
                            "machine signature); or 'previous' (as latest, and on the first run after an upgrade the "
@@ -311,7 +446,8 @@ def _add_gate(sub) -> None:
     gate.add_argument("--if-no-baseline", choices=("fail", "pass"), default="fail",
                       help="with 'latest' / 'previous' and no earlier run to compare with (a first night, a new "
                            "stack): fail (default) or pass with a line saying so")
-    gate.add_argument("--history", default="history", help="history root for 'latest' / 'previous' (default: history)")
+    gate.add_argument("--history", default="history", help="history folder or postgresql:// URL for 'latest' / "
+                      "'previous' (default: history)")
     gate.add_argument("--thresholds", default=None, help="default: fixtures/thresholds.toml")
     gate.add_argument("--fail-on", default="regressed", help="states that fail, comma-separated")
     gate.add_argument("--allow-incomparable", action="store_true",
@@ -330,7 +466,8 @@ def _add_gate(sub) -> None:
 def _add_results(sub) -> None:
     """Stored runs: export, peaks, report, merge, combine, history."""
     exp = sub.add_parser("export", help="github-action-benchmark JSON (customBiggerIsBetter/SmallerIsBetter)")
-    exp.add_argument("--current", required=True, help="history file")
+    exp.add_argument("--current", required=True, help="a history file, a stored run's name, or 'latest'")
+    exp.add_argument("--history", default="history", help="history folder or postgresql:// URL")
     exp.add_argument("--out-dir", required=True)
     exp.add_argument("--thresholds", default=None)
     exp.set_defaults(func=cmd_export)
@@ -338,11 +475,12 @@ def _add_results(sub) -> None:
     pk = sub.add_parser("peaks", help="measure this device's copy bandwidth and matmul TFLOP/s ceilings")
     pk.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     pk.add_argument("--threads", type=int, default=None, help="torch CPU threads (the CPU suite uses 1)")
-    pk.add_argument("--history", default=None, help="store under HISTORY/<signature>/peaks.json")
+    pk.add_argument("--history", default=None, help="store under HISTORY/<signature>/peaks.json (or a "
+                    "postgresql:// URL)")
     pk.set_defaults(func=cmd_peaks)
 
     rep = sub.add_parser("report", help="render the performance guide (Markdown + charts) per machine signature")
-    rep.add_argument("--history", default="history")
+    rep.add_argument("--history", default="history", help="history folder or postgresql:// URL")
     rep.add_argument("--out", default="reports")
     rep.add_argument("--thresholds", default=None)
     rep.add_argument("files", nargs="*", help="render only these history files (one signature)")
@@ -355,16 +493,23 @@ def _add_results(sub) -> None:
 
     comb = sub.add_parser("combine", help="join complementary runs (one reference run split over several "
                           "slots) into one file: each case from the newest run that measured it")
-    comb.add_argument("files", nargs="+")
+    comb.add_argument("files", nargs="*", help="history files or stored runs' names")
+    comb.add_argument("--history", default="history", help="history folder or postgresql:// URL (for names, --group)")
+    comb.add_argument("--group", default=None, help="combine the stored shards of this group (missing ones stated)")
     comb.add_argument("--out", required=True)
     comb.set_defaults(func=cmd_combine)
 
-    hist = sub.add_parser("history", help="list stored runs (and --add runs measured elsewhere)")
-    hist.add_argument("--history", default="history")
+    hist = sub.add_parser("history", help="list stored runs (and --add runs measured elsewhere); import a "
+                          "folder into a database; export a database as a folder")
+    hist.add_argument("action", nargs="?", choices=("list", "import", "export"), default="list")
+    hist.add_argument("folder", nargs="?", help="import: the history folder to load")
+    hist.add_argument("--history", default="history", help="history folder or postgresql:// URL (credentials: "
+                      "the URL, PG* variables or ~/.pgpass)")
+    hist.add_argument("--to", default=None, help="export: the folder to write <signature>/<run>.json into")
     hist.add_argument("--add", nargs="+", default=[], metavar="FILE",
-                      help="store these run files (a --benchmark-json, another machine's run) under "
-                           "HISTORY/<signature>/ first; a run already stored is not stored again")
-    hist.set_defaults(func=cmd_history_list)
+                      help="store these run files (a --benchmark-json, another machine's run) in --history first; "
+                           "a run already stored is not stored again")
+    hist.set_defaults(func=cmd_history)
 
 
 def main(argv: list[str] | None = None) -> int:

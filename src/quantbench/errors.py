@@ -44,3 +44,8 @@ def first_line(exc: BaseException, limit: int = 300, default: str = "") -> str:
     """The first line of an exception's message, cut to ``limit`` (``default`` when it has none):
     what a stated reason quotes of a library's error."""
     return (str(exc).strip().splitlines() or [default])[0][:limit]
+
+
+class HistoryUnavailable(QuantbenchError):
+    """A history store that cannot be used right now (a database that cannot be reached, a refused
+    login, a schema newer than this quantbench): the run's JSON is kept and stored later."""

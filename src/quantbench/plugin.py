@@ -57,8 +57,14 @@ def pytest_addoption(parser):
     group.addoption("--qb-m", default=None, help="kernel suite M (tokens in flight) sweep, comma-separated")
     group.addoption("--qb-threads", type=_positive_int, default=None,
                     help="torch CPU threads (default on CPU: 1, for run-to-run stability over peak speed)")
-    group.addoption("--qb-history", default=None, metavar="DIR",
-                    help="store this run atomically under DIR/<machine signature>/")
+    group.addoption("--qb-history", default=None, metavar="DIR|URL",
+                    help="store this run under DIR/<machine signature>/, or in a PostgreSQL database "
+                         "(postgresql://...; credentials from the URL, PG* variables or ~/.pgpass)")
+    group.addoption("--qb-shard", default=None, metavar="I/N",
+                    help="run the I-th of N deterministic parts of the case matrix (whole models per part); "
+                         "the N shards of one run share --qb-group")
+    group.addoption("--qb-group", default=None, metavar="ID",
+                    help="the id the shards of one run share (default: $QUANTBENCH_GROUP, else $GITHUB_RUN_ID)")
     group.addoption("--qb-gate", default=None, metavar="BASELINE",
                     help="after the run, gate it against BASELINE (history files, or 'latest' / 'previous' "
                          "in --qb-history: see quantbench gate --help)")
@@ -99,8 +105,11 @@ class RunState:
     output_json: dict | None = None                     # the run as pytest-benchmark wrote it
     peaks: dict | None = None
     crossover: object = None
-    saved: Path | None = None
+    saved: object = None                                # where the run was stored (a path or a database row)
     save_error: str | None = None
+    store: object = None                                # history.FolderStore / PostgresStore for --qb-history
+    store_warning: str | None = None                    # the store could not be used when the run started
+    shard: object = None                                # bench.shards.Shard for --qb-shard
     gate_result: tuple | None = None                    # (baseline paths, GateResult or QuantbenchError)
 
 
@@ -119,6 +128,7 @@ def pytest_configure(config):
     try:
         _read_matrix(config, state)
         _read_gate_options(config, state)
+        _read_shard(config, state)
     except QuantbenchError as exc:
         raise pytest.UsageError(exc.line()) from None
     except ValueError as exc:
@@ -129,7 +139,7 @@ def pytest_configure(config):
         torch.set_num_threads(threads)  # 1 on CPU: stability over peak speed (docs/gate.md has the figures)
     from . import environment
     state.telemetry_start = environment.gpu_telemetry()
-    _check_history_folder(config.getoption("qb_history"))
+    _open_history(config, state)
     if (config.getoption("qb_history") or config.getoption("qb_gate")) and not config.getoption("benchmark_json"):
         # History and gate read the JSON pytest-benchmark writes (it includes every round time).
         # A scratch copy: removed when pytest ends, unless storing the history failed (then it is the run).
@@ -156,17 +166,38 @@ def _read_gate_options(config, state: RunState) -> None:
         state.thresholds = load_thresholds(config.getoption("qb_thresholds") or THRESHOLDS)
 
 
-def _check_history_folder(root) -> None:
-    """Found out now, not after an hour of benchmarks when the run is stored."""
+def _open_history(config, state: RunState) -> None:
+    """A folder that cannot be written is found out now, not after an hour of benchmarks. A database
+    that cannot be used now (unreachable, a refused login, a newer schema) is said at the start and
+    tried again at the end: the run goes on and its JSON is kept either way."""
+    from . import history
+    from .errors import HistoryUnavailable, QuantbenchError
+    root = config.getoption("qb_history")
     if not root:
         return
+    state.store = history.open_store(root)
     try:
-        Path(root).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise pytest.UsageError(f"--qb-history {root}: cannot create it ({exc.strerror}). "
-                                "Fix: pass a writable folder") from None
-    if not os.access(root, os.W_OK | os.X_OK):
-        raise pytest.UsageError(f"--qb-history {root}: not writable. Fix: pass a writable folder")
+        state.store.check()
+    except HistoryUnavailable as exc:
+        state.store_warning = exc.line()
+    except QuantbenchError as exc:
+        raise pytest.UsageError(f"--qb-history {exc.line()}") from None
+
+
+def _read_shard(config, state: RunState) -> None:
+    from .bench.shards import parse_shard
+    state.shard = parse_shard(config.getoption("qb_shard"), config.getoption("qb_group"), os.environ)
+
+
+def pytest_report_header(config):
+    state = config.stash.get(STATE, None)
+    lines = []
+    if state is not None and state.store_warning:
+        lines.append(f"quantbench: WARNING: history not usable now ({state.store_warning}); the run goes on, "
+                     "its JSON is kept, and storing is tried again at the end")
+    if state is not None and state.shard is not None:
+        lines.append(f"quantbench: {state.shard.describe()}")
+    return lines
 
 
 def _sources(config):
@@ -219,9 +250,16 @@ def _parametrize_kernels(metafunc):
     metafunc.parametrize("qb_kernel_case", cases, ids=[c.id for c in cases])
 
 
+@pytest.hookimpl(trylast=True)  # after -k / -m: a shard's plan holds the cases the run selected
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("PYTEST_XDIST_WORKER") and any("qb_case" in getattr(i, "fixturenames", ()) for i in items):
         raise pytest.UsageError("quantbench benchmarks must not run in parallel on one device: drop -n/xdist")
+    shard = run_state(config).shard
+    if shard is not None:
+        keep, drop = shard.select(items)
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture(scope="session")
@@ -261,14 +299,20 @@ def qb_peaks(pytestconfig, qb_device):
     (and stored when --qb-history is given)."""
     from . import environment
     from .bench.peaks import measure_peaks
+    from .errors import HistoryUnavailable
     from .history import ceilings
-    root = pytestconfig.getoption("qb_history")
+    state = run_state(pytestconfig)
     signature = environment.collect()["signature"]
-    measured = ceilings.load_measured(Path(root) if root else None, signature)
-    if measured is None:
-        measured = measure_peaks(qb_device)
-        if root:
-            ceilings.save_measured(Path(root), signature, measured)
+    measured = None
+    try:
+        measured = state.store.load_peaks(signature) if state.store and not state.store_warning else None
+        if measured is None:
+            measured = measure_peaks(qb_device)
+            if state.store and not state.store_warning:
+                state.store.save_peaks(signature, measured)
+    except HistoryUnavailable as exc:  # the database went away: the ceilings are measured and kept in the run
+        state.store_warning = exc.line()
+        measured = measured or measure_peaks(qb_device)
     device = environment.device_info()
     measured = dict(measured)
     measured["datasheet"] = ceilings.datasheet_peaks(device.get("gpu"))
@@ -301,7 +345,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         "states": state.states.records,
         "telemetry_end": end,
         "throttled": any(t.get("throttled") for t in state.telemetry_start + end),
-        "args": list(config.invocation_params.args),
+        "args": [history.redact(arg) for arg in config.invocation_params.args],  # no password in a result
         "peaks": state.peaks,
     }
     from .report.crossover import crossover, kernel_frame
@@ -309,19 +353,22 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     if not kernels_df.empty:
         state.crossover = crossover(kernels_df)
         output_json["quantbench"]["crossover"] = state.crossover.to_dict(orient="records")
+    if state.shard is not None:
+        output_json["quantbench"]["shard"] = state.shard.record()
     if state.output_json is None:  # --benchmark-save calls this hook a second time for the same run
         state.output_json = output_json
 
 
 def _store(config, state: RunState) -> None:
-    from . import history
-    root = config.getoption("qb_history")
-    if not root or state.output_json is None:
+    from .errors import HistoryUnavailable
+    if state.store is None or state.output_json is None:
         return
     try:
-        state.saved = history.save_run(Path(root), state.output_json)
+        state.saved, _ = state.store.save(state.output_json)
+    except HistoryUnavailable as exc:  # unreachable, refused, newer schema: --benchmark-json keeps the run
+        state.save_error = exc.line()
     except OSError as exc:  # a full disk must not lose the run: --benchmark-json is written already
-        state.save_error = f"{exc.filename or root}: {exc.strerror or exc}"
+        state.save_error = f"{exc.filename or state.store.label}: {exc.strerror or exc}"
 
 
 def _gate(config, state: RunState) -> None:
@@ -330,19 +377,22 @@ def _gate(config, state: RunState) -> None:
     baseline, current = config.getoption("qb_gate"), state.output_json
     if not baseline or current is None:
         return
-    root = Path(config.getoption("qb_history") or "history")
+    store = state.store or history.open_store("history")
     try:
-        paths = gate.resolve_baselines(baseline, root, current, state.saved)
-        baselines = [history.load_run(p) for p in paths]
+        refs = gate.resolve_baselines(baseline, store, current, state.saved)
+        runs = history.collapse(history.read_all(store, refs))
+        baselines = [payload for _, payload in runs]
         result = gate.run_gate(current, baselines, state.thresholds, state.fail_on,
                                upgrade=gate.crosses_upgrade(baseline, current, baselines))
-        state.gate_result = (", ".join(map(str, paths)), result)
+        state.gate_result = (", ".join(where for where, _ in runs), result)
     except QuantbenchError as exc:
         state.gate_result = (None, exc)
 
 
 def pytest_unconfigure(config):
     state = config.stash.get(STATE, None)
+    if state is not None and state.store is not None:
+        state.store.close()
     if state is not None and state.scratch is not None and not state.save_error:
         import shutil
         shutil.rmtree(state.scratch, ignore_errors=True)
@@ -396,9 +446,10 @@ def pytest_terminal_summary(terminalreporter, config):
         terminalreporter.write_line(f"quantbench: history saved to {saved}")
     failed = state.save_error
     if failed:
+        from .history import redact
         terminalreporter.write_line(f"quantbench: history NOT saved ({failed}); this run is in "
                                     f"{config.option.benchmark_json}: store it with `quantbench history --history "
-                                    f"{config.getoption('qb_history')} --add FILE` once there is room", red=True)
+                                    f"{redact(config.getoption('qb_history'))} --add FILE` once fixed", red=True)
     if state.gate_result is None:
         return
     path, result = state.gate_result

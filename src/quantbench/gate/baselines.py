@@ -11,66 +11,79 @@ from ..errors import BadHistory, NoBaseline
 from ..history import record
 
 
-def resolve_baselines(baseline: str, history_root: Path, current: dict, current_path: Path | None,
-                      runs: int = 3) -> list[Path]:
-    """Baseline files for ``--baseline``: paths as given, or
+def resolve_baselines(baseline: str, store, current: dict, current_ref=None, runs: int = 3) -> list:
+    """Baseline runs for ``--baseline`` (paths, or runs in ``store``: a history folder, a database or a
+    path to one), oldest first:
 
-    - 'latest': the newest ``runs`` files in the current run's signature folder that hold none of the
+    - paths or stored run names as given (comma-separated);
+    - 'latest': the newest ``runs`` runs of the current run's signature that hold none of the
       current run's runs. Excluded by identity, not only by path: `nox -s nightly` gates its
       --benchmark-json while the same run already sits in the history, and comparing a run with itself
-      would dilute the regression it is there to catch (with one earlier night, by half).
+      would dilute the regression it is there to catch (with one earlier night, by half). The shards of
+      one sharded nightly count as one run (all of them are returned: ``history.collapse`` joins them).
     - 'previous': as 'latest' while this signature has earlier runs; on the first run after an
       upgrade (a new driver, CUDA or library version makes a new signature) the newest runs of the
       signature it replaced: same hardware, same stack. That is the comparison a nightly exists for;
       the gate labels it with what changed (``crosses_upgrade``)."""
+    store = store if hasattr(store, "runs") else history.open_store(store)
     if baseline not in ("latest", "previous"):
-        return [Path(p) for p in baseline.split(",")]
+        return [store.find(p) or Path(p) for p in baseline.split(",")]
     sig = history.signature(current)
     own = history.run_ids(current)
-    skip = Path(current_path).resolve() if current_path is not None else None
+    own_group = (record.section(current).get("shard") or record.section(current).get("group") or {})
+    own_group = own_group.get("group") or own_group.get("id")
 
-    def newest(signature_name: str) -> list[Path]:
-        chosen: list[Path] = []
-        for path in reversed(history.run_files(history_root, signature_name)):
+    def is_current(ref) -> bool:
+        if current_ref is None:
+            return False
+        if isinstance(ref, Path) and isinstance(current_ref, Path):
+            return ref.resolve() == current_ref.resolve()
+        return ref == current_ref
+
+    def newest(signature_name: str) -> list:
+        chosen: list = []
+        for unit in reversed(history.units(store.runs(signature_name), store.name_of)):
             if len(chosen) == runs:
                 break
-            if path.resolve() == skip:
-                continue
+            group = history.group_of(store.name_of(unit[-1]))
+            if own_group and group and group[0] == history.shard_group_name(own_group):
+                continue  # another shard of this very nightly
+            members = [ref for ref in unit if not is_current(ref)]
             try:
-                payload = history.load_run(path)
+                payloads = [store.load(ref) for ref in members]
             except BadHistory as exc:  # say so and take the next newest: the nightly still gets a verdict
                 print(f"quantbench gate: skipped a damaged baseline candidate: {exc.line()}", file=sys.stderr)
                 continue
-            if not history.run_ids(payload) & own:
-                chosen.append(path)
-        return chosen[::-1]
+            if payloads and not any(history.run_ids(p) & own for p in payloads):
+                chosen.append(members)
+        return [ref for unit in chosen[::-1] for ref in unit]
 
     chosen = newest(sig)
     if not chosen and baseline == "previous":
-        replaced = _replaced_signature(Path(history_root), current, sig, own)
+        replaced = _replaced_signature(store, current, sig, own)
         chosen = newest(replaced) if replaced else []
     if not chosen:
         where = "for this machine signature" + (" or the stack it replaced on this hardware"
                                                  if baseline == "previous" else "")
-        raise NoBaseline(Path(history_root) / sig, f"no earlier run {where} (empty baseline folder, "
+        raise NoBaseline(f"{store.label}/{sig}", f"no earlier run {where} (empty baseline folder, "
                          "or it holds only this run)",
                          "run the benchmark with --qb-history on the baseline first, or pass --baseline PATH")
     return chosen
 
 
-def _replaced_signature(root: Path, current: dict, sig: str, own: set[str]) -> str | None:
+def _replaced_signature(store, current: dict, sig: str, own: set[str]) -> str | None:
     """The signature of the newest earlier run on the same hardware and stack under another signature."""
     want = (history.hardware(current), history.stack_name(current))
-    for path in reversed(history.run_files(root)):  # newest first, across signature folders
-        if path.parent.name == sig:
+    for ref in reversed(store.runs()):  # newest first, across signatures
+        if store.signature_of(ref) == sig:
             continue
         try:
-            payload = history.load_run(path)
+            payload = store.load(ref)
         except BadHistory as exc:  # another signature's bad file must not stop this machine's gate
             print(f"quantbench gate: skipped while looking for the replaced stack: {exc.line()}", file=sys.stderr)
             continue
         if (history.hardware(payload), history.stack_name(payload)) == want and not history.run_ids(payload) & own:
-            return path.parent.name
+            return store.signature_of(ref)
     return None
 
 

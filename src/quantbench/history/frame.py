@@ -50,7 +50,7 @@ def run_frame(payload: dict, path: Path | None = None) -> pd.DataFrame:
     device = machine.get("device") or {}
     versions = machine.get("versions") or {}
     common = {
-        "file": str(path) if path else None,
+        "file": str(path) if path is not None else None,
         "signature": machine.get("signature"),
         "datetime": payload.get("datetime"),
         "commit": record.commit(payload).get("id"),
@@ -87,7 +87,12 @@ def run_frame(payload: dict, path: Path | None = None) -> pd.DataFrame:
 
 def load_frame(paths) -> pd.DataFrame:
     """Many history files -> one DataFrame (bad files raise BadHistory naming the file)."""
-    frames = [run_frame(load_run(p), p) for p in paths]
+    return frame_of([(p, load_run(p)) for p in paths])
+
+
+def frame_of(runs) -> pd.DataFrame:
+    """(where, payload) pairs -> one DataFrame, the ``file`` column naming where each run came from."""
+    frames = [run_frame(payload, where) for where, payload in runs]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

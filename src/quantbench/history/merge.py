@@ -105,3 +105,29 @@ def combine_runs(payloads: list[dict]) -> dict:
         if crossovers:
             qb["crossover"] = crossovers
     return combined
+
+
+def combine_group(payloads: list[dict]) -> dict:
+    """The shards of one sharded run (``--qb-shard I/N``, one group id) -> one run: their cases
+    combined, and each case planned for a shard that was not stored stated ``missing`` with the shard
+    named, so that a gate reads it as missing, never as a regression. Pure."""
+    shards = [record.section(p).get("shard") or {} for p in payloads]
+    group, count = shards[-1].get("group"), int(shards[-1].get("count") or 1)
+    combined = combine_runs(payloads)
+    present = sorted({int(s.get("index") or 0) for s in shards})
+    missing = [i for i in range(1, count + 1) if i not in present]
+    plan = {}
+    for shard in shards:  # every shard stores the whole plan; any of them names the missing cases
+        plan.update(shard.get("cases") or {})
+    measured = {b["name"] for b in combined.get("benchmarks", [])} | {stated_case_name(s) for s in
+                                                                      record.states(combined)}
+    qb = combined["quantbench"]
+    for index in missing:
+        for nodeid in plan.get(str(index), []):
+            name = nodeid.split("::")[-1]
+            if name not in measured:
+                qb["states"].append({"case": name, "nodeid": nodeid, "state": "missing",
+                                     "reason": f"shard {index}/{count} of group {group} was not stored (its "
+                                               "runner failed or has not finished)"})
+    qb["group"] = {"id": group, "shards": count, "stored": present, "missing": missing}
+    return combined

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import uuid
 from datetime import UTC, datetime
@@ -56,7 +57,21 @@ def run_filename(payload: dict, at_run_time: bool = False) -> str:
             when = when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
     stamp = when.strftime("%Y%m%dT%H%M%S%f")
     commit = (record.commit(payload).get("id") or "nocommit")[:8]
-    return f"{stamp}_{commit}_{uuid.uuid4().hex[:8]}.json"
+    return f"{stamp}_{commit}_{uuid.uuid4().hex[:8]}{shard_suffix(payload)}.json"
+
+
+def shard_suffix(payload: dict) -> str:
+    """``_g<group>-<i>of<n>`` for a shard of a sharded run (``--qb-shard``): the stores group shards by
+    name, without reading every file."""
+    shard = record.section(payload).get("shard") or {}
+    if not shard.get("group"):
+        return ""
+    return f"_g{shard_group_name(shard['group'])}-{shard['index']}of{shard['count']}"
+
+
+def shard_group_name(group) -> str:
+    """A group id as it appears in a run's name (letters, digits, '.' and '-')."""
+    return re.sub(r"[^A-Za-z0-9.-]", "-", str(group))
 
 
 def signature(payload: dict) -> str:
@@ -98,6 +113,13 @@ def load_run(path: Path) -> dict:
                              "artifacts") from None
         raise BadHistory(path, f"corrupt JSON ({exc.msg} at {where})",
                          "delete it or restore it from CI artifacts") from None
+    return check_payload(payload, path)
+
+
+def check_payload(payload, where) -> dict:
+    """A parsed run checked and migrated to the current schema, from a file or a database row; a run
+    that cannot be read is a BadHistory naming where it is."""
+    path = where
     if not isinstance(payload, dict) or "benchmarks" not in payload:
         raise BadHistory(path, "not a pytest-benchmark JSON file (no 'benchmarks' list)",
                          "pass a file written by pytest --benchmark-json or quantbench --qb-history")

@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 
 from .. import gate, history
-from ..errors import BadHistory
 from ..history import (
     ceilings,
     record,
@@ -301,14 +300,13 @@ def _history_table(changes: pd.DataFrame) -> list[str]:
     return lines
 
 
-def device_ceilings(payloads: list[dict], signature_dir: Path) -> dict | None:
+def device_ceilings(payloads: list[dict], stored: dict | None) -> dict | None:
     """The device's ceilings for this signature: measured ones stored with a run (the kernel suite's)
-    or beside the history (``quantbench peaks``), else the datasheet's for a known GPU, else None."""
+    or beside the history (``quantbench peaks``: ``stored``), else the datasheet's for a known GPU, else None."""
     for payload in payloads:
-        stored = record.section(payload).get("peaks")
-        if stored and stored.get("memory_gbps"):
-            return stored
-    stored = ceilings.load_measured(signature_dir.parent, signature_dir.name)
+        measured = record.section(payload).get("peaks")
+        if measured and measured.get("memory_gbps"):
+            return measured
     if stored and stored.get("memory_gbps"):
         return stored
     for payload in payloads:
@@ -342,24 +340,25 @@ class Signature:
     ceilings: dict | None
 
     @classmethod
-    def read(cls, paths: list[Path]) -> Signature:
-        payloads = {str(p): history.load_run(p) for p in paths}
+    def read(cls, runs: list[tuple[str, dict]], stored_peaks: dict | None = None) -> Signature:
+        """``runs``: (where, payload) of one signature, shards of a group already combined."""
+        payloads = dict(runs)
         # Run order is the time each run started, not the file name.
-        paths = sorted(paths, key=lambda p: str(payloads[str(p)].get("datetime") or ""))
-        frame = findings.with_series_names(history.load_frame(paths))
+        paths = sorted(payloads, key=lambda where: str(payloads[where].get("datetime") or ""))
+        frame = findings.with_series_names(history.frame_of([(where, payloads[where]) for where in paths]))
         is_kernel = frame.get("suite", pd.Series(index=frame.index, dtype=object)) == "kernels"
         gen_all, kern_all = frame[~is_kernel], frame[is_kernel]
         gen_files, kern_files = _timed_files(gen_all), _timed_files(kern_all)
         gen = gen_all[gen_all["file"] == gen_files[-1]] if gen_files else gen_all[:0]
         kern = kern_all[kern_all["file"] == kern_files[-1]] if kern_files else kern_all[:0]
-        latest = payloads[gen_files[-1] if gen_files else kern_files[-1] if kern_files else str(paths[-1])]
+        latest = payloads[gen_files[-1] if gen_files else kern_files[-1] if kern_files else paths[-1]]
         ok = gen[gen["state"] == "ok"].copy()
         for column in ("batch", "prompt_len", "new_tokens"):  # NaN in kernel rows made them float
             if column in ok and not ok.empty:
                 ok[column] = ok[column].astype(int)
         # Newest first: the generation run shown, the kernel run shown, then the rest.
         shown = [payloads[f] for f in (gen_files[-1:] + kern_files[-1:])]
-        ceilings = device_ceilings(shown + [payloads[str(p)] for p in reversed(paths)], Path(paths[0]).parent)
+        ceilings = device_ceilings(shown + [payloads[p] for p in reversed(paths)], stored_peaks)
         return cls(paths, payloads, frame, gen_all, kern_all, gen_files, kern_files, gen, kern, ok, latest, ceilings)
 
     @property
@@ -375,9 +374,18 @@ def _timed_files(rows: pd.DataFrame) -> list[str]:
 
 
 def render_signature(paths: list[Path], out_dir: Path, thresholds: gate.Thresholds) -> Path:
+    """Run files of one machine signature -> out_dir/README.md and charts (the ceilings stored beside
+    the first file's folder are read, as in its history folder)."""
+    folder = history.FolderStore(Path(paths[0]).parent.parent)
+    runs = history.collapse(history.read_all(folder, [Path(p) for p in paths]))
+    return render_runs(runs, out_dir, thresholds, folder.load_peaks(Path(paths[0]).parent.name))
+
+
+def render_runs(runs: list[tuple[str, dict]], out_dir: Path, thresholds: gate.Thresholds,
+                stored_peaks: dict | None = None) -> Path:
     """One machine signature's runs -> out_dir/README.md and charts, one section at a time."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    sig = Signature.read(paths)
+    sig = Signature.read(runs, stored_peaks)
     remember_order(sig.gen_all, sig.kern_all)
     lines = [*_header(sig), *_findings(sig)]
     for model in sig.models:
@@ -459,9 +467,10 @@ def _prompt_section(sig: Signature, model, prompt, out_dir: Path) -> list[str]:
         lines += [f"Decode weight bandwidth (every weight read once per step), {what}, by batch size:", "",
                   _md(bandwidth.loc[_sorted_formats(bandwidth.index)], ".1f"), ""]
     prefill = ok[(ok["model"] == model) & (ok["prompt_len"] == prompt) & (ok["phase"] == "prefill")]
-    pre = prefill.pivot_table(index="format", columns="batch", values="prefill_tokens_per_s", aggfunc="median")
-    lines += ["Prefill throughput (tokens/s) by batch size:", "",
-              _md(pre.loc[_sorted_formats(pre.index)], ".1f"), ""]
+    if not prefill.empty:  # a run may time decode only (-k decode)
+        pre = prefill.pivot_table(index="format", columns="batch", values="prefill_tokens_per_s", aggfunc="median")
+        lines += ["Prefill throughput (tokens/s) by batch size:", "",
+                  _md(pre.loc[_sorted_formats(pre.index)], ".1f"), ""]
     spread = findings.spread_table(ok, model, prompt)
     if not spread.empty:
         order = [(phase, fmt) for phase in ("prefill", "decode")
@@ -517,7 +526,7 @@ def _kernel_section(sig: Signature, out_dir: Path) -> list[str]:
     ceilings, run = sig.ceilings, sig.payloads[sig.kern_files[-1]]
     kok = kernel_frame(run["benchmarks"])
     lines = ["## Kernels", "", f"Ceilings: {ceilings.get('memory_gbps', 0):.1f} GB/s, "
-             f"{', '.join(f'{k} {v:.3g} TFLOP/s' for k, v in (ceilings.get('tflops') or {}).items())} "
+             f"{', '.join(f'{k} {v:.3g} TFLOP/s' for k, v in sorted((ceilings.get('tflops') or {}).items()))} "
              f"({ceilings.get('source')})." if ceilings else "No measured ceilings stored.", ""]
     for model in sorted(kok["model"].unique()):
         lines += [f"![roofline]({chart_roofline(kok, model, ceilings, out_dir)})", ""]
@@ -535,7 +544,7 @@ def _kernel_section(sig: Signature, out_dir: Path) -> list[str]:
 def _states_section(sig: Signature) -> list[str]:
     """The runs this guide shows, and the newest run (which may have timed nothing): each case once, in
     its newest state. Over the whole history a nightly's 16 unsupported cases would read 16 x nights."""
-    shown_files = set(sig.gen_files[-1:] + sig.kern_files[-1:] + [str(sig.paths[-1])])
+    shown_files = set(sig.gen_files[-1:] + sig.kern_files[-1:] + [sig.paths[-1]])
     frame = sig.frame
     newest = frame[frame["file"].isin(shown_files)].drop_duplicates("name", keep="last")  # frame is in run order
     states = newest[newest["state"].notna() & (newest["state"] != "ok")]
@@ -548,7 +557,7 @@ def _states_section(sig: Signature) -> list[str]:
 def _history_section(sig: Signature, thresholds: gate.Thresholds, out_dir: Path) -> list[str]:
     # the payloads read once: a nightly's history is many multi-MB files, each a "before" and an "after"
     timed_files = set(sig.gen_all["file"])
-    changes = consecutive_changes([(str(p), sig.payloads[str(p)]) for p in sig.paths if str(p) in timed_files],
+    changes = consecutive_changes([(p, sig.payloads[p]) for p in sig.paths if p in timed_files],
                                   thresholds)
     regressions = {(f, c) for f, c, st in zip(changes["file"], changes["case"], changes["state"]) if st == "regressed"}
     history_chart = chart_history(sig.gen_all, regressions, out_dir)
@@ -557,22 +566,15 @@ def _history_section(sig: Signature, thresholds: gate.Thresholds, out_dir: Path)
     return ["## History", "", f"![history]({history_chart})", "", *_history_table(changes)]
 
 
-def render_all(history_root: Path, out_root: Path, thresholds: gate.Thresholds, warn=None) -> list[Path]:
-    """One guide per signature folder under history_root; [] when it holds no run (or does not exist).
-    A file that cannot be read goes to ``warn`` and its guide is rendered from the other runs;
-    without ``warn`` it raises."""
-    history_root = Path(history_root)
-    if history_root.is_file():
-        raise BadHistory(history_root, "a file, not a history folder",
-                         "pass the folder that holds <signature>/ folders as --history, or render the file "
-                         "itself with `quantbench report FILE`")
-    if not history_root.is_dir():
-        return []
+def render_all(store, out_root: Path, thresholds: gate.Thresholds, warn=None) -> list[Path]:
+    """One guide per signature in ``store`` (a history folder, a database, or a path to one); [] when it
+    holds no run. A run that cannot be read goes to ``warn`` and its guide is rendered from the other
+    runs; without ``warn`` it raises. The shards of a sharded run are rendered as one run."""
+    store = store if hasattr(store, "runs") else history.open_store(store)
     written = []
-    for sig_dir in sorted(p for p in history_root.iterdir() if p.is_dir()):
-        paths = history.run_files(history_root, sig_dir.name)
-        if warn is not None:
-            paths = history.readable(paths, warn)
-        if paths:
-            written.append(render_signature(paths, Path(out_root) / sig_dir.name, thresholds))
+    for name in store.signatures():
+        runs = history.read_all(store, store.runs(name), warn)
+        if runs:
+            written.append(render_runs(history.collapse(runs), Path(out_root) / name, thresholds,
+                                       store.load_peaks(name)))
     return written
