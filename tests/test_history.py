@@ -550,3 +550,93 @@ def test_a_record_field_nobody_declared_fails_where_it_is_written():
     with pytest.raises(ValueError, match=r"undeclared record field\(s\) \['decode_tokens_per_sec'\]"):
         record.declared({"format": "bf16", "decode_tokens_per_sec": 1.0}, record.GENERATION)
     assert set(record.KERNEL) & {"tflops", "gbps", "path", "bits"} == {"tflops", "gbps", "path", "bits"}
+
+
+# ----------------------------------------------------------------------------- sharded runs
+class _Item:
+    """A collected test item as bench/shards.py sees it."""
+
+    def __init__(self, nodeid, case=None):
+        from types import SimpleNamespace
+        self.nodeid = nodeid
+        self.callspec = SimpleNamespace(params={"qb_case": case} if case else {})
+
+
+def _case(model, fmt, batch, phase):
+    from types import SimpleNamespace
+    return SimpleNamespace(source=SimpleNamespace(label=model), format=fmt, runtime="transformers",
+                           id=f"{model}-{fmt}-transformers-b{batch}-p16-{phase}")
+
+
+def test_shards_split_whole_models_the_same_way_every_time():
+    from quantbench.bench.shards import deal, parse_shard
+    cases = [_case("tiny", fmt, b, ph) for fmt in ("bf16", "fp16", "awq-gemm") for b in (1, 4)
+             for ph in ("prefill", "decode")] + [_case("tiny", "ct-w4a16", 1, "decode")]
+    items = [_Item(f"b.py::test_generation[{c.id}]", c) for c in cases]
+    plans = []
+    for index in (1, 2):
+        shard = parse_shard(f"{index}/2", "night-7", {})
+        keep, drop = shard.select(items)
+        assert {i.nodeid for i in keep} | {i.nodeid for i in drop} == {i.nodeid for i in items}
+        assert {i.nodeid for i in keep} == set(shard.record()["cases"][str(index)])
+        plans.append(shard.record()["cases"])
+    assert plans[0] == plans[1]  # every shard computes the same split
+    for part in plans[0].values():  # a model x format stays in one shard
+        formats = {n.split("-")[1] for n in part}
+        assert all(n.split("-")[1] not in formats for other in plans[0].values() if other is not part for n in other)
+    assert sorted(len(p) for p in plans[0].values()) == [5, 8]  # units of 4, 4, 4, 1: 4+4 | 4+1
+    assert deal(["a", "b", "a", "c"], 3) == [1, 2, 1, 3]
+    assert parse_shard(None, None, {}) is None
+    assert parse_shard("1/2", None, {"GITHUB_RUN_ID": "99"}).group == "99"
+    for bad, group in (("0/2", "g"), ("3/2", "g"), ("x", "g"), ("1/2", None)):
+        with pytest.raises(Exception) as err:
+            parse_shard(bad, group, {})
+        assert "Fix:" in str(err.value)
+
+
+def _shard(index, count, group="n1", value=0.01, when="2026-11-22T03:00:00"):
+    run = payload(value=value)
+    run["datetime"] = when
+    run["benchmarks"][0]["name"] = f"test_generation[tiny-bf16-b1-p32-decode-s{index}]"
+    plan = {str(i): [f"b.py::test_generation[tiny-bf16-b1-p32-decode-s{i}]"] for i in range(1, count + 1)}
+    run["quantbench"]["shard"] = {"group": group, "index": index, "count": count, "cases": plan}
+    return run
+
+
+def test_a_group_of_shards_is_read_as_one_run_and_a_missing_shard_is_stated(tmp_path):
+    store = history.FolderStore(tmp_path)
+    whole = payload()
+    whole["datetime"] = "2026-11-21T00:00:00"
+    store.save(whole)
+    paths = [store.save(_shard(i, 3, when=f"2026-11-22T03:0{i}:00"))[0] for i in (1, 2)]
+    assert [history.group_of(p.name) for p in paths] == [("n1", 1, 3), ("n1", 2, 3)]
+    units = history.units(store.runs(), store.name_of)
+    assert [len(u) for u in units] == [1, 2]
+    runs = history.collapse(history.read_all(store, store.runs()))
+    assert len(runs) == 2 and runs[-1][0].startswith("group n1: ")
+    group = runs[-1][1]
+    assert history.section(group)["group"] == {"id": "n1", "shards": 3, "stored": [1, 2], "missing": [3]}
+    assert {b["name"] for b in group["benchmarks"]} == {f"test_generation[tiny-bf16-b1-p32-decode-s{i}]"
+                                                       for i in (1, 2)}
+    [missing] = [s for s in history.states(group) if s["state"] == "missing"]
+    assert missing["case"] == "test_generation[tiny-bf16-b1-p32-decode-s3]"
+    assert missing["reason"].startswith("shard 3/3 of group n1 was not stored")
+    decisions = gate.run_gate(group, [whole], _thresholds()).decisions
+    assert not [d for d in decisions if d.state == "regressed"]
+    assert [d.state for d in decisions if d.case.endswith("-s3]")] == ["missing"]
+
+
+def _thresholds():
+    from quantbench.gate import load_thresholds
+    from quantbench.paths import THRESHOLDS
+    return load_thresholds(THRESHOLDS)
+
+
+def test_latest_skips_the_other_shards_of_this_run_and_counts_a_group_once(tmp_path):
+    store = history.FolderStore(tmp_path)
+    night1 = [store.save(_shard(i, 2, "n1", when=f"2026-11-21T03:0{i}:00"))[0] for i in (1, 2)]
+    night2_other = store.save(_shard(2, 2, "n2", when="2026-11-22T03:02:00"))[0]
+    me = _shard(1, 2, "n2", when="2026-11-22T03:01:00")
+    mine = store.save(me)[0]
+    assert gate.resolve_baselines("latest", store, me, mine, runs=1) == night1  # not n2's other shard
+    assert night2_other not in gate.resolve_baselines("latest", store, me, mine, runs=3)

@@ -271,3 +271,28 @@ def test_report_on_a_missing_or_wrong_history_path_is_one_line_not_a_traceback(t
     wrong = run_cli("report", "--history", str(a_file), "--out", str(tmp_path / "out"))
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
     assert f"{a_file}: a file, not a history folder. Fix:" in wrong.stderr
+
+
+def _keys_reversed(value):
+    if isinstance(value, dict):
+        return {k: _keys_reversed(value[k]) for k in reversed(list(value))}
+    if isinstance(value, list):
+        return [_keys_reversed(v) for v in value]
+    return value
+
+
+@pytest.mark.stack_independent
+def test_the_guide_does_not_depend_on_the_order_of_keys_in_a_record(tmp_path):
+    """A database's JSONB column hands a run back with its keys reordered: the guide must read the same.
+    The committed H100 reference run (generation, kernels, crossover) rendered as stored and reversed."""
+    import json
+
+    from quantbench.paths import REPO_ROOT
+    paths = history.run_files(REPO_ROOT / "reports" / "history", "nvidia-h100-80gb-hbm3-current-9b2dbb38ba")
+    texts = []
+    for name, reorder in (("as-stored", lambda p: p), ("reversed", _keys_reversed)):
+        runs = [(str(path), history.check_payload(reorder(json.loads(path.read_text())), path)) for path in paths]
+        readme = report.render_runs(runs, tmp_path / name, load_thresholds(THRESHOLDS))
+        texts.append({p.name: p.read_bytes() for p in readme.parent.iterdir() if p.suffix in (".md", ".svg")})
+    assert "Crossover M" in texts[0]["README.md"].decode() and len(texts[0]) > 5
+    assert texts[0] == texts[1]

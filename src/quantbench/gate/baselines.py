@@ -30,8 +30,7 @@ def resolve_baselines(baseline: str, store, current: dict, current_ref=None, run
         return [store.find(p) or Path(p) for p in baseline.split(",")]
     sig = history.signature(current)
     own = history.run_ids(current)
-    own_group = (record.section(current).get("shard") or record.section(current).get("group") or {})
-    own_group = own_group.get("group") or own_group.get("id")
+    own_group = _group_id(current)
 
     def is_current(ref) -> bool:
         if current_ref is None:
@@ -69,6 +68,12 @@ def resolve_baselines(baseline: str, store, current: dict, current_ref=None, run
                          "or it holds only this run)",
                          "run the benchmark with --qb-history on the baseline first, or pass --baseline PATH")
     return chosen
+
+
+def _group_id(payload: dict) -> str | None:
+    """The group of a shard, or of shards combined into one run; None for a whole run."""
+    section = record.section(payload)
+    return (section.get("shard") or {}).get("group") or (section.get("group") or {}).get("id")
 
 
 def _replaced_signature(store, current: dict, sig: str, own: set[str]) -> str | None:

@@ -29,7 +29,15 @@ def is_database(location) -> bool:
 
 
 def open_store(location):
-    """A FolderStore for a path, a PostgresStore for a ``postgresql://`` URL (connected lazily)."""
+    """A FolderStore for a path, a PostgresStore for a ``postgresql://`` URL (connected lazily);
+    ``env:NAME`` reads either from the environment variable NAME, which keeps a URL with a password off
+    command lines, and so out of CI logs and the run's recorded arguments."""
+    if str(location).startswith("env:"):
+        name = str(location)[4:]
+        if not os.environ.get(name):
+            raise BadHistory(location, f"the environment variable {name} is not set",
+                             f"set {name} to a history folder or a postgresql:// URL")
+        location = os.environ[name]
     if is_database(location):
         from .postgres import PostgresStore
         return PostgresStore(str(location))

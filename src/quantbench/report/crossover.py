@@ -36,9 +36,11 @@ def crossover(frame: pd.DataFrame, baseline: str = "torch-fp16") -> pd.DataFrame
                      "kernel": kernel, "crossover_M": loses_from if loses_from is not None else "never",
                      "speedup_at_min_M": next((s for m, _, s in wins if m == min(w[0] for w in wins)), None),
                      "best_speedup": best[2], "best_M": best[0]})
-    return pd.DataFrame(rows, columns=["model", "shape", "K", "N", "kernel", "crossover_M", "speedup_at_min_M",
-                                       "best_speedup",
-                                       "best_M"])
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+# The table's columns in their order: a stored table read back from a JSONB column has its keys reordered.
+COLUMNS = ["model", "shape", "K", "N", "kernel", "crossover_M", "speedup_at_min_M", "best_speedup", "best_M"]
 
 
 def kernel_frame(benchmarks: list[dict]) -> pd.DataFrame:

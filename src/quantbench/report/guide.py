@@ -530,7 +530,9 @@ def _kernel_section(sig: Signature, out_dir: Path) -> list[str]:
              f"({ceilings.get('source')})." if ceilings else "No measured ceilings stored.", ""]
     for model in sorted(kok["model"].unique()):
         lines += [f"![roofline]({chart_roofline(kok, model, ceilings, out_dir)})", ""]
+    from .crossover import COLUMNS
     cross = pd.DataFrame(record.section(run).get("crossover") or [])
+    cross = cross[[c for c in COLUMNS if c in cross] + [c for c in cross if c not in COLUMNS]]
     if not cross.empty:
         cross = cross.astype({"K": int, "N": int, "best_M": int, "crossover_M": str})
         lines += ["Crossover M: from this M on, the quantized kernel is no faster than torch-fp16 "
