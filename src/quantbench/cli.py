@@ -88,7 +88,7 @@ def cmd_gate(args) -> int:
         results = [_gate_one(args, store, *current) for current in currents]
     finally:
         store.close()
-    if args.markdown:  # one section per signature of a --group
+    if args.markdown:
         from pathlib import Path
         Path(args.markdown).write_text("\n".join(text for _, text in results if text), encoding="utf-8")
     return max(code for code, _ in results)
@@ -166,7 +166,8 @@ def _gate_one(args, store, current_where: str, current: dict, current_ref) -> tu
     compared = any(d.state != "incomparable" for d in result.decisions)
     verdict = "FAILED" if result.exit_code else "passed" if compared else "NOT COMPARED (incomparable)"
     print(f"quantbench gate: {verdict} {result.counts()}")
-    return result.exit_code, result.markdown()
+    heading = f"#### {history.signature(current)}\n\n" if args.group else ""  # one section per signature
+    return result.exit_code, heading + result.markdown()
 
 
 def _print_group_state(payload: dict) -> None:

@@ -129,5 +129,6 @@ def combine_group(payloads: list[dict]) -> dict:
                 qb["states"].append({"case": name, "nodeid": nodeid, "state": "missing",
                                      "reason": f"shard {index}/{count} of group {group} was not stored (its "
                                                "runner failed or has not finished)"})
+    qb.pop("shard", None)  # one run now, not a shard: stored again (history --add), it is not joined twice
     qb["group"] = {"id": group, "shards": count, "stored": present, "missing": missing}
     return combined
