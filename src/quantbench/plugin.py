@@ -364,6 +364,7 @@ def _store(config, state: RunState) -> None:
     if state.store is None or state.output_json is None:
         return
     try:
+        state.store.close()  # a fresh connection: one held through hours of benchmarks may have been dropped
         state.saved, _ = state.store.save(state.output_json)
     except HistoryUnavailable as exc:  # unreachable, refused, newer schema: --benchmark-json keeps the run
         state.save_error = exc.line()

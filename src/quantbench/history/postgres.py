@@ -172,7 +172,7 @@ class PostgresStore:
         import psycopg
         try:
             return self.connection().execute(sql, params).fetchall()
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:  # a dropped connection, a table removed by hand, a revoked grant
             self.close()
             raise unavailable(self.label, exc) from None
 
@@ -254,7 +254,7 @@ class PostgresStore:
                 if not stored_now:
                     got = conn.execute("SELECT signature, name FROM quantbench_runs WHERE run_key = %s",
                                        (row[0],)).fetchone()
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:
             self.close()
             raise unavailable(self.label, exc) from None
         return DbRun(self.label, *got), stored_now
