@@ -75,7 +75,7 @@ def _thresholds(args):
 def cmd_gate(args) -> int:
     from . import history
     from .gate import parse_fail_on
-    parse_fail_on(args.fail_on)  # before anything is read: a typo here fails nothing ever
+    fail_on = parse_fail_on(args.fail_on)  # before anything is read: a typo here fails nothing ever
     store = history.open_store(args.history)
     try:
         if args.group:
@@ -85,7 +85,7 @@ def cmd_gate(args) -> int:
                                   "pass --current FILE|latest, or --group ID for a sharded run")
         else:
             currents = [_current_run(store, args.current)]
-        results = [_gate_one(args, store, *current) for current in currents]
+        results = [_gate_one(args, store, fail_on, *current) for current in currents]
     finally:
         store.close()
     if args.markdown:
@@ -123,11 +123,10 @@ def _group_runs(store, group: str) -> list:
     return [(where, payload, None) for where, payload in runs]
 
 
-def _gate_one(args, store, current_where: str, current: dict, current_ref) -> tuple[int, str]:
+def _gate_one(args, store, fail_on: tuple, current_where: str, current: dict, current_ref) -> tuple[int, str]:
     """Gate one run; (exit status, Markdown summary)."""
     from . import gate, history
     from .errors import NoBaseline
-    fail_on = gate.parse_fail_on(args.fail_on)
     try:
         baseline_refs = gate.resolve_baselines(args.baseline, store, current, current_ref, args.baseline_runs)
     except NoBaseline as exc:
@@ -257,7 +256,6 @@ def _list(store) -> int:
 def _import(store, folder) -> int:
     """Every run of a history folder (and its measured ceilings) into ``store``, under the same names;
     a run already there is not stored again, a damaged file is named and skipped."""
-    import json
     from pathlib import Path
 
     from . import history
@@ -269,12 +267,12 @@ def _import(store, folder) -> int:
     for name in source.signatures():
         for path in source.runs(name):
             try:
-                history.load_run(path)  # checked; stored as written (a schema-1 file migrates when read)
+                payload = source.load_raw(path)  # checked; stored as written (a schema-1 file migrates when read)
             except BadHistory as exc:
                 _skipped("history import")(exc)
                 counts["skipped"] += 1
                 continue
-            _, stored_now = store.save(json.loads(path.read_text()), name=path.name)
+            _, stored_now = store.save(payload, name=path.name)
             counts["stored" if stored_now else "already stored"] += 1
         if (peaks := source.load_peaks(name)) is not None:
             store.save_peaks(name, peaks)
@@ -308,7 +306,6 @@ def _export(store, to) -> int:
 
 
 def cmd_peaks(args) -> int:
-
     from . import environment
     from .bench.peaks import measure_peaks
     from .history import ceilings

@@ -303,12 +303,12 @@ def qb_peaks(pytestconfig, qb_device):
     from .history import ceilings
     state = run_state(pytestconfig)
     signature = environment.collect()["signature"]
-    measured = None
+    measured, usable = None, state.store is not None and not state.store_warning
     try:
-        measured = state.store.load_peaks(signature) if state.store and not state.store_warning else None
+        measured = state.store.load_peaks(signature) if usable else None
         if measured is None:
             measured = measure_peaks(qb_device)
-            if state.store and not state.store_warning:
+            if usable:
                 state.store.save_peaks(signature, measured)
     except HistoryUnavailable as exc:  # the database went away: the ceilings are measured and kept in the run
         state.store_warning = exc.line()

@@ -30,7 +30,6 @@ from .store import (  # noqa: F401
     check_payload,
     latest_run,
     load_run,
-    readable,
     run_filename,
     run_files,
     save_run,

@@ -42,9 +42,7 @@ def save_measured(history_root: Path, signature: str, peaks: dict) -> Path:
     return write_atomic(Path(history_root) / signature / PEAKS_FILE, peaks)
 
 
-def load_measured(history_root: Path | None, signature: str) -> dict | None:
-    if history_root is None:
-        return None
+def load_measured(history_root: Path, signature: str) -> dict | None:
     path = Path(history_root) / signature / PEAKS_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 

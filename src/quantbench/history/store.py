@@ -152,19 +152,3 @@ def latest_run(root: Path, signature_name: str | None = None) -> Path:
         raise BadHistory(where, "no history files (empty baseline folder)",
                          "run the benchmark with --qb-history on the baseline first, or pass --baseline PATH")
     return files[-1]
-
-
-def readable(paths, warn) -> list[Path]:
-    """The paths that load; ``warn(BadHistory)`` for each that does not. For commands that read a
-    whole history folder (list, report, 'latest'): one damaged file is reported and left in place,
-    and the other runs are still read. A file named explicitly is never skipped: load_run raises."""
-    good = []
-    for path in paths:
-        try:
-            load_run(path)
-        except BadHistory as exc:
-            warn(exc)
-        else:
-            good.append(Path(path))
-    return good
-
