@@ -40,6 +40,20 @@ class OutOfMemory(Unsupported):
     state = "oom"
 
 
+class Crashed(Unsupported):
+    """The process that ran the case died (a native abort, a segfault, the OOM killer): the message
+    names the signal and the op on its stack or its last log line."""
+
+    state = "crashed"
+
+
+class TooSlow(Unsupported):
+    """The case (or the engine's start) passed its time budget and was stopped: the message says what it
+    reached in that time, the budget and the kernel it ran."""
+
+    state = "too-slow"
+
+
 def first_line(exc: BaseException, limit: int = 300, default: str = "") -> str:
     """The first line of an exception's message, cut to ``limit`` (``default`` when it has none):
     what a stated reason quotes of a library's error."""

@@ -16,7 +16,17 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
-class HostStepTimer:
+class _Adopting:
+    """A timer whose steps may have been timed elsewhere: a decoder in a child process hands its own
+    timer's intervals over (bench.isolation)."""
+
+    adopted: list[float] | None = None
+
+    def adopt(self, intervals_s: list[float]) -> None:
+        self.adopted = list(intervals_s)
+
+
+class HostStepTimer(_Adopting):
     """Per-step wall times on the host clock (CPU devices, where work is synchronous)."""
 
     def __init__(self):
@@ -26,10 +36,12 @@ class HostStepTimer:
         self.marks.append(time.perf_counter())
 
     def intervals_s(self) -> list[float]:
+        if self.adopted is not None:
+            return self.adopted
         return [b - a for a, b in zip(self.marks, self.marks[1:])]
 
 
-class CudaStepTimer:
+class CudaStepTimer(_Adopting):
     """Per-step device times from CUDA events; read once, after the timed region."""
 
     def __init__(self):
@@ -41,6 +53,8 @@ class CudaStepTimer:
         self.events.append(event)
 
     def intervals_s(self) -> list[float]:
+        if self.adopted is not None:
+            return self.adopted
         if not self.events:
             return []
         self.events[-1].synchronize()

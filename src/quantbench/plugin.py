@@ -33,6 +33,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    import argparse
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
 def pytest_addoption(parser):
     group = parser.getgroup("quantbench")
     group.addoption("--qb-models", default=None, help="model specs, comma-separated (CPU default: tiny)")
@@ -57,6 +68,16 @@ def pytest_addoption(parser):
     group.addoption("--qb-m", default=None, help="kernel suite M (tokens in flight) sweep, comma-separated")
     group.addoption("--qb-threads", type=_positive_int, default=None,
                     help="torch CPU threads (default on CPU: 1, for run-to-run stability over peak speed)")
+    group.addoption("--qb-isolate", default="auto", choices=("auto", "all", "none"),
+                    help="run each checkpoint's runtime in a child process of its own, so that a native abort, "
+                         "a segfault or a hang is a case's state, not the run's end: auto (the runtime's own "
+                         "choice: vLLM's engine), all, or none")
+    group.addoption("--qb-case-budget", type=_positive_float, default=None, metavar="S",
+                    help="seconds one case may take before it is stopped as too-slow (default: "
+                         "fixtures/budgets.toml for the device kind)")
+    group.addoption("--qb-start-budget", type=_positive_float, default=None, metavar="S",
+                    help="seconds an engine's start (load, first forward) in a child process may take "
+                         "(default: fixtures/budgets.toml)")
     group.addoption("--qb-history", default=None, metavar="DIR|URL",
                     help="store this run under DIR/<machine signature>/, or in a PostgreSQL database "
                          "(postgresql://...; credentials from the URL, PG* variables or ~/.pgpass)")
@@ -111,6 +132,7 @@ class RunState:
     store_warning: str | None = None                    # the store could not be used when the run started
     shard: object = None                                # bench.shards.Shard for --qb-shard
     gate_result: tuple | None = None                    # (baseline paths, GateResult or QuantbenchError)
+    budget: object = None                               # bench.budgets.Budget: per case, per engine start
 
 
 STATE = pytest.StashKey[RunState]()
@@ -157,6 +179,9 @@ def _read_matrix(config, state: RunState) -> None:
     state.prompts = parse_int_list(config.getoption("qb_prompt") or defaults["prompt"], "--qb-prompt")
     state.sources = _sources(config)
     state.kernel_cases = _kernel_cases(config)
+    from .bench.budgets import load_budgets
+    state.budget = load_budgets(_device(config).type, case_s=config.getoption("qb_case_budget"),
+                                engine_start_s=config.getoption("qb_start_budget"))
 
 
 def _read_gate_options(config, state: RunState) -> None:
@@ -273,7 +298,8 @@ def qb_pool(pytestconfig, qb_device):
     from .runtimes import Shapes
     state = run_state(pytestconfig)
     new_tokens = pytestconfig.getoption("qb_new_tokens") or _defaults(pytestconfig)["new_tokens"]
-    pool = ModelPool(qb_device, Shapes(max(state.batches), max(state.prompts), new_tokens))
+    pool = ModelPool(qb_device, Shapes(max(state.batches), max(state.prompts), new_tokens),
+                     isolate=pytestconfig.getoption("qb_isolate"), budget=state.budget)
     yield pool
     pool.release()
 
@@ -284,7 +310,8 @@ def qb_options(pytestconfig, qb_device):
     rounds = pytestconfig.getoption("qb_rounds") or _defaults(pytestconfig)["rounds"]
     return RunOptions(device=qb_device, rounds=rounds, warmup_rounds=_defaults(pytestconfig)["warmup"],
                       kernel_rounds=pytestconfig.getoption("qb_rounds") or _defaults(pytestconfig)["kernel_rounds"],
-                      inject_slowdown=pytestconfig.getoption("qb_inject_slowdown"))
+                      inject_slowdown=pytestconfig.getoption("qb_inject_slowdown"),
+                      budget=run_state(pytestconfig).budget)
 
 
 @pytest.fixture(scope="session")

@@ -12,12 +12,15 @@ from pathlib import Path
 
 import torch
 
-from ..errors import BadCheckpoint, OutOfMemory, Unsupported
+from ..errors import BadCheckpoint, Crashed, OutOfMemory, Unsupported
 from ..formats import LoadedModel, get_format
 from ..formats.checkpoints import FAKEQUANT_FILE, REFERENCE_FILE, checkpoint_dir, detect_checkpoint, ensure_checkpoint
 from ..runtimes import DEFAULT, Shapes, get_runtime
 from ..specs import load_spec
-from . import guard
+from . import guard, isolation
+from .budgets import Budget
+
+ISOLATE_CHOICES = ("auto", "all", "none")
 
 
 @dataclass(frozen=True)
@@ -71,14 +74,26 @@ class Prepared:
     facts: dict = field(default_factory=dict)
     decoder: object = None  # the runtime's decoder over this model (runtimes.eager.EagerDecoder, ...)
 
+    @property
+    def memory(self):
+        """The peak-memory tracker of the process the model lives in (a child's, for an isolated runtime)."""
+        from ..measure import PeakMemory
+        return getattr(self.decoder, "memory", None) or PeakMemory(self.loaded.device)
+
 
 class ModelPool:
-    def __init__(self, device: torch.device, shapes: Shapes | None = None):
+    """``isolate``: 'auto' (each runtime's own choice: vLLM's engine in a child process), 'all' (every runtime in
+    one), 'none' (everything in this process, as before isolation existed). ``budget``: the engine start's."""
+
+    def __init__(self, device: torch.device, shapes: Shapes | None = None, isolate: str = "auto",
+                 budget: Budget | None = None):
         self.device = device
         self.shapes = shapes or Shapes()
+        self.isolate, self.budget = isolate, budget or Budget(float("inf"), isolation.FOREVER_S)
         self.key: tuple | None = None
         self.current: Prepared | None = None
         self.failures: dict[tuple, BaseException] = {}
+        self.too_slow: dict[tuple, list] = {}   # (source, format, runtime, phase) -> cases that passed the budget
 
     def get(self, source: ModelSource, format_name: str, runtime_name: str = DEFAULT) -> Prepared:
         key = (source, format_name, runtime_name)
@@ -99,6 +114,28 @@ class ModelPool:
             raise
         self.key = key
         return self.current
+
+    def isolated(self, runtime) -> bool:
+        return {"all": True, "none": False}.get(self.isolate, runtime.isolate)
+
+    def case_ended(self, case, state: str, reason: str) -> None:
+        """A case of the model in the pool ended as ``state``. oom: drop the model. crashed: its process is
+        gone, and the cases it had left are stated with the crash. too-slow: the child was stopped; a later
+        case of the same phase at a shape no smaller is stated without running, the others get a new one."""
+        key = (case.source, case.format, case.runtime)
+        if state == "crashed" and self.key == key:
+            self.failures[key] = Crashed(f"not run: the process running {case.format} on {case.runtime} died in "
+                                         f"{case.id}: {reason}")
+        if state == "too-slow":
+            self.too_slow.setdefault((*key, case.phase), []).append(case)
+        if state in ("oom", "crashed", "too-slow") and self.key == key:
+            self.release()
+
+    def slower_case(self, case):
+        """A case of the same checkpoint, runtime and phase, at a batch and prompt no larger, that passed its
+        budget already: this one would too."""
+        passed = self.too_slow.get((case.source, case.format, case.runtime, case.phase), [])
+        return next((c for c in passed if c.batch <= case.batch and c.prompt_len <= case.prompt_len), None)
 
     def release(self) -> None:
         if self.current is not None and hasattr(self.current.decoder, "close"):
@@ -123,7 +160,11 @@ class ModelPool:
         if ids is None:
             from ..formats.checkpoints import reference_ids
             ids = reference_ids(source.vocab_size())
-        opened = runtime.open(fmt, ckpt, self.device, ids, self.shapes)
+        if self.isolated(runtime):
+            opened = isolation.open_isolated(runtime, fmt, ckpt, self.device, ids, self.shapes,
+                                             self.budget.engine_start_s)
+        else:
+            opened = runtime.open(fmt, ckpt, self.device, ids, self.shapes)
         got = opened.outputs
         note = "" if dense_ref is not None else "user checkpoint: no dense reference, kernel checked for finite output"
         result = guard.evaluate_outputs(got, dense_ref, fmt.min_cosine, fake_ref, note=note)

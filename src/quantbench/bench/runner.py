@@ -15,6 +15,7 @@ from ..history import record
 from ..measure import PeakMemory, step_timer, synchronize
 from ..runtimes import get_runtime
 from ..runtimes.compiled import CompileMismatch
+from .budgets import Budget, CaseClock
 from .cases import Case
 from .pool import ModelPool
 from .prompts import prompt_ids
@@ -28,6 +29,7 @@ class RunOptions:
     warmup_rounds: int = 1
     kernel_rounds: int = 5
     inject_slowdown: float = 0.0  # test-only: stretch every timed region by this fraction
+    budget: Budget | None = None  # None: no time budget (a case runs as long as it takes)
 
 
 def _stretch(start: float, fraction: float) -> None:
@@ -49,11 +51,10 @@ def run_case(benchmark, case: Case, pool: ModelPool, options: RunOptions, states
              nodeid: str = "") -> dict:
     """Prepare the case (load, guard, compile at this shape), time it, describe the result."""
     try:
-        prepared, ids, runtime_facts = prepare(case, pool, options)
-        step_times, peak = time_case(benchmark, case, prepared, ids, options)
+        prepared, ids, runtime_facts, clock = prepare(case, pool, options)
+        step_times, peak = time_case(benchmark, case, prepared, ids, options, clock)
     except Stated as exc:
-        if exc.state == "oom":
-            pool.release()
+        pool.case_ended(case, exc.state, exc.reason)
         record_and_end(states, case, exc, nodeid)
     if benchmark.stats is None:  # --benchmark-disable: the case ran once as a smoke test, no numbers
         return {}
@@ -63,49 +64,63 @@ def run_case(benchmark, case: Case, pool: ModelPool, options: RunOptions, states
 
 
 def prepare(case: Case, pool: ModelPool, options: RunOptions):
-    """The loaded, guarded model, the prompt, and what the runtime did at this shape before timing."""
+    """The loaded, guarded model, the prompt, what the runtime did at this shape before timing, and the
+    case's clock against its budget (started once the model is loaded: an engine's start has its own)."""
     if case.error is not None:
         raise Stated("invalid-input", case.error, fail=True)
     reason = get_runtime(case.runtime).why_not_phase(get_format(case.format), case.phase)
     if reason:
         raise Stated("unsupported", reason)
+    slower = pool.slower_case(case)
+    if slower is not None:
+        raise Stated("too-slow", f"not run: {slower.id} passed its time budget at a shape no larger")
     try:
         prepared = pool.get(case.source, case.format, case.runtime)
     except Unsupported as exc:
-        raise Stated(exc.state, str(exc)) from None
+        raise Stated(exc.state, str(exc), kernel=getattr(exc, "kernel", None)) from None
     except QuantbenchError as exc:  # includes BadCheckpoint
         raise Stated("invalid-input", exc.line(), fail=True) from None
     if not prepared.guard.passed:
         raise Stated("guard-failed", f"correctness guard failed for {case.format}: {prepared.guard.message()}",
                      fail=True)
     ids = prompt_ids(case.batch, case.prompt_len, case.source.vocab_size(), options.device)
+    kernel = prepared.loaded.facts.get("kernel")
+    budget_s = options.budget.case_s if options.budget else float("inf")
+    clock = CaseClock(budget_s, case.phase, options.rounds, options.warmup_rounds, case.batch, kernel)
+    if hasattr(prepared.decoder, "begin_case"):  # a decoder in a child process: every call has a deadline
+        prepared.decoder.begin_case(clock)
     if case.phase != "decode":
-        return prepared, ids, {}
+        return prepared, ids, {}, clock
     try:  # a compiled runtime compiles and checks itself at this exact shape here, before any timing
-        return prepared, ids, prepared.decoder.prepare(ids, case.new_tokens)
+        return prepared, ids, prepared.decoder.prepare(ids, case.new_tokens), clock
     except torch.cuda.OutOfMemoryError as exc:
         raise Stated("oom", f"CUDA out of memory while compiling: {str(exc)[:200]}") from None
     except Unsupported as exc:
-        raise Stated(exc.state, str(exc)) from None
+        raise Stated(exc.state, str(exc), kernel=kernel) from None
     except CompileMismatch as exc:
         raise Stated("guard-failed", str(exc), fail=True) from None
 
 
-def time_case(benchmark, case: Case, prepared, ids, options: RunOptions) -> tuple[list[float], PeakMemory]:
-    """pytest-benchmark's rounds over prefill or decode; warm-up rounds run the same shape, unkept."""
+def time_case(benchmark, case: Case, prepared, ids, options: RunOptions,
+              clock: CaseClock) -> tuple[list[float], PeakMemory]:
+    """pytest-benchmark's rounds over prefill or decode; warm-up rounds run the same shape, unkept. A round
+    that ends past the case's budget stops it (a decoder in a child process is stopped at the deadline)."""
     device, decoder = options.device, prepared.decoder
-    peak = PeakMemory(device)
+    peak = prepared.memory
     step_times: list[float] = []
     calls = {"n": 0}
 
     def run_prefill():
+        clock.next_round()
         start = time.perf_counter()
         token = decoder.prefill(ids)
         synchronize(device)
         _stretch(start, options.inject_slowdown)
+        clock.check()
         return token
 
     def setup_decode():
+        clock.next_round()
         synchronize(device)
         state = decoder.start(ids, case.new_tokens)
         synchronize(device)
@@ -117,6 +132,7 @@ def time_case(benchmark, case: Case, prepared, ids, options: RunOptions) -> tupl
         out = decoder.decode(state, case.new_tokens, timer)
         synchronize(device)
         _stretch(start, options.inject_slowdown)
+        clock.check()
         calls["n"] += 1
         if calls["n"] > options.warmup_rounds:
             step_times.extend(timer.intervals_s())
@@ -134,8 +150,8 @@ def time_case(benchmark, case: Case, prepared, ids, options: RunOptions) -> tupl
         raise Stated("oom", f"CUDA out of memory: {str(exc)[:200]}") from None
     except BadCheckpoint as exc:
         raise Stated("invalid-input", exc.line(), fail=True) from None
-    except Unsupported as exc:  # what an engine finds it cannot do at this shape (vLLM: a prefill in two steps)
-        raise Stated(exc.state, str(exc)) from None
+    except Unsupported as exc:  # what an engine finds it cannot do at this shape (vLLM: a prefill in two steps),
+        raise Stated(exc.state, str(exc), kernel=clock.kernel) from None  # a crash, a case past its budget
     return step_times, peak
 
 
@@ -164,6 +180,8 @@ def describe(case: Case, prepared, options: RunOptions, peak: PeakMemory, step_t
                _decode_metrics(case, median, step_times, loaded.facts))
     if case.phase == "decode" and hasattr(prepared.decoder, "round_facts"):  # an engine's own timestamps
         metrics.update(prepared.decoder.round_facts(options.rounds, median))
+    if hasattr(prepared.decoder, "child_facts"):  # the child's own wall time of the rounds the parent timed
+        metrics.update(prepared.decoder.child_facts(options.rounds, median))
     return record.declared({**info, **metrics}, record.GENERATION)
 
 

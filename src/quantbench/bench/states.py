@@ -17,12 +17,13 @@ class StateRecorder:
     def __init__(self):
         self.records: list[dict] = []
 
-    def add(self, case: Case, state: str, reason: str, nodeid: str = "") -> None:
+    def add(self, case: Case, state: str, reason: str, nodeid: str = "", kernel: str | None = None) -> None:
         from ..formats import get_format
         fmt = get_format(case.format) if case.format else None
         self.records.append({"case": case.id, "nodeid": nodeid, "state": state, "reason": reason,
                              **case.params(),
-                             **(fmt.record_fields() if fmt else {"bits": None, "display_order": None})})
+                             **(fmt.record_fields() if fmt else {"bits": None, "display_order": None}),
+                             **({"kernel": kernel} if kernel else {})})
 
     def add_kernel(self, case, state: str, reason: str, nodeid: str = "") -> None:
         self.records.append({"case": case.id, "nodeid": nodeid, "state": state, "reason": reason,
@@ -34,15 +35,18 @@ class StateRecorder:
 class Stated(Exception):
     """A case that ends without a number: its state and reason are recorded, then it skips or fails."""
 
-    def __init__(self, state: str, reason: str, fail: bool = False):
+    def __init__(self, state: str, reason: str, fail: bool = False, kernel: str | None = None):
         super().__init__(reason)
-        self.state, self.reason, self.fail = state, reason, fail
+        self.state, self.reason, self.fail, self.kernel = state, reason, fail, kernel
 
 
 def record_and_end(states: StateRecorder, case, exc: Stated, nodeid: str, kernel: bool = False):
     """The one place a stated case is recorded and ended: pytest.fail for a wrong result or bad
     input, pytest.skip for what cannot run here."""
-    (states.add_kernel if kernel else states.add)(case, exc.state, exc.reason, nodeid)
+    if kernel:
+        states.add_kernel(case, exc.state, exc.reason, nodeid)
+    else:
+        states.add(case, exc.state, exc.reason, nodeid, kernel=exc.kernel)
     if exc.fail:
         pytest.fail(exc.reason, pytrace=False)
     pytest.skip(f"{exc.state}: {exc.reason}")

@@ -18,9 +18,12 @@ from ..errors import QuantbenchError
 if TYPE_CHECKING:
     from .thresholds import Thresholds
 
-STATES = ("regressed", "kernel-changed", "improved", "unchanged", "new", "missing", "unsupported", "oom",
+STATES = ("regressed", "crashed", "too-slow", "kernel-changed", "improved", "unchanged", "new", "missing", "unsupported", "oom",
           "invalid-input", "guard-failed", "no-baseline", "incomparable")
 DEFAULT_FAIL_ON = ("regressed",)
+# A case the baseline measured that now crashed or passed its time budget fails the gate whatever --fail-on
+# says: it is that case's failure, never 'missing'. Stated in both runs, it is the state, as unsupported is.
+BROKEN = ("crashed", "too-slow")
 STATED_IN_BOTH = "(the same in the baseline)"   # note suffix of a state both runs share: no news for a PR comment
 
 
@@ -97,6 +100,9 @@ def decide(case: str, metric: str, current: Sample | None, baseline: Sample | No
     """Classify one (case, metric) pair. Pure: same inputs, same decision."""
     if baseline is None and current is None:
         return Decision(case, metric, "missing", note="in neither run")
+    if current is not None and current.state in BROKEN and baseline is not None and baseline.state == "ok":
+        return Decision(case, metric, current.state, baseline=baseline.value,
+                        note=f"measured in the baseline ({baseline.value:.4g}), {current.state} now: {current.reason}")
     if current is not None and current.state != "ok":  # unsupported, oom, ...: that is the news, baseline or not
         note = (f"{current.reason}; not in the baseline" if baseline is None else
                 f"{current.reason} {STATED_IN_BOTH}" if baseline.state == current.state else current.reason)
@@ -342,5 +348,5 @@ def machine_differences(current: dict, baseline: dict, fields: tuple[str, ...]) 
 
 
 def exit_code(decisions: list[Decision], fail_on: tuple[str, ...] = DEFAULT_FAIL_ON) -> int:
-    return 1 if any(d.state in fail_on for d in decisions) else 0
+    return 1 if any(d.state in fail_on or (d.state in BROKEN and d.baseline is not None) for d in decisions) else 0
 

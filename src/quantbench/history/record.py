@@ -57,6 +57,11 @@ GENERATION = {
     "guard_source": "what the guard compared when it is not the model's own forward",
     "engine_decode_s": "the engine's own first-to-last token time, median over the kept rounds",
     "wall_vs_engine_decode": "median wall-clock decode round / engine_decode_s (the harness's overhead)",
+    "isolation": "where the runtime ran: a child process of its own (bench.isolation), or absent: this process",
+    "child_round_s": "an isolated runtime: the child's own wall time of a round, median over the kept rounds",
+    "wall_vs_child_round": "median round as the parent timed it / child_round_s (the pipe's share)",
+    "onednn": "oneDNN primitives one forward executed outside the timed rounds: 'kind impl (src x wei -> dst)' -> "
+              "count (CPU); a GEMM's 'ref' implementation is named in the kernel as a naive fallback",
     # facts a format adds
     "packed_linears_after_first_forward": "projections still holding packed weights",
     "dense_linears_after_first_forward": "projections holding dense weights",

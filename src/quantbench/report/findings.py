@@ -198,6 +198,24 @@ def gemv_vs_gemm(gen: pd.DataFrame) -> list[str]:
     return out
 
 
+STATED_FLAGS = {"crashed": "CRASHED", "too-slow": "TOO SLOW"}
+
+
+def stated_flags(gen: pd.DataFrame) -> list[str]:
+    """Cases that ran and died, or ran past their time budget: beside the naive fallbacks, since a case too slow
+    to finish is the seed's silent slow path, and one that crashed measured nothing at all. One line per
+    (model, format, runtime, state), with the first case's reason (the others say 'not run: ...')."""
+    if "state" not in gen or gen.empty:
+        return []
+    rows = gen[gen["state"].isin(list(STATED_FLAGS))]
+    out = []
+    for (model, fmt, runtime, state), group in rows.groupby(["model", "format", "runtime", "state"], dropna=False):
+        first = group[~group["reason"].astype(str).str.startswith("not run:")]
+        reason = (first if len(first) else group)["reason"].iloc[0]
+        out.append(f"{STATED_FLAGS[state]}: {model}: {fmt} on {runtime} ({len(group)} case(s)): {reason}")
+    return out
+
+
 def flags(gen: pd.DataFrame) -> list[str]:
     """The seed's failure modes, found automatically."""
     out = []

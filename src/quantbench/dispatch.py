@@ -1,0 +1,98 @@
+"""What ran underneath a kernel, and what a runtime in a child process tells its parent before it may die.
+
+A runtime names its linear kernel class, but on a CPU that class often calls a torch op that oneDNN
+implements, and oneDNN picks the implementation per primitive at run time: a brgemm/AMX kernel, a JIT one,
+or its scalar ``ref`` reference (vLLM's FP8 path on a Xeon ran ``ref:any``, ~20x slower per call than
+the AMX bf16 matmul beside it, a decode 100x slower than the same case on an AMD machine). One short
+forward outside the timed rounds with oneDNN's verbose log on says which.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import sys
+import tempfile
+from collections import Counter
+
+GEMM_PRIMITIVES = ("matmul", "inner_product", "convolution")
+NAIVE_MARK = "naive fallback"  # in a kernel string: report.findings' NAIVE FALLBACK reads it
+CHANNEL = None  # in a child process of bench.isolation: its pipe to the parent
+
+
+def report(**facts) -> None:
+    """Facts the parent process keeps in case this one dies next (the kernel an engine picked before its
+    first forward, the stage it is in). Outside a child process there is no one to tell."""
+    if CHANNEL is not None:
+        import pickle
+        CHANNEL.send_bytes(pickle.dumps(("note", facts)))
+
+
+def parse_verbose(text: str) -> dict[str, int]:
+    """oneDNN's verbose lines -> 'kind impl (src x wei -> dst)' -> executions. Pure. The field after 'exec'
+    is the engine, then the primitive kind, the implementation, the propagation kind, the memory descriptors."""
+    seen: Counter = Counter()
+    for line in text.splitlines():
+        fields = line.strip().split(",")
+        if not fields or fields[0] not in ("onednn_verbose", "dnnl_verbose") or "exec" not in fields:
+            continue
+        at = fields.index("exec")
+        if len(fields) < at + 6:
+            continue
+        kind, impl, descriptors = fields[at + 2], fields[at + 3], fields[at + 5]
+        dtypes = dict(_dtype(d) for d in descriptors.split() if ":" in d)
+        types = " x ".join(filter(None, (dtypes.get("src"), dtypes.get("wei")))) or "?"
+        seen[f"{kind} {impl} ({types} -> {dtypes.get('dst', '?')})"] += 1
+    return dict(seen)
+
+
+def _dtype(descriptor: str) -> tuple[str, str]:
+    name, dtype = descriptor.split(":")[:2]
+    return name, dtype
+
+
+def naive_primitives(primitives: dict[str, int]) -> list[str]:
+    """The GEMM primitives oneDNN ran with its reference (``ref``) implementation: a naive fallback."""
+    return [p for p in primitives if p.split(" ")[0] in GEMM_PRIMITIVES and p.split(" ")[1].startswith("ref")]
+
+
+def kernel_words(kernel: str, primitives: dict[str, int]) -> str:
+    """The kernel string with oneDNN's naive GEMMs named (the gate's kernel-changed state sees a move from a
+    brgemm/AMX implementation to ``ref``; the guide's NAIVE FALLBACK finding reads the mark)."""
+    naive = naive_primitives(primitives)
+    if not naive:
+        return kernel
+    return f"{kernel} [oneDNN {', '.join(sorted(naive))}: {NAIVE_MARK}]"
+
+
+@contextlib.contextmanager
+def _stdout_to(path: str):
+    """The process's file descriptor 1 (C's stdout, where oneDNN prints) into ``path`` for the block."""
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    libc.fflush(None)
+    saved = os.dup(1)
+    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        os.dup2(target, 1)
+        yield
+    finally:
+        libc.fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(target)
+
+
+def onednn_primitives(forward) -> dict[str, int]:
+    """Run ``forward()`` with oneDNN's verbose log on; the primitives it executed (empty where this torch has
+    no oneDNN, or the forward used none)."""
+    import torch
+    if not torch.backends.mkldnn.is_available():
+        forward()
+        return {}
+    with tempfile.NamedTemporaryFile(prefix="quantbench-onednn-", suffix=".log") as log:
+        with _stdout_to(log.name), torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+            forward()
+        text = open(log.name, errors="replace").read()
+    return parse_verbose(text)
