@@ -51,37 +51,25 @@ def test_harness_overhead(benchmark, request, fmt, qb_pool, qb_options, qb_state
           f"= {ratio_median:.4f}")
 
 
-def _bare_generate(llm, ids, new_tokens, rounds):
-    """vLLM's own LLM.generate, fixed token ids, greedy; each round's decode time is vLLM's own
-    first-to-last token time of the request (its per-request stats)."""
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
-    prompts = [TokensPrompt(prompt_token_ids=row) for row in ids.tolist()]
-    full = SamplingParams(max_tokens=new_tokens + 1, min_tokens=new_tokens + 1, temperature=0.0, ignore_eos=True)
-    times = []
-    for _ in range(rounds):
-        outputs = llm.generate(prompts, full, use_tqdm=False)
-        times.append(max(o.metrics.last_token_ts - o.metrics.first_token_ts for o in outputs))
-    return times
-
-
 @pytest.mark.parametrize("runtime", [os.environ.get("QUANTBENCH_OVERHEAD_VLLM", "vllm+eager")])
 def test_vllm_harness_overhead(benchmark, request, runtime, qb_pool, qb_options, qb_states):
-    """The suite's vLLM decode case (wall clock around the engine's steps after prefill) vs a bare
-    ``llm.generate`` loop in this process (vLLM's own decode time of each generate)."""
+    """The suite's vLLM decode case (wall clock around the engine's steps after prefill, in this process,
+    around the pipe to the engine's child process) vs a bare ``llm.generate`` loop where the engine lives
+    (vLLM's own decode time of each generate)."""
     pytest.importorskip("vllm", reason="vLLM is not installed (the vllm stack has it)")
     source = ModelSource.from_spec("tiny")
     # The engine is sized to the run's matrix (pool.shapes): the case fits inside it.
     case = Case(source, "bf16", runtime, batch=1, prompt_len=min(32, qb_pool.shapes.max_prompt),
                 new_tokens=qb_pool.shapes.new_tokens, phase="decode")
-    llm = qb_pool.get(source, "bf16", runtime).decoder.engine.llm
+    from quantbench.runtimes.vllm_engine import bare_generate
+    decoder = qb_pool.get(source, "bf16", runtime).decoder  # the engine's, in its child process or here
     rounds = max(qb_options.rounds, 30)
     options = dataclasses.replace(qb_options, rounds=rounds)
     ids = prompt_ids(case.batch, case.prompt_len, source.vocab_size(), qb_options.device)
-    _bare_generate(llm, ids, case.new_tokens, 2)  # warm-up at the exact shape
-    bare = _bare_generate(llm, ids, case.new_tokens, rounds // 2)
+    decoder.call(bare_generate, ids, case.new_tokens, 2)  # warm-up at the exact shape
+    bare = decoder.call(bare_generate, ids, case.new_tokens, rounds // 2)
     info = run_case(benchmark, case, qb_pool, options, qb_states, nodeid=request.node.nodeid)
-    bare += _bare_generate(llm, ids, case.new_tokens, rounds - rounds // 2)
+    bare += decoder.call(bare_generate, ids, case.new_tokens, rounds - rounds // 2)
     stats = benchmark.stats.stats
     ratio_min, ratio_median = stats.min / min(bare), stats.median / statistics.median(bare)
     benchmark.extra_info.update(bare_loop_median_s=statistics.median(bare), bare_loop_min_s=min(bare),

@@ -441,8 +441,9 @@ class RemoteDecoder:
         return {"child_round_s": child, "wall_vs_child_round": wall_median_s / child if child else None}
 
     def call(self, func, *args):
-        """``func(decoder, *args)`` in the child, with the runtime's own decoder (a module-level function)."""
-        return self.remote("call", func, args)
+        """``func(decoder, *args)`` in the child, with the runtime's own decoder (a module-level function);
+        outside any case, so outside its budget."""
+        return self.worker.call("call", func, args, deadline=time.monotonic() + FOREVER_S, doing=func.__name__)
 
     def close(self) -> None:
         self.worker.kill()  # the child's exit frees its engine whole; nothing there is worth a clean close

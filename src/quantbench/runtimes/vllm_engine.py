@@ -189,8 +189,27 @@ class VLLMDecoder:
             self.engine_decode_s.append(engine_s)
         return tokens
 
+    def call(self, func, *args):
+        """``func(self, *args)``: the interface a decoder in a child process has (bench.isolation), here."""
+        return func(self, *args)
+
     def close(self) -> None:
         self.engine.close()
+
+
+def bare_generate(decoder: VLLMDecoder, ids: torch.Tensor, new_tokens: int, rounds: int) -> list[float]:
+    """vLLM's own LLM.generate on the decoder's engine, fixed token ids, greedy: each round's decode time is
+    vLLM's own first-to-last token time of the request (its per-request stats). The harness-overhead test's
+    reference, run where the engine lives (``decoder.call(bare_generate, ...)``)."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+    prompts = [TokensPrompt(prompt_token_ids=row) for row in ids.tolist()]
+    full = SamplingParams(max_tokens=new_tokens + 1, min_tokens=new_tokens + 1, temperature=0.0, ignore_eos=True)
+    times = []
+    for _ in range(rounds):
+        outputs = decoder.engine.llm.generate(prompts, full, use_tqdm=False)
+        times.append(max(o.metrics.last_token_ts - o.metrics.first_token_ts for o in outputs))
+    return times
 
 
 def _vllm_reason(exc: BaseException) -> str:
