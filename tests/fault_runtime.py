@@ -36,3 +36,8 @@ class FaultInjection(Transformers):
 
     def decoder(self, model, device, dtype):
         return FaultyDecoder(model)
+
+
+def decoder_kind(decoder, value):
+    """Run in the child by RemoteDecoder.call: the child's own decoder class, and the argument back."""
+    return type(decoder).__name__, value

@@ -166,3 +166,24 @@ def test_the_gate_fails_the_case_that_crashed_after_it_was_measured(fault_runs):
     assert gate.returncode == 1, gate.stdout[-3000:] + gate.stderr[-2000:]
     assert "crashed" in gate.stdout and "measured in the baseline" in gate.stdout
     assert "missing" not in [line.split()[0] for line in gate.stdout.splitlines() if line.strip()]
+
+
+@pytest.mark.stack_independent
+def test_a_call_outside_any_case_waits_without_a_deadline_in_the_child(tiny_checkpoints):
+    """decoder.call runs a function in the child (the overhead test's bare loop) with no budget: a wait of a year
+    must not overflow poll's millisecond timeout."""
+    import torch
+
+    from quantbench.bench.isolation import open_isolated
+    from quantbench.formats import get_format
+    from quantbench.runtimes import Shapes, get_runtime
+    from tests.fault_runtime import FaultInjection, decoder_kind
+
+    ids = torch.randint(0, 100, (1, 8), generator=torch.Generator().manual_seed(0))
+    opened = open_isolated(FaultInjection(), get_format("bf16"), tiny_checkpoints["dense"], torch.device("cpu"), ids,
+                           Shapes(max_batch=1, max_prompt=8, new_tokens=2), start_budget_s=300)
+    try:
+        assert opened.decoder.call(decoder_kind, 7) == ("FaultyDecoder", 7)
+        assert opened.loaded.facts["isolation"].startswith("child process")
+    finally:
+        opened.decoder.close()

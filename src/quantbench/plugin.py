@@ -279,12 +279,28 @@ def _parametrize_kernels(metafunc):
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("PYTEST_XDIST_WORKER") and any("qb_case" in getattr(i, "fixturenames", ()) for i in items):
         raise pytest.UsageError("quantbench benchmarks must not run in parallel on one device: drop -n/xdist")
+    _time_rounds_on_the_round_clock(config, items)
     shard = run_state(config).shard
     if shard is not None:
         keep, drop = shard.select(items)
         if drop:
             config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+def _time_rounds_on_the_round_clock(config, items) -> None:
+    """The cases that run a model (those with qb_pool) time their rounds on measure.round_clock, which leaves out
+    the pipe to a runtime's child process; a --benchmark-timer the user chose is kept."""
+    from pytest_benchmark.timers import default_timer
+    from pytest_benchmark.utils import NameWrapper
+
+    from .measure import round_clock
+    if config.getoption("benchmark_timer", None) not in (None, str(NameWrapper(default_timer))):
+        return
+    for item in items:
+        timed = any("timer" in mark.kwargs for mark in item.iter_markers("benchmark"))
+        if "qb_pool" in getattr(item, "fixturenames", ()) and not timed:
+            item.add_marker(pytest.mark.benchmark(timer=round_clock))
 
 
 @pytest.fixture(scope="session")

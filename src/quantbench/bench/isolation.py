@@ -152,10 +152,12 @@ def _child_main(conn, counter, log_path: str, fault_path: str, request: OpenRequ
             return
         if method == "close":
             getattr(opened.decoder, "close", lambda: None)()
-            _send(conn, ("ok", None))
+            _send(conn, ("ok", None, 0.0))
             return
         try:
-            _send(conn, ("ok", getattr(server, method)(*args)))
+            start = time.perf_counter()
+            result = getattr(server, method)(*args)
+            _send(conn, ("ok", result, time.perf_counter() - start))
         except BaseException as exc:  # noqa: BLE001
             _send(conn, _failure(exc))
 
@@ -202,19 +204,25 @@ class Worker:
     def call(self, method: str, *args, deadline: float, doing: str = ""):
         """``method(*args)`` in the child; its result, or a stated case (Unsupported / Crashed / TooSlow)."""
         self.counter.value = 0
+        sent = time.perf_counter()
         try:
             _send(self.conn, (method, args))
         except OSError:  # the child is gone already
             raise Crashed(self.crash_reason(doing or method)) from None
-        return self.wait(deadline, doing or method)
+        result, child_s = self.wait(deadline, doing or method, timed=True)
+        from ..measure import carried
+        carried(time.perf_counter() - sent - child_s)
+        return result
 
-    def wait(self, deadline: float, doing: str):
+    def wait(self, deadline: float, doing: str, timed: bool = False):
+        """The child's answer: a result (with the child's own seconds on it when ``timed``) or a stated case."""
         while True:
             left = deadline - time.monotonic()
             try:
-                ready = left > 0 and self.conn.poll(left)
-                if not ready:
+                if left <= 0:
                     raise TimeoutError
+                if not self.conn.poll(min(left, POLL_S)):
+                    continue  # poll's timeout is a C int of milliseconds: wait in slices of an hour
                 kind, *payload = pickle.loads(self.conn.recv_bytes())
             except TimeoutError:
                 self.kill()
@@ -225,7 +233,7 @@ class Worker:
                 self.notes.update(payload[0])
                 continue
             if kind == "ok":
-                return payload[0]
+                return tuple(payload) if timed else payload[0]
             if kind == "stated":
                 raise _stated(*payload)
             raise WorkerError(f"{payload[0]} (in the child process running {self.what}):\n{payload[1]}")
@@ -370,6 +378,7 @@ def importable_modules(*objects) -> tuple[str, ...]:
 
 
 # ----------------------------------------------------------------------------- the runtime's face in the parent
+POLL_S = 3600.0
 FOREVER_S = 365 * 86400.0  # a call outside a case (closing, the overhead test's own loop) waits as long as it takes
 
 
