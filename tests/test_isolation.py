@@ -65,6 +65,14 @@ def test_onednn_verbose_names_the_implementation_and_a_reference_gemm_is_a_naive
     assert kernel == ("ChannelWiseTorchFP8ScaledMMLinearKernel [oneDNN matmul ref:any (f8_e4m3 x f8_e4m3 -> bf16): "
                       "naive fallback]")
     assert kernel_words("X", {"matmul brg_matmul:avx512_core_amx (bf16 x bf16 -> bf16)": 3}) == "X"
+    # vLLM's own oneDNN copy logs its creations (ONEDNN_VERBOSE=profile_create), read apart from executions
+    created = ("onednn_verbose,v1,primitive,create:cache_miss,cpu,matmul,brg_matmul:avx512_core_vnni,undef,"
+               "src:s8::blocked:ab::f0 wei:s8::blocked:BA16a64b4a::f0 dst:f32::blocked:ab::f0,,,4x256:256x512,0.4\n"
+               "onednn_verbose,v1,primitive,create:cache_hit,cpu,reorder,simple:any,undef,src:s8::blocked:ba::f0 "
+               "dst:s8::blocked:BA16a64b4a::f0,,,256x512,0.01\n")
+    assert parse_verbose(created, "create") == {"matmul brg_matmul:avx512_core_vnni (s8 x s8 -> f32)": 1,
+                                                "reorder simple:any (s8 -> s8)": 1}
+    assert parse_verbose(created) == {} and parse_verbose(log, "create") == {}
 
 
 @pytest.mark.stack_independent

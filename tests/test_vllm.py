@@ -149,6 +149,9 @@ def test_engine_cases_have_numbers_kernel_guard_and_engine_facts(engine_run, fmt
     assert decode["isolation"].startswith("child process") and 0.9 < decode["wall_vs_child_round"] < 1.05
     assert kernel == "CPUInt8ScaledMMLinearKernel:onednn" if fmt == "ct-w8a8" else "UnquantizedLinearMethod" not in kernel
     assert decode["onednn"] is not None and "naive fallback" not in kernel
+    if "onednn" in kernel.lower():  # vLLM's own oneDNN copy: the GEMM implementation it created at load
+        gemms = [p for p in decode["onednn_created"] if p.startswith("matmul ")]
+        assert gemms and not any(" ref" in p for p in gemms), decode["onednn_created"]
     assert all("/" in path for path in decode["vllm_kernels"].values())
 
 

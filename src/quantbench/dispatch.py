@@ -19,6 +19,7 @@ from collections import Counter
 GEMM_PRIMITIVES = ("matmul", "inner_product", "convolution")
 NAIVE_MARK = "naive fallback"  # in a kernel string: report.findings' NAIVE FALLBACK reads it
 CHANNEL = None  # in a child process of bench.isolation: its pipe to the parent
+LOG_PATH = None  # ... and the log file its stdout and stderr go to
 
 
 def report(**facts) -> None:
@@ -29,15 +30,18 @@ def report(**facts) -> None:
         CHANNEL.send_bytes(pickle.dumps(("note", facts)))
 
 
-def parse_verbose(text: str) -> dict[str, int]:
-    """oneDNN's verbose lines -> 'kind impl (src x wei -> dst)' -> executions. Pure. The field after 'exec'
-    is the engine, then the primitive kind, the implementation, the propagation kind, the memory descriptors."""
+def parse_verbose(text: str, event: str = "exec") -> dict[str, int]:
+    """oneDNN's verbose lines -> 'kind impl (src x wei -> dst)' -> executions (``event`` 'exec') or creations
+    ('create': create:cache_miss / cache_hit lines). Pure. The field after the event is the engine, then the
+    primitive kind, the implementation, the propagation kind, the memory descriptors."""
     seen: Counter = Counter()
     for line in text.splitlines():
         fields = line.strip().split(",")
-        if not fields or fields[0] not in ("onednn_verbose", "dnnl_verbose") or "exec" not in fields:
+        if not fields or fields[0] not in ("onednn_verbose", "dnnl_verbose"):
             continue
-        at = fields.index("exec")
+        at = next((i for i, f in enumerate(fields) if f == event or f.startswith(f"{event}:")), None)
+        if at is None:
+            continue
         if len(fields) < at + 6:
             continue
         kind, impl, descriptors = fields[at + 2], fields[at + 3], fields[at + 5]
@@ -96,3 +100,41 @@ def onednn_primitives(forward) -> dict[str, int]:
             forward()
         text = open(log.name, errors="replace").read()
     return parse_verbose(text)
+
+
+@contextlib.contextmanager
+def onednn_creations(device):
+    """The oneDNN primitives created inside the block, by every copy of oneDNN in the process: vLLM's _C
+    library links one of its own, which torch's verbose switch does not reach, so ONEDNN_VERBOSE is set to
+    profile_create (creations only, never an executed primitive: nothing is printed per timed call). A copy
+    reads it once, at its first primitive: this sees a process's first engine, the one in a child process,
+    whose log keeps the lines; in the parent's own process C stdout goes to a scratch file for the block.
+    Yields the dict, filled when the block ends."""
+    found: dict[str, int] = {}
+    if device.type != "cpu" or "ONEDNN_VERBOSE" in os.environ:  # the user's own verbose setting is theirs
+        yield found
+        return
+    os.environ["ONEDNN_VERBOSE"] = "profile_create"
+    try:
+        if LOG_PATH is not None:
+            start = os.path.getsize(LOG_PATH)
+            yield found
+            _flush_c_stdout()
+            with open(LOG_PATH, errors="replace") as log:
+                log.seek(start)
+                found.update(parse_verbose(log.read(), "create"))
+            return
+        with tempfile.NamedTemporaryFile(prefix="quantbench-onednn-", suffix=".log") as log:
+            with _stdout_to(log.name):
+                yield found
+            text = open(log.name, errors="replace").read()
+        found.update(parse_verbose(text, "create"))
+        sys.stdout.write("".join(line for line in text.splitlines(keepends=True)
+                                 if not line.startswith("onednn_verbose")))
+    finally:
+        os.environ.pop("ONEDNN_VERBOSE", None)  # not for the processes the engine starts later
+
+
+def _flush_c_stdout() -> None:
+    sys.stdout.flush()
+    ctypes.CDLL(None).fflush(None)

@@ -126,7 +126,7 @@ def _child_main(conn, counter, log_path: str, fault_path: str, request: OpenRequ
     os.dup2(log, 1)
     os.dup2(log, 2)
     faulthandler.enable(open(fault_path, "w"), all_threads=False)  # noqa: SIM115 - lives as long as the process
-    dispatch.CHANNEL = conn  # dispatch.report() from the runtime reaches the parent
+    dispatch.CHANNEL, dispatch.LOG_PATH = conn, log_path  # dispatch.report() from the runtime reaches the parent
     import torch
     torch.set_num_threads(request.threads)
     for module in request.modules:
@@ -354,7 +354,7 @@ def crash_words(exitcode: int | None, fault_text: str, log_tail: list[str], doin
 
 
 _NOT_WORDS = ("Fatal Python error", "Current thread", "Thread ", "  File", "Extension modules", "frame #",
-              "<omitting python frames>", "Exception raised from")
+              "<omitting python frames>", "Exception raised from", "onednn_verbose")
 
 
 def last_words(log_tail: list[str]) -> str | None:

@@ -62,6 +62,8 @@ GENERATION = {
     "wall_vs_child_round": "median round as the parent timed it / child_round_s (the pipe's share)",
     "onednn": "oneDNN primitives one forward executed outside the timed rounds: 'kind impl (src x wei -> dst)' -> "
               "count (CPU); a GEMM's 'ref' implementation is named in the kernel as a naive fallback",
+    "onednn_created": "oneDNN primitives created while vLLM's engine started, by any copy of oneDNN in the process "
+                      "(vLLM's _C links its own): 'kind impl (src x wei -> dst)' -> count (CPU)",
     # facts a format adds
     "packed_linears_after_first_forward": "projections still holding packed weights",
     "dense_linears_after_first_forward": "projections holding dense weights",

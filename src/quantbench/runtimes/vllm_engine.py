@@ -249,6 +249,19 @@ class VLLM(Runtime):
         return None
 
     def open(self, fmt, ckpt, device, guard_ids, shapes: Shapes | None = None) -> Opened:
+        with dispatch.onednn_creations(device) as created:  # vLLM's own oneDNN: its primitives, created
+            engine, kernels, outputs, guard_facts = self._start_and_guard(fmt, ckpt, device, shapes, guard_ids)
+            dispatch.report(stage="oneDNN's describe pass (one prefill and one decode step)")  # at load and
+            primitives = onednn_pass(engine, guard_ids, device)  # at each new shape of the first forwards
+        facts = {**engine_facts(engine, ckpt, device, kernels), **guard_facts, "onednn": primitives,
+                 "onednn_created": created}
+        facts["kernel"] = dispatch.kernel_words(facts["kernel"], {**created, **primitives})
+        from ..formats import LoadedModel
+        loaded = LoadedModel(engine.runner.model, fmt.name, f"vllm ({build()})", device, fmt.dtype, engine.start_s,
+                             facts)
+        return Opened(loaded, outputs, VLLMDecoder(engine, device))
+
+    def _start_and_guard(self, fmt, ckpt, device, shapes, guard_ids):
         engine = self.start_engine(fmt, ckpt, device, shapes or Shapes(), guard_ids)
         kernels = engine_kernels(engine.runner.model)
         # What the parent states if this process dies in the first forward (vLLM's int8 kernel aborts on AMX).
@@ -259,14 +272,7 @@ class VLLM(Runtime):
             engine.close()
             raise Unsupported(f"vLLM ({build()}) picked {kernel_summary(kernels)} for {fmt.name} and its first "
                               f"forward failed: {_vllm_reason(exc)}") from None
-        dispatch.report(stage="oneDNN's describe pass (one prefill and one decode step)")
-        primitives = onednn_pass(engine, guard_ids, device)
-        facts = {**engine_facts(engine, ckpt, device, kernels), **guard_facts, "onednn": primitives}
-        facts["kernel"] = dispatch.kernel_words(facts["kernel"], primitives)
-        from ..formats import LoadedModel
-        loaded = LoadedModel(engine.runner.model, fmt.name, f"vllm ({build()})", device, fmt.dtype, engine.start_s,
-                             facts)
-        return Opened(loaded, outputs, VLLMDecoder(engine, device))
+        return engine, kernels, outputs, guard_facts
 
     def start_engine(self, fmt, ckpt, device, shapes: Shapes, guard_ids: torch.Tensor) -> Engine:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine core in this process
