@@ -81,11 +81,21 @@ def test_same_commit_passes(same_commit_pairs, tmp_path):
     assert "quantbench gate: passed" in out.stdout
 
 
-def test_injected_slowdown_fails_naming_case_and_ratio(slowed_pairs, tmp_path):
+def test_injected_slowdown_fails_naming_case_and_ratio(slowed_pairs, tmp_path, tmp_path_factory):
     base, slow = slowed_pairs
     summary = tmp_path / "summary.md"
-    out = gate("--paired", "--current", str(merged(slow, tmp_path / "slow.json")),
-               "--baseline", ",".join(map(str, base)), "--confirm-rerun", "1", "--markdown", str(summary))
+
+    def slowdown_gate(base, slow):
+        return gate("--paired", "--current", str(merged(slow, tmp_path / "slow.json")),
+                    "--baseline", ",".join(map(str, base)), "--confirm-rerun", "1", "--markdown", str(summary))
+    out = slowdown_gate(base, slow)
+    if out.returncode == 0:
+        # A VM whose host is busy (here, 2026-12-03: the suite's 10% read 0.86 on run scores, p=0.37; its cases read
+        # 0.72-1.32) hides a slowdown in 8 pairs: 8 more pairs, the power a slowdown needs. The A/A
+        # test never gets more pairs, so a false alarm is not made easier.
+        print(out.stdout[-1500:])
+        more_base, more_slow = side_by_side_pairs(tmp_path_factory, "slow-more", ["--qb-inject-slowdown", "0.10"])
+        out = slowdown_gate(base + more_base, slow + more_slow)
     print(out.stdout[-3000:])
     assert out.returncode == 1, out.stdout[-4000:]
     regressed = [line for line in out.stdout.splitlines() if line.startswith("REGRESSED")]
