@@ -31,6 +31,7 @@ PAIRS = 8
 # The A/A comparison needs no power, only no false alarm: fewer pairs make a significant result harder,
 # never easier (6 pairs: the smallest two-sided Wilcoxon p is 1/32), and save CI a minute and a half.
 AA_PAIRS = 6
+SLOWED = ["--qb-inject-slowdown", "0.10"]
 BENCH = "benchmarks/test_generation.py"
 
 
@@ -67,7 +68,7 @@ def same_commit_pairs(tiny_checkpoints, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def slowed_pairs(tiny_checkpoints, tmp_path_factory):
-    return side_by_side_pairs(tmp_path_factory, "slow", ["--qb-inject-slowdown", "0.10"])
+    return side_by_side_pairs(tmp_path_factory, "slow", SLOWED)
 
 
 def test_same_commit_passes(same_commit_pairs, tmp_path):
@@ -94,7 +95,7 @@ def test_injected_slowdown_fails_naming_case_and_ratio(slowed_pairs, tmp_path, t
         # 0.72-1.32) hides a slowdown in 8 pairs: 8 more pairs, the power a slowdown needs. The A/A
         # test never gets more pairs, so a false alarm is not made easier.
         print(out.stdout[-1500:])
-        more_base, more_slow = side_by_side_pairs(tmp_path_factory, "slow-more", ["--qb-inject-slowdown", "0.10"])
+        more_base, more_slow = side_by_side_pairs(tmp_path_factory, "slow-more", SLOWED)
         out = slowdown_gate(base + more_base, slow + more_slow)
     print(out.stdout[-3000:])
     assert out.returncode == 1, out.stdout[-4000:]

@@ -184,7 +184,7 @@ def test_a_call_outside_any_case_waits_without_a_deadline_in_the_child(tiny_chec
 
     from quantbench.bench.isolation import open_isolated
     from quantbench.formats import get_format
-    from quantbench.runtimes import Shapes, get_runtime
+    from quantbench.runtimes import Shapes
     from tests.fault_runtime import FaultInjection, decoder_kind
 
     ids = torch.randint(0, 100, (1, 8), generator=torch.Generator().manual_seed(0))

@@ -115,7 +115,8 @@ def engine_run(tmp_path_factory):
                         "--qb-formats", ENGINE_FORMATS, "--qb-batch", "1,2",
                         "--qb-prompt", "16", "--qb-new-tokens", "32", "--qb-rounds", "3", f"--benchmark-json={out}",
                         "-q", "-rs", env={"QUANTBENCH_CACHE": str(tmp / "cache")})
-    assert out.is_file(), f"the run wrote no JSON (rc {result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-3000:]}"
+    assert out.is_file(), (f"the run wrote no JSON (rc {result.returncode}):\n{result.stdout[-4000:]}\n"
+                           f"{result.stderr[-3000:]}")
     data = json.loads(out.read_text())
     overhead = [b["extra_info"] for b in data["benchmarks"] if "harness_overhead_ratio" in b["extra_info"]]
     cases = {(info["format"], info["runtime"], info["phase"], info["batch"]): info
@@ -147,7 +148,8 @@ def test_engine_cases_have_numbers_kernel_guard_and_engine_facts(engine_run, fmt
     assert (decode["vllm_compilation"] == "eager") == (runtime == "vllm+eager")
     kernel = decode["kernel"]
     assert decode["isolation"].startswith("child process") and 0.9 < decode["wall_vs_child_round"] < 1.05
-    assert kernel == "CPUInt8ScaledMMLinearKernel:onednn" if fmt == "ct-w8a8" else "UnquantizedLinearMethod" not in kernel
+    assert (kernel == "CPUInt8ScaledMMLinearKernel:onednn" if fmt == "ct-w8a8"
+            else "UnquantizedLinearMethod" not in kernel)
     assert decode["onednn"] is not None and "naive fallback" not in kernel
     if "onednn" in kernel.lower():  # vLLM's own oneDNN copy: the GEMM implementation it created at load
         gemms = [p for p in decode["onednn_created"] if p.startswith("matmul ")]

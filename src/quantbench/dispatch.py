@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 from collections import Counter
+from pathlib import Path
 
 GEMM_PRIMITIVES = ("matmul", "inner_product", "convolution")
 NAIVE_MARK = "naive fallback"  # in a kernel string: report.findings' NAIVE FALLBACK reads it
@@ -73,16 +74,14 @@ def kernel_words(kernel: str, primitives: dict[str, int]) -> str:
 @contextlib.contextmanager
 def _stdout_to(path: str):
     """The process's file descriptor 1 (C's stdout, where oneDNN prints) into ``path`` for the block."""
-    libc = ctypes.CDLL(None)
-    sys.stdout.flush()
-    libc.fflush(None)
+    _flush_c_stdout()
     saved = os.dup(1)
     target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         os.dup2(target, 1)
         yield
     finally:
-        libc.fflush(None)
+        _flush_c_stdout()
         os.dup2(saved, 1)
         os.close(saved)
         os.close(target)
@@ -95,11 +94,19 @@ def onednn_primitives(forward) -> dict[str, int]:
     if not torch.backends.mkldnn.is_available():
         forward()
         return {}
+    with _captured_c_stdout() as out, torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+        forward()
+    return parse_verbose(out[0])
+
+
+@contextlib.contextmanager
+def _captured_c_stdout():
+    """C stdout (where oneDNN prints) into a scratch file for the block; yields a list holding its text after."""
+    text: list[str] = []
     with tempfile.NamedTemporaryFile(prefix="quantbench-onednn-", suffix=".log") as log:
-        with _stdout_to(log.name), torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
-            forward()
-        text = open(log.name, errors="replace").read()
-    return parse_verbose(text)
+        with _stdout_to(log.name):
+            yield text
+        text.append(Path(log.name).read_text(errors="replace"))
 
 
 @contextlib.contextmanager
@@ -124,12 +131,10 @@ def onednn_creations(device):
                 log.seek(start)
                 found.update(parse_verbose(log.read(), "create"))
             return
-        with tempfile.NamedTemporaryFile(prefix="quantbench-onednn-", suffix=".log") as log:
-            with _stdout_to(log.name):
-                yield found
-            text = open(log.name, errors="replace").read()
-        found.update(parse_verbose(text, "create"))
-        sys.stdout.write("".join(line for line in text.splitlines(keepends=True)
+        with _captured_c_stdout() as out:
+            yield found
+        found.update(parse_verbose(out[0], "create"))
+        sys.stdout.write("".join(line for line in out[0].splitlines(keepends=True)
                                  if not line.startswith("onednn_verbose")))
     finally:
         os.environ.pop("ONEDNN_VERBOSE", None)  # not for the processes the engine starts later

@@ -210,8 +210,7 @@ def stated_flags(gen: pd.DataFrame) -> list[str]:
     rows = gen[gen["state"].isin(list(STATED_FLAGS))]
     if rows.empty:
         return []
-    rows = rows.assign(runtime=rows["runtime"] if "runtime" in rows else "transformers",
-                       reason=rows["reason"] if "reason" in rows else "")
+    rows = rows.assign(runtime=rows.get("runtime", "transformers"), reason=rows.get("reason", ""))
     out = []
     for (model, fmt, runtime, state), group in rows.groupby(["model", "format", "runtime", "state"], dropna=False):
         first = group[~group["reason"].astype(str).str.startswith("not run:")]
