@@ -22,12 +22,14 @@ def _device(name: str):
 
 def cmd_fixtures_build(args) -> int:
     from .formats import parse_formats
-    from .formats.checkpoints import build_fixtures
+    from .formats.checkpoints import UNBUILDABLE, build_fixtures
     formats = parse_formats(args.formats)
     for model in args.model:
         built = build_fixtures(model, formats, _device(args.device), force=args.force)
         for kind, path in built.items():
-            print(f"{model:>16} {kind:<10} {path}")
+            print(f"{model:>16} {kind:<16} {path}")
+        for kind, why in UNBUILDABLE.items():
+            print(f"{model:>16} {kind:<16} unsupported: {why}")
     return 0
 
 
@@ -43,8 +45,9 @@ def cmd_fixtures_list(args) -> int:
 def cmd_formats(args) -> int:
     from .formats import FORMATS
     from .runtimes import RUNTIMES
+    print(f"{'format':<20} {'checkpoint':<16} {'bits':<4} {'library':<32} what")
     for fmt in FORMATS.values():
-        print(f"{fmt.name:<20} {fmt.checkpoint:<10} {fmt.library:<32} {fmt.description}")
+        print(f"{fmt.name:<20} {fmt.checkpoint:<16} {fmt.bits or 16:<4} {fmt.library:<32} {fmt.description}")
     print("\nruntimes (--qb-runtimes):")
     for runtime in RUNTIMES.values():
         also = f" (also: <format>{runtime.format_suffix})" if runtime.format_suffix else ""

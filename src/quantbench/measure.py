@@ -133,18 +133,30 @@ def _proc_status_kb(field: str) -> int | None:
     return None
 
 
+def storage_tensors(tensor: torch.Tensor):
+    """The plain tensors that hold a tensor's bytes: itself, or a tensor subclass's inner tensors
+    (torchao's Int8Tensor holds qdata and scale; the wrapper has no storage of its own)."""
+    if hasattr(tensor, "__tensor_flatten__") and type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+        names, _ = tensor.__tensor_flatten__()
+        for name in names:
+            yield from storage_tensors(getattr(tensor, name))
+    else:
+        yield tensor
+
+
 def resident_weight_bytes(model: torch.nn.Module) -> dict:
     """Bytes held by parameters and buffers, each storage counted once, with a per-dtype split."""
     seen: set[int] = set()
     total, by_dtype = 0, {}
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if tensor.device.type == "meta":
-            continue
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() in seen:
-            continue
-        seen.add(storage.data_ptr())
-        total += storage.nbytes()
-        key = str(tensor.dtype).replace("torch.", "")
-        by_dtype[key] = by_dtype.get(key, 0) + storage.nbytes()
+    for held in list(model.parameters()) + list(model.buffers()):
+        for tensor in storage_tensors(held):
+            if tensor.device.type == "meta":
+                continue
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() in seen:
+                continue
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+            key = str(tensor.dtype).replace("torch.", "")
+            by_dtype[key] = by_dtype.get(key, 0) + storage.nbytes()
     return {"total": total, "by_dtype": by_dtype}

@@ -9,4 +9,7 @@ from . import dense  # noqa: F401, I001  (registration side effects)
 from . import autoawq  # noqa: F401
 from . import gptqmodel  # noqa: F401
 from . import compressed_tensors  # noqa: F401
+from . import gptq  # noqa: F401
+from . import bitsandbytes  # noqa: F401
+from . import torchao  # noqa: F401
 from .base import BUILDERS, FORMATS, Format, LoadedModel, get_format, parse_formats  # noqa: F401

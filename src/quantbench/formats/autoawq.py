@@ -249,5 +249,5 @@ def _build(version):
     return build
 
 
-builder("awq-gemm")(_build("gemm"))
-builder("awq-gemv")(_build("gemv"))
+builder("awq-gemm", ("autoawq",))(_build("gemm"))
+builder("awq-gemv", ("autoawq",))(_build("gemv"))

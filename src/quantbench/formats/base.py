@@ -21,6 +21,8 @@ from ..registry import parse_names
 
 FORMATS: dict[str, Format] = {}
 BUILDERS: dict[str, Callable] = {}
+# checkpoint kind -> the libraries (distribution names) whose versions its builder's output depends on
+BUILDER_LIBRARIES: dict[str, tuple[str, ...]] = {}
 # config.json quant_method -> detect(config_path, quantization_config) -> checkpoint kind; each format
 # family declares the method it reads (``@detects``), so --model-dir detection has no list of its own.
 DETECTORS: dict[str, Callable] = {}
@@ -135,10 +137,12 @@ def detects(quant_method: str):
     return wrap
 
 
-def builder(checkpoint: str):
-    """Function decorator: the function that writes a checkpoint of this kind from the dense model."""
+def builder(checkpoint: str, libraries: tuple[str, ...] = ()):
+    """Function decorator: the function that writes a checkpoint of this kind from the dense model;
+    ``libraries`` (beside transformers) are those whose versions key its cached output."""
     def wrap(fn):
         BUILDERS[checkpoint] = fn
+        BUILDER_LIBRARIES[checkpoint] = tuple(libraries)
         return fn
     return wrap
 
@@ -200,3 +204,36 @@ def linear_classes(model: torch.nn.Module) -> dict[str, int]:
 
 def disk_bytes(ckpt_dir) -> int:
     return sum(p.stat().st_size for p in Path(ckpt_dir).rglob("*") if p.is_file())
+
+
+# Profiler event names of the calls that multiply by a weight (torch's own and libraries' custom ops).
+_WEIGHT_OP_WORDS = ("mm", "matmul", "linear", "int4pack", "gemv", "gemm", "dequant", "quant")
+
+
+@torch.no_grad()
+def projection_ops(model: torch.nn.Module, device: torch.device, rows: int = 1) -> dict[str, int]:
+    """What one call of the first q_proj dispatched to: the torch ops (ATen, and custom ones such as
+    ``bitsandbytes::gemv_4bit``) whose names say they multiply or (de)quantize, with their counts, read
+    by torch's profiler. A tensor-subclass weight (torchao) or a library's Linear names no kernel of its
+    own; this is the kernel that ran at ``rows`` tokens."""
+    from torch.profiler import ProfilerActivity, profile
+
+    module = next((m for n, m in model.named_modules() if n.endswith("q_proj")), None)
+    if module is None:
+        return {}
+    in_features = getattr(module, "in_features", None) or module.weight.shape[-1]
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float16)
+    x = torch.randn(rows, in_features, dtype=dtype, device=device)
+    module(x)  # a first call may repack (ATen int4pack): not the op we want named
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        module(x)
+    ops: dict[str, int] = {}
+    for event in prof.events():
+        if any(word in event.name.lower() for word in _WEIGHT_OP_WORDS):
+            ops[event.name] = ops.get(event.name, 0) + 1
+    return ops
+
+
+def ops_words(ops: dict[str, int]) -> str:
+    """'aten::linear, aten::_int_mm' from projection_ops, in the order they first ran (outermost first)."""
+    return ", ".join(ops) if ops else "no weight op seen"

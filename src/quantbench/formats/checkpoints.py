@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..environment import stack_versions
-from ..errors import BadCheckpoint, QuantbenchError
+from ..errors import BadCheckpoint, QuantbenchError, Unsupported
 from ..paths import REPO_ROOT
 from ..specs import ModelSpec, load_spec
 
@@ -64,9 +64,9 @@ def reference_ids(vocab_size: int) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- cache keys
 def checkpoint_key(spec: ModelSpec, kind: str) -> str:
+    from .base import BUILDER_LIBRARIES
     versions = stack_versions()
-    libs = ["transformers"] + (["autoawq"] if kind.startswith("awq") else []) + \
-        (["compressed-tensors"] if kind.startswith("ct") else [])
+    libs = ["transformers", *BUILDER_LIBRARIES.get(kind, ())]
     payload = json.dumps({"spec": spec.digest(), "kind": kind, "builder": BUILDER_VERSION,
                           "libs": {lib: versions.get(lib) for lib in libs}}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
@@ -145,7 +145,9 @@ def ensure_checkpoint(spec: ModelSpec, kind: str, device: torch.device | str = "
 
 def build_fixtures(model: str, format_names: list[str], device: torch.device | str = "cpu",
                    force: bool = False, progress: bool = True) -> dict[str, Path]:
-    """Materialize every checkpoint kind the formats need; returns {kind: path}."""
+    """Materialize every checkpoint kind the formats need; returns {kind: path}. A kind whose library
+    cannot build it here (not installed, no kernel for this device) is left out, its reason in
+    ``unbuildable`` below: its formats' cases say the same reason when they run."""
     from tqdm import tqdm
 
     from .base import get_format
@@ -153,9 +155,17 @@ def build_fixtures(model: str, format_names: list[str], device: torch.device | s
     spec = load_spec(model)
     kinds = ["dense"] + sorted({get_format(f).checkpoint for f in format_names} - {"dense"})
     built = {}
+    UNBUILDABLE.clear()
     for kind in tqdm(kinds, desc=f"fixtures {spec.name}", disable=not progress, unit="ckpt"):
-        built[kind] = ensure_checkpoint(spec, kind, device, force=force)
+        try:
+            built[kind] = ensure_checkpoint(spec, kind, device, force=force)
+        except Unsupported as exc:
+            UNBUILDABLE[kind] = str(exc)
     return built
+
+
+# kind -> why the last build_fixtures could not build it here
+UNBUILDABLE: dict[str, str] = {}
 
 
 # ----------------------------------------------------------------------------- user checkpoints

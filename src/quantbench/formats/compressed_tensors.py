@@ -292,4 +292,4 @@ def _build(kind):
 
 
 for _kind in ("ct-w4a16", "ct-w8a16", "ct-fp8", "ct-w8a8"):
-    builder(_kind)(_build(_kind))
+    builder(_kind, ("compressed-tensors",))(_build(_kind))

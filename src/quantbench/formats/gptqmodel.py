@@ -43,6 +43,14 @@ KERNEL_WORDS = {
     "AwqMarlinLinear": "Marlin int4 GEMM (repacked at load)",
     "AwqMacheteLinear": "Machete (CUTLASS, Hopper; repacked at load)",
     "AwqExllamaV2Linear": "ExLlamaV2",
+    # GPTQ checkpoints (quantbench.formats.gptq)
+    "TorchAtenLinear": "torch int4pack_mm (ATen CPU kernel, repacked at load)",
+    "TorchLinear": "naive dequantize in torch + matmul",
+    "TorchFusedLinear": "torch fused dequantize+matmul",
+    "TritonV2Linear": "gptqmodel's Triton GPTQ GEMM",
+    "MarlinLinear": "Marlin int4 GEMM (repacked at load)",
+    "ExllamaV2Linear": "ExLlamaV2 GPTQ kernel",
+    "MacheteLinear": "Machete (CUTLASS, Hopper; repacked at load)",
 }
 # Process-wide settings gptqmodel writes into os.environ when imported (gptqmodel/models/auto.py);
 # a benchmark process must not have one format's import change the allocator of the next.
@@ -84,11 +92,11 @@ def import_gptqmodel() -> dict:
     return dict(_IMPORT_FACTS)
 
 
-def select_awq_linear(backend: str, checkpoint_format: str, device: torch.device,
-                      group_size: int = 128) -> tuple[type, float]:
-    """The QuantLinear class gptqmodel gives transformers for this backend on ``device`` (the same
-    call transformers makes), and the seconds it took: on CUDA, validating a kernel builds its
-    extension, so this is where nvcc runs. Raises Unsupported with gptqmodel's reason."""
+def select_quant_linear(method: str, backend: str, checkpoint_format: str, device: torch.device,
+                        group_size: int = 128, desc_act: bool = False, sym: bool = False) -> tuple[type, float]:
+    """The QuantLinear class gptqmodel gives transformers for this method ('awq', 'gptq') and backend on
+    ``device`` (the same call transformers makes), and the seconds it took: on CUDA, validating a kernel
+    builds its extension, so this is where nvcc runs. Raises Unsupported with gptqmodel's reason."""
     try:
         import_gptqmodel()
     except Exception as exc:  # noqa: BLE001  any import failure (e.g. pypcre built for another system)
@@ -98,37 +106,45 @@ def select_awq_linear(backend: str, checkpoint_format: str, device: torch.device
 
     start = time.perf_counter()
     try:
-        cls = hf_select_quant_linear_v2(bits=4, group_size=group_size, desc_act=False, sym=False,
-                                        format=checkpoint_format, quant_method=METHOD.AWQ, zero_point=True,
-                                        backend=backend, device_map={"": str(device)}, pack=False)
+        cls = hf_select_quant_linear_v2(bits=4, group_size=group_size, desc_act=desc_act, sym=sym,
+                                        format=checkpoint_format, quant_method=METHOD(method),
+                                        zero_point=method == "awq", backend=backend,
+                                        device_map={"": str(device)}, pack=False)
     except (ValueError, ImportError, RuntimeError, NotImplementedError) as exc:
         why = first_line(exc, default=type(exc).__name__)
         cutlass = re.search(r"CUTLASS (v[\d.]+)", why)
         if cutlass and f"{OFFLINE_ENV}=1" in why:  # its message runs on with cache paths: say it, with the fix
             why = (f"its CUDA extension is built from CUTLASS {cutlass[1]} source, which is not on this machine "
                    f"and is not downloaded. Fix: {CUTLASS_FIX.format(version=cutlass[1])}")
-        raise Unsupported(f"gptqmodel has no AWQ kernel for backend {backend!r} ({checkpoint_format} "
+        raise Unsupported(f"gptqmodel has no {method.upper()} kernel for backend {backend!r} ({checkpoint_format} "
                           f"checkpoint) on {device.type}: {why}") from None
     return cls, time.perf_counter() - start
 
 
-_SELECTIONS: dict[tuple[str, str, str], tuple[type, float] | Unsupported] = {}
+_SELECTIONS: dict[tuple, tuple[type, float] | Unsupported] = {}
 
 
-def selected_awq_linear(backend: str, checkpoint_format: str, device: torch.device) -> tuple[type, float]:
-    """select_awq_linear once per (backend, checkpoint format, device) in this process, for the
-    formats and the kernel suite alike: a selection may build a CUDA extension, and its seconds are
-    those of the first call. Raises the selection's Unsupported every time."""
-    key = (backend, checkpoint_format, str(device))
+def selected_quant_linear(method: str, backend: str, checkpoint_format: str, device: torch.device,
+                          group_size: int = 128, desc_act: bool = False, sym: bool = False) -> tuple[type, float]:
+    """select_quant_linear once per arguments in this process, for the formats and the kernel suite alike:
+    a selection may build a CUDA extension, and its seconds are those of the first call. Raises the
+    selection's Unsupported every time."""
+    key = (method, backend, checkpoint_format, str(device), group_size, desc_act, sym)
     if key not in _SELECTIONS:
         try:
-            _SELECTIONS[key] = select_awq_linear(backend, checkpoint_format, device)
+            _SELECTIONS[key] = select_quant_linear(method, backend, checkpoint_format, device, group_size,
+                                                   desc_act, sym)
         except Unsupported as exc:
             _SELECTIONS[key] = exc
     selected = _SELECTIONS[key]
     if isinstance(selected, Unsupported):
         raise Unsupported(str(selected))
     return selected
+
+
+def selected_awq_linear(backend: str, checkpoint_format: str, device: torch.device) -> tuple[type, float]:
+    """The AWQ (asymmetric, group 128) QuantLinear class for a backend: selected_quant_linear's AWQ case."""
+    return selected_quant_linear("awq", backend, checkpoint_format, device)
 
 
 def _raised_in_gptqmodel(exc: BaseException) -> bool:

@@ -26,3 +26,21 @@ def guard_outputs(model, ids: torch.Tensor) -> dict:
         return {"logits": out.logits.float().cpu(), "hidden": None, "hidden_layer": None}
     layer = min(GUARD_LAYERS, len(states) - 1)
     return {"logits": out.logits.float().cpu(), "hidden": states[layer].float().cpu(), "hidden_layer": layer}
+
+
+def dequantized_reference(dense_dir, weights: dict, ids: torch.Tensor, device) -> dict:
+    """The guard's outputs of the dense model with each named Linear's weight replaced by the quantized
+    weight as its library dequantizes it (``weights``: module name -> [out, in] tensor), in fp32: the
+    fake-quant reference of a format whose library has no quantize-dequantize forward of its own. A kernel
+    that runs those weights must match it (bench.guard's cosine_vs_fakequant)."""
+    from transformers import AutoModelForCausalLM
+
+    from .base import dtype_kwargs
+    model = AutoModelForCausalLM.from_pretrained(str(dense_dir), device_map={"": str(device)},
+                                                 **dtype_kwargs(torch.float32)).eval()
+    for name, weight in weights.items():
+        linear = model.get_submodule(name)
+        if tuple(weight.shape) != tuple(linear.weight.shape):
+            raise ValueError(f"{name}: dequantized weight {tuple(weight.shape)} is not {tuple(linear.weight.shape)}")
+        linear.weight.data = weight.to(device=linear.weight.device, dtype=torch.float32)
+    return guard_outputs(model, ids.to(device))

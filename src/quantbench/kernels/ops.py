@@ -89,6 +89,7 @@ class Kernel:
     bits: int | None = None        # weight bits; None = 16-bit dense (the crossover compares bits 4 with it)
     display_order: int = 99
     dequantizes_per_call = False   # writes the dense fp16 weight, then reads it in the matmul
+    rel_tolerance: float | None = None  # a kernel that also rounds x (fp8, int8) sets its own bound
 
     def record_fields(self) -> dict:
         """What every case of this kernel records about it (as Format.record_fields)."""
@@ -328,6 +329,7 @@ class CTW4A16(Kernel):
 class FP8ScaledMM(Kernel):
     name = "fp8-scaled-mm"
     bits = 8
+    rel_tolerance = 0.08  # x is rounded to fp8 (3 mantissa bits) too
 
     def weight_bytes(self, k, n, group=GROUP):
         return k * n + 4  # fp8 weight and its fp32 scale
@@ -366,6 +368,7 @@ class VllmInt8ScaledMM(Kernel):
 
     name = "vllm-int8-scaled-mm"
     bits = 8
+    rel_tolerance = 0.03  # x is rounded to int8 per token: ~1/127 of its largest element
 
     def weight_bytes(self, k, n, group=GROUP):
         return k * n + 4 * n
@@ -416,17 +419,27 @@ class VllmInt8ScaledMM(Kernel):
         return Prepared(ws, call, ref, _nbytes(q, scale), "vllm onednn_scaled_mm int8 (dynamic per-token x)")
 
 
-KERNELS: dict[str, Kernel] = {k.name: k for k in (
-    Dense(torch.bfloat16), Dense(torch.float16), AWQGemm("awq_ext"), AWQGemm("triton"), AWQGemm("naive"),
-    AWQGemv(), CTW4A16(), FP8ScaledMM(),
-    # The same AWQ weights through gptqmodel's kernels (transformers 5.x's AWQ runtime).
-    GptqAWQ("aten", "awq_torch_aten"), GptqAWQ("torch", "awq_torch"), GptqAWQ("gemm", "awq_gemm"),
-    GptqAWQ("gemv", "awq_gemv", version="gemv"), GptqAWQ("triton", "awq_gemm_triton"),
-    GptqAWQ("marlin", "awq_marlin"), GptqAWQ("machete", "awq_machete"),
-    # vLLM's own linear kernels (the vllm stack)
-    VllmInt8ScaledMM())}
-for _order, _kernel in enumerate(KERNELS.values()):
-    _kernel.display_order = _order  # registry order is the guide's order and color
+KERNELS: dict[str, Kernel] = {}
+
+
+def register(*kernels: Kernel) -> None:
+    """Add kernels to the suite; registry order is the guide's order and color. A format family's
+    kernels live in its own module of this package (gptq, bitsandbytes, torchao) and register there."""
+    for kernel in kernels:
+        if kernel.name in KERNELS:
+            raise RuntimeError(f"kernel {kernel.name!r} registered twice")
+        kernel.display_order = len(KERNELS)
+        KERNELS[kernel.name] = kernel
+
+
+register(Dense(torch.bfloat16), Dense(torch.float16), AWQGemm("awq_ext"), AWQGemm("triton"), AWQGemm("naive"),
+         AWQGemv(), CTW4A16(), FP8ScaledMM(),
+         # The same AWQ weights through gptqmodel's kernels (transformers 5.x's AWQ runtime).
+         GptqAWQ("aten", "awq_torch_aten"), GptqAWQ("torch", "awq_torch"), GptqAWQ("gemm", "awq_gemm"),
+         GptqAWQ("gemv", "awq_gemv", version="gemv"), GptqAWQ("triton", "awq_gemm_triton"),
+         GptqAWQ("marlin", "awq_marlin"), GptqAWQ("machete", "awq_machete"),
+         # vLLM's own linear kernels (the vllm stack)
+         VllmInt8ScaledMM())
 DENSE_BASELINE = "torch-fp16"
 
 
@@ -438,8 +451,6 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 def tolerance(kernel: Kernel) -> float:
     """Bound on rel_err vs fp32 math on the kernel's own dequantized weights: what fp16/bf16
     rounding of inputs, weights and accumulation allows (fp8 also rounds x to 3 mantissa bits)."""
-    if kernel.name == "fp8-scaled-mm":
-        return 0.08
-    if kernel.name == "vllm-int8-scaled-mm":
-        return 0.03  # x is rounded to int8 per token: ~1/127 of its largest element
+    if kernel.rel_tolerance is not None:
+        return kernel.rel_tolerance
     return 0.02 if kernel.dtype == torch.bfloat16 else 0.01

@@ -1,0 +1,143 @@
+"""torchao checkpoints (PyTorch's own quantization, the one torch.compile is built for): int4
+weight-only and int8 dynamic-activation + int8-weight, loaded by transformers' TorchAoConfig.
+
+torchao quantizes by swapping each Linear's weight for a tensor subclass (``Int8Tensor``,
+``Int4TilePackedTo4dTensor``, ...) whose matmul dispatches to a torch kernel: ``aten::_int_mm`` for
+int8 x int8, tinygemm's ``_weight_int4pack_mm`` for int4 on CUDA. A subclass names no kernel, so the
+kernel string is what torch's profiler saw one projection call. Which int4 packing runs where is
+torchao's per version: 0.18 has none for a CPU (its CPU ``opaque`` packing is gone; ``plain`` and
+``preshuffled`` need the mslk package, ``plain_int32`` is XPU-only, ``tile_packed_to_4d`` is CUDA's
+tinygemm), and that is stated, with those words, where it is so.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from ..errors import BadCheckpoint, Unsupported
+from .base import Format, builder, detects, dtype_kwargs, from_pretrained_strict, ops_words, projection_ops, register
+
+# checkpoint kind -> torchao's config class, and the old string name transformers also accepts
+KIND_CONFIGS = {
+    "torchao-int4wo": ("Int4WeightOnlyConfig", "int4_weight_only"),
+    "torchao-int8da8w": ("Int8DynamicActivationInt8WeightConfig", "int8_dynamic_activation_int8_weight"),
+}
+GROUP_SIZE = 128
+
+
+def _config_name(qc: dict) -> str:
+    quant_type = qc.get("quant_type")
+    if isinstance(quant_type, dict):  # serialized AOBaseConfig(s): {"default": {"_type": ..., "_data": ...}}
+        entry = quant_type.get("default", next(iter(quant_type.values()), {}))
+        return str(entry.get("_type", "")) if isinstance(entry, dict) else str(entry)
+    return str(quant_type or "")
+
+
+@detects("torchao")
+def torchao_kind(config_path: Path, qc: dict) -> str:
+    name = _config_name(qc)
+    kind = next((k for k, names in KIND_CONFIGS.items() if name in names), None)
+    if kind is None:
+        known = ", ".join(names[0] for names in KIND_CONFIGS.values())
+        raise BadCheckpoint(config_path, f"unsupported torchao quant_type {name or qc.get('quant_type')!r}",
+                            f"quantbench runs {known}; re-quantize with one")
+    return kind
+
+
+def int4_packing(device: torch.device) -> str:
+    """The Int4WeightOnlyConfig packing format this torchao runs on ``device``; Unsupported where none."""
+    from torchao.quantization.quantize_.workflows.int4.int4_packing_format import Int4PackingFormat
+    import torchao
+    formats = {f.value for f in Int4PackingFormat}
+    if device.type == "cuda":
+        return "tile_packed_to_4d"  # tinygemm
+    if device.type == "cpu" and "opaque" in formats:  # torchao <= 0.17: _weight_int4pack_mm_for_cpu
+        return "opaque"
+    raise Unsupported(f"torchao {torchao.__version__} has no int4 weight-only packing for {device.type}: its "
+                      f"formats are {sorted(formats)} (plain and preshuffled need the mslk package, plain_int32 "
+                      f"runs on XPU, tile_packed_to_4d is CUDA's tinygemm)")
+
+
+def torchao_missing(device: torch.device, kind: str) -> str | None:
+    if importlib.util.find_spec("torchao") is None:
+        return "torchao is not installed (pip install torchao==0.18.0; the current stack's extra has it)"
+    import transformers
+    if transformers.__version__.startswith("4."):
+        return (f"transformers {transformers.__version__} cannot load torchao's version-2 configs from safetensors "
+                "(the current stack's transformers 5.x can)")
+    if kind == "torchao-int4wo":
+        try:
+            int4_packing(device)
+        except Unsupported as exc:
+            return str(exc)
+    return None
+
+
+def quant_config(kind: str, device: torch.device):
+    from torchao import quantization
+    name = KIND_CONFIGS[kind][0]
+    if kind == "torchao-int4wo":
+        return getattr(quantization, name)(group_size=GROUP_SIZE, int4_packing_format=int4_packing(device))
+    return getattr(quantization, name)()
+
+
+class _TorchAO(Format):
+    library = "transformers+torchao"
+    dtype = torch.bfloat16
+
+    def unsupported_reason(self, device):
+        return torchao_missing(device, self.checkpoint)
+
+    def load(self, ckpt_dir, device):
+        return from_pretrained_strict(ckpt_dir, device, self.dtype)
+
+    def kernel(self, model, device):
+        from ..environment import version
+        proj = next(m for n, m in model.named_modules() if n.endswith("q_proj"))
+        return (f"torchao {version('torchao')} {type(proj.weight).__name__} -> "
+                f"{ops_words(projection_ops(model, device))}")
+
+
+@register
+class TorchAOInt4WO(_TorchAO):
+    name = checkpoint = "torchao-int4wo"
+    bits = 4
+    description = "torchao int4 weight-only (group 128, asymmetric; tinygemm on CUDA), bf16 activations"
+
+
+@register
+class TorchAOInt8DA8W(_TorchAO):
+    name = checkpoint = "torchao-int8da8w"
+    bits = 8
+    description = "torchao int8 dynamic per-token activations x int8 per-channel weights (aten::_int_mm)"
+    min_cosine = 0.985  # activations are rounded to int8 per token too, as for ct-w8a8
+
+
+# ----------------------------------------------------------------------------- building
+def _build(kind: str):
+    def build(spec, dense_dir, out_dir, device, reference, calibration_texts):
+        missing = torchao_missing(device, kind)
+        if missing:
+            raise Unsupported(missing)
+        from transformers import AutoModelForCausalLM, AutoTokenizer, TorchAoConfig
+
+        from .reference import dequantized_reference
+        model = AutoModelForCausalLM.from_pretrained(
+            str(dense_dir), device_map={"": str(device)},
+            quantization_config=TorchAoConfig(quant_type=quant_config(kind, device)),
+            **dtype_kwargs(torch.bfloat16)).eval()
+        weights = {name: module.weight.dequantize().float() for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and hasattr(module.weight, "dequantize")}
+        model.save_pretrained(str(out_dir), safe_serialization=True)
+        AutoTokenizer.from_pretrained(str(dense_dir)).save_pretrained(str(out_dir))
+        fakequant = dequantized_reference(dense_dir, weights, reference["ids"], device)
+        torch.save({"ids": reference["ids"], **fakequant}, Path(out_dir) / "quantbench_fakequant.pt")
+        return {"torchao_config": KIND_CONFIGS[kind][0], "quantized_linears": len(weights)}
+    return build
+
+
+for _kind in KIND_CONFIGS:
+    builder(_kind, ("torchao",))(_build(_kind))
