@@ -24,10 +24,18 @@ from .conftest import gptqmodel_stack, needs_gptqmodel, run_pytest
 #   fp8: W 65536 + scale 4, x read 512 + fp8 x 256 + scale 4, y 512        -> 66824
 #   awq-hf-* (gptqmodel): the AWQ checkpoint's bytes, as awq-gemm / awq-gemv; awq-hf-torch dequantizes
 #             every call, as awq-gemm-naive
+#   gptq-*: awq-gemm's 34048 + g_idx 4*256 = 1024 -> 35072                  -> 36096; gptq-torch + 262144 -> 298240
+#   bnb-nf4: packed 256*256/2 = 32768 + fp32 absmax 4*256*256/64 = 4096      -> 37888
+#   bnb-int8: W 65536 + fp32 row scales 4*256 = 1024, x as int8 256 + its scale 4 -> 67844
+#   torchao-int8da8w: W 65536 + fp32 scales 4*256 + zero points 256, x 256 + 4 -> 68100
+#   torchao-int4wo: packed 32768 + bf16 scale and zero (256/128)*256*4 = 2048 -> 35840
 HAND = {"torch-fp16": 132096, "torch-bf16": 132096, "awq-gemm-awq_ext": 35072, "awq-gemm-triton": 35072,
         "awq-gemm-naive": 297216, "awq-gemv": 38912, "ct-w4a16": 296960, "fp8-scaled-mm": 66824,
         "awq-hf-aten": 35072, "awq-hf-marlin": 35072, "awq-hf-machete": 35072, "awq-hf-gemm": 35072,
-        "awq-hf-triton": 35072, "awq-hf-gemv": 38912, "awq-hf-torch": 297216}
+        "awq-hf-triton": 35072, "awq-hf-gemv": 38912, "awq-hf-torch": 297216,
+        **{f"gptq-{b}": 36096 for b in ("aten", "torch-fused", "triton", "marlin", "exllamav2", "machete")},
+        "gptq-torch": 298240, "bnb-nf4": 37888, "bnb-int8": 67844, "torchao-int8da8w": 68100,
+        "torchao-int4wo": 35840}
 
 
 @pytest.mark.parametrize("name", list(HAND))
@@ -39,8 +47,11 @@ def test_flops():
     assert kernels.flops(4, 256, 512) == 2 * 4 * 256 * 512
 
 
-@pytest.mark.parametrize("name", ["torch-fp16", "torch-bf16", "awq-gemm-naive", "ct-w4a16"])
+@pytest.mark.parametrize("name", ["torch-fp16", "torch-bf16", "awq-gemm-naive", "ct-w4a16", "bnb-nf4", "bnb-int8",
+                                  "torchao-int8da8w"])
 def test_weight_model_matches_allocated_buffers(name):
+    if kernels.KERNELS[name].unsupported_reason(torch.device("cpu")):
+        pytest.skip(kernels.KERNELS[name].unsupported_reason(torch.device("cpu")))
     prepared = kernels.KERNELS[name].prepare(768, 256, torch.device("cpu"), copies=2)
     assert prepared.weight_bytes == kernels.weight_bytes(name, 768, 256)
     assert len(prepared.copies) == 2
@@ -53,9 +64,12 @@ def test_awq_gemv_weight_model_matches_autoawq_buffers():
     assert allocated == kernels.weight_bytes("awq-gemv", 5632, 2048)
 
 
-@pytest.mark.parametrize("name", ["torch-fp16", "torch-bf16", "awq-gemm-naive", "ct-w4a16"])
+@pytest.mark.parametrize("name", ["torch-fp16", "torch-bf16", "awq-gemm-naive", "ct-w4a16", "gptq-aten", "gptq-torch",
+                                  "gptq-torch-fused", "bnb-nf4", "bnb-int8", "torchao-int8da8w"])
 def test_cpu_kernels_match_fp32_reference_on_fresh_inputs(name):
     kernel = kernels.KERNELS[name]
+    if kernel.unsupported_reason(torch.device("cpu")):  # the library is not in this stack
+        pytest.skip(kernel.unsupported_reason(torch.device("cpu")))
     prepared = kernel.prepare(512, 256, torch.device("cpu"), copies=2, seed=3)
     x = torch.randn(8, 512).to(kernel.dtype)
     assert x.abs().min() > 0 or x.abs().max() > 0  # not zeros
@@ -98,15 +112,21 @@ def test_kernel_suite_on_cpu(tmp_path):
     assert (5632, 2048) in shapes and (2048, 256) in shapes  # TinyLlama down and k/v projections
     states = data["quantbench"]["states"]
     cuda_only = {"awq-gemm-awq_ext", "awq-gemm-triton", "awq-gemv", "fp8-scaled-mm", "awq-hf-gemm", "awq-hf-gemv",
-                 "awq-hf-triton", "awq-hf-marlin", "awq-hf-machete"}
-    expected = cuda_only if gptqmodel_stack() else cuda_only | {"awq-hf-aten", "awq-hf-torch"}
+                 "awq-hf-triton", "awq-hf-marlin", "awq-hf-machete", "gptq-triton", "gptq-marlin", "gptq-exllamav2",
+                 "gptq-machete", "torchao-int4wo"}  # torchao 0.18 has no CPU int4 packing
+    needs_gptqmodel_ = {"awq-hf-aten", "awq-hf-torch", "gptq-aten", "gptq-torch", "gptq-torch-fused"}
+    expected = cuda_only if gptqmodel_stack() else cuda_only | needs_gptqmodel_
+    # bitsandbytes and torchao: stated where the stack does not install them
+    expected |= {name for name in ("bnb-nf4", "bnb-int8", "torchao-int8da8w")
+                 if KERNELS[name].unsupported_reason(torch.device("cpu"))}
     # vLLM's int8 kernel: stated where vLLM is not installed, or on a CPU without VNNI (it saturates there)
     expected |= {"vllm-int8-scaled-mm"} if KERNELS["vllm-int8-scaled-mm"].unsupported_reason(torch.device("cpu")) \
         else set()
     assert {s["kernel"] for s in states} == expected
-    if gptqmodel_stack():  # gptqmodel's ATen int4 kernel beats fp16 at M=1 on 1.1B shapes (measured 3.4x)
-        assert any(row["kernel"] == "awq-hf-aten" and row["model"] == "tinyllama-1.1b" and row["speedup_at_min_M"] > 1
-                   for row in data["quantbench"]["crossover"]), data["quantbench"]["crossover"]
+    if gptqmodel_stack():  # gptqmodel's ATen int4 kernel beats fp16 at M=1 on 1.1B shapes (measured 3.4x, GPTQ 3.4x)
+        for name in ("awq-hf-aten", "gptq-aten"):
+            assert any(row["kernel"] == name and row["model"] == "tinyllama-1.1b" and row["speedup_at_min_M"] > 1
+                       for row in data["quantbench"]["crossover"]), (name, data["quantbench"]["crossover"])
 
 
 @needs_gptqmodel

@@ -71,8 +71,11 @@ class _BNB(Format):
         from ..environment import version
         proj = next(m for n, m in model.named_modules() if n.endswith("q_proj"))
         kind = getattr(getattr(proj.weight, "quant_state", None), "quant_type", None) or "int8"
-        return (f"bitsandbytes {version('bitsandbytes')} {type(proj).__name__} [{kind}] -> "
-                f"{ops_words(projection_ops(model, device))}")
+        ops = projection_ops(model, device)
+        # Without its fused 4-bit kernel for this device (on a CPU: AVX-512 BF16) bitsandbytes dequantizes
+        # the whole weight on every call: the findings' naive fallback.
+        naive = "naive dequantize + matmul: " if any(op.endswith("dequantize_4bit") for op in ops) else ""
+        return f"bitsandbytes {version('bitsandbytes')} {type(proj).__name__} [{kind}] -> {naive}{ops_words(ops)}"
 
 
 @register

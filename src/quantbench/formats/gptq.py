@@ -15,8 +15,10 @@ checkpoints are their own kind: their ``g_idx`` is a permutation, which some ker
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -232,9 +234,11 @@ def _build(desc_act: bool):
         from .reference import dequantized_reference
 
         config = QuantizeConfig(bits=4, group_size=128, desc_act=desc_act, sym=True, offload_to_disk=False)
-        model = GPTQModel.load(str(dense_dir), config, device=str(device))
-        model.quantize(calibration_texts[:CALIBRATION_SAMPLES], batch_size=4)
-        model.save(str(out_dir))
+        # gptqmodel writes its quantization log into ./logs: a scratch folder, not the user's working tree
+        with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+            model = GPTQModel.load(str(Path(dense_dir).resolve()), config, device=str(device))
+            model.quantize(calibration_texts[:CALIBRATION_SAMPLES], batch_size=4)
+            model.save(str(Path(out_dir).resolve()))
         AutoTokenizer.from_pretrained(str(dense_dir)).save_pretrained(str(out_dir))
         for scratch in ("quant_log.csv",):
             (Path(out_dir) / scratch).unlink(missing_ok=True)

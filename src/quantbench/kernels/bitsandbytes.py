@@ -1,7 +1,8 @@
 """bitsandbytes' linear kernels: nf4 (block 64, fp32 absmax) through ``bnb.matmul_4bit`` with bf16
 activations (its CPU 4-bit kernel takes bf16 only), and LLM.int8 through ``Linear8bitLt``.
 
-Bytes: nf4 KN/2 + 4KN/64 (absmax); int8 KN + 4N (row scales) + MK (x rounded to int8) + 4M.
+Bytes: nf4 KN/2 + 4KN/64 (fp32 absmax per block of 64); int8 KN + 4N (fp32 row
+scales, SCB) + MK (x rounded to int8) + 4M.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class BnbInt8(Kernel):
     rel_tolerance = 0.03  # x is rounded to int8 per row too
 
     def weight_bytes(self, k, n, group=GROUP):
-        return k * n + 4 * n
+        return k * n + 4 * n  # SCB: one fp32 absmax per output row
 
     def bytes_moved(self, m, k, n, group=GROUP):
         return super().bytes_moved(m, k, n, group) + m * k + 4 * m
@@ -74,13 +75,14 @@ class BnbInt8(Kernel):
             mod = bnb.nn.Linear8bitLt(k, n, bias=False, has_fp16_weights=False, threshold=6.0)
             mod.weight = bnb.nn.Int8Params(w.clone(), requires_grad=False, has_fp16_weights=False)
             mods.append(mod.to(device).eval())  # quantizes to int8 rows on the move
-        ref = mods[0].weight.data.float() * mods[0].weight.SCB.float().unsqueeze(1) / 127.0
+        scb = mods[0].weight.SCB  # the first forward moves it into the module's state
+        ref = mods[0].weight.data.float() * scb.float().unsqueeze(1) / 127.0
 
         def call(x, mod):
             with torch.no_grad():
                 return mod(x)
         ran = _ops_seen(call, torch.randn(1, k, dtype=self.dtype, device=device), mods[0])
-        return Prepared(mods, call, ref, _nbytes(mods[0].weight.data, mods[0].weight.SCB),
+        return Prepared(mods, call, ref, _nbytes(mods[0].weight.data, scb),
                         f"bitsandbytes Linear8bitLt (threshold 6.0) -> {ran or 'no bitsandbytes op'}")
 
 
