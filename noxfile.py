@@ -37,19 +37,23 @@ VLLM_CPU_REMOVE = ["torchvision", "torchaudio", "torchcodec"]
 HISTORY = "env:QUANTBENCH_HISTORY" if os.environ.get("QUANTBENCH_HISTORY") else "history"
 # Every registered format, plus the compiled decode of bf16 (the baseline the compiled formats are
 # compared with), of the seed's two int4 formats, of the AWQ checkpoint through transformers' own
-# runtime (gptqmodel's kernel) and of ct-w4a16 without compressed-tensors' per-call host work (what the
-# library's own path could reach): compiling costs seconds per shape on CPU and
+# runtime (gptqmodel's kernel), of ct-w4a16 without compressed-tensors' per-call host work (what the
+# library's own path could reach), of GPTQ's auto kernel and of torchao (the format torch.compile is built for): compiling costs seconds per shape on CPU and
 # about a minute on a GPU, so the other formats' +compile variants are opt-in (--qb-formats).
-BENCH_FORMATS = "all,bf16+compile,awq-gemm+compile,awq-gemm-hf+compile,ct-w4a16+compile,ct-w4a16-bare+compile"
-# The vllm stack: the seven checkpoint kinds on transformers and on vLLM's default (compiled) engine, and
-# vLLM's eager engine for bf16 and ct-w8a8 (an engine start costs 20-35 s compiled and 3-6 s eager on a
-# 2-core CPU, so the eager variant of every format is opt-in). Batch 1 and 4 at one prompt length.
-VLLM_BENCH = ["--qb-formats", "bf16,awq-gemm,ct-w4a16,ct-w8a16,ct-fp8,ct-w8a8,bf16@vllm+eager,ct-w8a8@vllm+eager",
+BENCH_FORMATS = "all,bf16+compile,awq-gemm+compile,awq-gemm-hf+compile,ct-w4a16+compile,ct-w4a16-bare+compile," \
+                "gptq+compile,torchao-int8da8w+compile"
+# The vllm stack: the dense, AWQ and compressed-tensors checkpoint kinds, GPTQ, bitsandbytes nf4 and torchao
+# int8 on transformers and on vLLM's default (compiled) engine, and vLLM's eager engine for bf16 and ct-w8a8
+# (an engine start costs 20-35 s compiled and 3-6 s eager on a 2-core CPU, so the eager variant of every
+# format is opt-in). Batch 1 and 4 at one prompt length.
+VLLM_BENCH = ["--qb-formats", "bf16,awq-gemm,ct-w4a16,ct-w8a16,ct-fp8,ct-w8a8,gptq,bnb-nf4,torchao-int8da8w,"
+              "bf16@vllm+eager,ct-w8a8@vllm+eager",
               "--qb-runtimes", "transformers,vllm", "--qb-prompt", "32"]
 # vLLM's kernels beside the dense baseline of the crossover (the other kernels are the current stack's).
 VLLM_KERNELS = ["--qb-kernels", "torch-fp16,vllm-int8-scaled-mm"]
 # On a GPU (the nightly) every format on every runtime of the stack.
-VLLM_GPU = ["--qb-formats", "bf16,fp16,awq-gemm,ct-w4a16,ct-w8a16,ct-fp8,ct-w8a8",
+VLLM_GPU = ["--qb-formats", "bf16,fp16,awq-gemm,ct-w4a16,ct-w8a16,ct-fp8,ct-w8a8,gptq,bnb-nf4,bnb-int8,torchao-int4wo,"
+            "torchao-int8da8w",
             "--qb-runtimes", "transformers,vllm,vllm+eager"]
 
 

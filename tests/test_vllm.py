@@ -84,7 +84,8 @@ def test_the_guard_compares_logprobs_with_logits_on_the_entries_returned():
 
 # ----------------------------------------------------------------------------- the engine (vllm stack)
 ENGINE_FORMATS = "bf16@vllm,bf16@vllm+eager,ct-w8a8@vllm+eager,ct-w4a16@vllm+eager,ct-w8a16@vllm+eager," \
-                 "awq-gemm-fused@vllm+eager,ct-fp8@vllm+eager"
+                 "awq-gemm-fused@vllm+eager,ct-fp8@vllm+eager,gptq@vllm+eager,gptq-desc-act@vllm+eager," \
+                 "bnb-nf4@vllm+eager,torchao-int8da8w@vllm+eager"
 
 
 def _corrupt_scales(ckpt):
@@ -96,7 +97,8 @@ def _corrupt_scales(ckpt):
               metadata={"format": "pt"})
 
 
-ENGINE_CHECKPOINTS = ["bf16", "ct-w8a8", "ct-w4a16", "ct-w8a16", "ct-fp8"]
+ENGINE_CHECKPOINTS = ["bf16", "ct-w8a8", "ct-w4a16", "ct-w8a16", "ct-fp8", "gptq", "gptq-desc-act", "bnb-nf4",
+                      "torchao-int8da8w"]
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +171,25 @@ def test_what_vllm_cannot_run_here_is_a_state_with_vllms_reason(engine_run):
         assert "CPUWNA16LinearKernel" in reason and "cpu_gemm_wna16" in reason, reason
     else:
         assert "CPUWNA16LinearKernel" in int4["kernel"] and int4["guard"]["passed"]
+
+
+@pytest.mark.vllm
+@without_vllm
+def test_gptq_bitsandbytes_and_torchao_checkpoints_run_through_vllm_or_say_why(engine_run):
+    _, cases, states, _ = engine_run
+    gptq = cases.get(("gptq", "vllm+eager", "decode", 1))
+    if gptq is None:  # AVX2: vLLM's int4 op is compiled only into its AVX-512 builds, as for ct-w4a16
+        reason = states[("gptq", "vllm+eager")]["reason"]
+        assert "CPUWNA16LinearKernel" in reason and "cpu_gemm_wna16" in reason, reason
+    else:
+        assert gptq["kernel"] == "CPUWNA16LinearKernel" and gptq["guard"]["passed"], gptq
+        assert {kind.split("/")[0] for proj, kind in gptq["vllm_kernels"].items() if proj != "lm_head"} == \
+            {"AutoGPTQLinearMethod"}
+    assert "desc_act=True) is no longer supported" in states[("gptq-desc-act", "vllm+eager")]["reason"]
+    assert "Unknown quantization method: bitsandbytes" in states[("bnb-nf4", "vllm+eager")]["reason"]
+    torchao = cases[("torchao-int8da8w", "vllm+eager", "decode", 1)]
+    assert torchao["kernel"] == "TorchAOLinearMethod" and torchao["guard"]["passed"], torchao
+    assert torchao["guard"]["cosine_vs_dense"] >= get_format("torchao-int8da8w").min_cosine
 
 
 @pytest.mark.vllm
