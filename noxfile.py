@@ -38,8 +38,9 @@ HISTORY = "env:QUANTBENCH_HISTORY" if os.environ.get("QUANTBENCH_HISTORY") else 
 # Every registered format, plus the compiled decode of bf16 (the baseline the compiled formats are
 # compared with), of the seed's two int4 formats, of the AWQ checkpoint through transformers' own
 # runtime (gptqmodel's kernel), of ct-w4a16 without compressed-tensors' per-call host work (what the
-# library's own path could reach), of GPTQ's auto kernel and of torchao (the format torch.compile is built for): compiling costs seconds per shape on CPU and
-# about a minute on a GPU, so the other formats' +compile variants are opt-in (--qb-formats).
+# library's own path could reach), of GPTQ's auto kernel and of torchao int8 (the format torch.compile is
+# built for): compiling costs seconds per shape on CPU and about a minute on a GPU, so the other formats'
+# +compile variants are opt-in (--qb-formats).
 BENCH_FORMATS = "all,bf16+compile,awq-gemm+compile,awq-gemm-hf+compile,ct-w4a16+compile,ct-w4a16-bare+compile," \
                 "gptq+compile,torchao-int8da8w+compile"
 # The vllm stack: the dense, AWQ and compressed-tensors checkpoint kinds, GPTQ, bitsandbytes nf4 and torchao

@@ -18,8 +18,8 @@ CPU_UNSUPPORTED = {"awq-gemv": "awq_ext", "awq-gemm-fused": "CUDA", "awq-gemm-hf
                    # GPTQ's CUDA kernels, in gptqmodel's words
                    **{f"gptq-{name}": "gptqmodel has no GPTQ kernel for backend" for name in
                       ("triton", "marlin", "exllamav2", "machete")},
-                   # torchao 0.18 has no CPU packing of int4 weight-only
-                   "torchao-int4wo": "no int4 weight-only packing for cpu"}
+                   # torchao 0.18 runs int4 weight-only on a CPU only in a form it cannot save
+                   "torchao-int4wo": "no saveable int4 weight-only packing for cpu"}
 # What the legacy stack (transformers 4.51, no gptqmodel, bitsandbytes or torchao) says instead
 LEGACY_UNSUPPORTED = {"gptq": "transformers 4.x loads GPTQ through optimum and auto-gptq",
                       "bnb": "bitsandbytes is not installed", "torchao": "torchao is not installed"}

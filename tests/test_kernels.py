@@ -48,7 +48,7 @@ def test_flops():
 
 
 @pytest.mark.parametrize("name", ["torch-fp16", "torch-bf16", "awq-gemm-naive", "ct-w4a16", "bnb-nf4", "bnb-int8",
-                                  "torchao-int8da8w"])
+                                  "torchao-int8da8w", "torchao-int4wo"])
 def test_weight_model_matches_allocated_buffers(name):
     if kernels.KERNELS[name].unsupported_reason(torch.device("cpu")):
         pytest.skip(kernels.KERNELS[name].unsupported_reason(torch.device("cpu")))
@@ -65,7 +65,7 @@ def test_awq_gemv_weight_model_matches_autoawq_buffers():
 
 
 @pytest.mark.parametrize("name", ["torch-fp16", "torch-bf16", "awq-gemm-naive", "ct-w4a16", "gptq-aten", "gptq-torch",
-                                  "gptq-torch-fused", "bnb-nf4", "bnb-int8", "torchao-int8da8w"])
+                                  "gptq-torch-fused", "bnb-nf4", "bnb-int8", "torchao-int8da8w", "torchao-int4wo"])
 def test_cpu_kernels_match_fp32_reference_on_fresh_inputs(name):
     kernel = kernels.KERNELS[name]
     if kernel.unsupported_reason(torch.device("cpu")):  # the library is not in this stack
@@ -113,11 +113,11 @@ def test_kernel_suite_on_cpu(tmp_path):
     states = data["quantbench"]["states"]
     cuda_only = {"awq-gemm-awq_ext", "awq-gemm-triton", "awq-gemv", "fp8-scaled-mm", "awq-hf-gemm", "awq-hf-gemv",
                  "awq-hf-triton", "awq-hf-marlin", "awq-hf-machete", "gptq-triton", "gptq-marlin", "gptq-exllamav2",
-                 "gptq-machete", "torchao-int4wo"}  # torchao 0.18 has no CPU int4 packing
+                 "gptq-machete"}
     needs_gptqmodel_ = {"awq-hf-aten", "awq-hf-torch", "gptq-aten", "gptq-torch", "gptq-torch-fused"}
     expected = cuda_only if gptqmodel_stack() else cuda_only | needs_gptqmodel_
     # bitsandbytes and torchao: stated where the stack does not install them
-    expected |= {name for name in ("bnb-nf4", "bnb-int8", "torchao-int8da8w")
+    expected |= {name for name in ("bnb-nf4", "bnb-int8", "torchao-int8da8w", "torchao-int4wo")
                  if KERNELS[name].unsupported_reason(torch.device("cpu"))}
     # vLLM's int8 kernel: stated where vLLM is not installed, or on a CPU without VNNI (it saturates there)
     expected |= {"vllm-int8-scaled-mm"} if KERNELS["vllm-int8-scaled-mm"].unsupported_reason(torch.device("cpu")) \

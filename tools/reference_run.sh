@@ -147,21 +147,26 @@ stage_sweep() {
     --qb-prompt 128 --qb-new-tokens "$NEW" --qb-rounds "$ROUNDS"
 }
 
+# GPTQ (gptqmodel's pick and its CUDA kernels), bitsandbytes and torchao: the current stack's wheels (.whl/gptq)
+NEW_FAMILIES="gptq,gptq-torch,gptq-triton,gptq-marlin,gptq-exllamav2,gptq-machete,gptq-desc-act,bnb-nf4,bnb-nf4-dq,bnb-int8"
+NEW_FAMILIES+=",torchao-int4wo,torchao-int8da8w"
+
 stage_formats() {
   bench "formats-$STACK" benchmarks/test_generation.py --qb-models "$MODEL" \
-    --qb-formats "${QB_OTHER_FORMATS:-fp16,ct-w4a16-dequant,ct-w4a16-nodispatch,ct-w4a16-bare,ct-w8a16,ct-w8a8,ct-fp8}" --qb-batch 1,16 \
+    --qb-formats "${QB_OTHER_FORMATS:-fp16,ct-w4a16-dequant,ct-w4a16-nodispatch,ct-w4a16-bare,ct-w8a16,ct-w8a8,ct-fp8,$NEW_FAMILIES}" \
+    --qb-batch 1,16 \
     --qb-prompt 128 --qb-new-tokens "$NEW" --qb-rounds "$ROUNDS"
 }
 
 stage_compile() {
   bench "compile-$STACK" benchmarks/test_generation.py --qb-models "$MODEL" \
-    --qb-formats "${QB_COMPILE_FORMATS:-bf16,bf16+compile,awq-gemm+compile,awq-gemm-hf+compile,ct-w4a16+compile,ct-w4a16-bare+compile}" \
+    --qb-formats "${QB_COMPILE_FORMATS:-bf16,bf16+compile,awq-gemm+compile,awq-gemm-hf+compile,ct-w4a16+compile,ct-w4a16-bare+compile,gptq+compile,torchao-int4wo+compile,torchao-int8da8w+compile}" \
     --qb-batch "${QB_COMPILE_BATCH:-1,16}" --qb-prompt 128 --qb-new-tokens "$NEW" --qb-rounds "$ROUNDS" -k decode
 }
 
 stage_vllm() {
   bench "vllm-$STACK" benchmarks/test_generation.py --qb-models "$MODEL" \
-    --qb-formats "${QB_VLLM_FORMATS:-bf16,awq-gemm,ct-w4a16,ct-w8a8,ct-fp8}" \
+    --qb-formats "${QB_VLLM_FORMATS:-bf16,awq-gemm,ct-w4a16,ct-w8a8,ct-fp8,gptq,bnb-nf4,torchao-int8da8w}" \
     --qb-runtimes "${QB_VLLM_RUNTIMES:-transformers,vllm,vllm+eager}" \
     --qb-batch "${QB_VLLM_BATCH:-1,16}" --qb-prompt 128 --qb-new-tokens "$NEW" --qb-rounds "$ROUNDS"
 }

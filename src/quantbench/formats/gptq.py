@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from ..errors import BadCheckpoint, Unsupported, first_line
-from .base import Format, LoadedModel, builder, detects, from_pretrained_strict, register
+from ..errors import BadCheckpoint, Unsupported
+from .base import Format, LoadedModel, builder, detects, register
 from .gptqmodel import (
     KERNEL_WORDS,
-    _raised_in_gptqmodel,
     gptqmodel_available,
     import_gptqmodel,
+    load_with_gptqmodel,
     quant_linear_classes,
     selected_quant_linear,
 )
@@ -110,13 +110,7 @@ class _GPTQ(Format):
             from transformers import GPTQConfig
             # backend is a loading attribute: the checkpoint's config stays, the kernel is the one named
             kwargs["quantization_config"] = GPTQConfig(bits=4, backend=self.backend)
-        try:
-            return from_pretrained_strict(ckpt_dir, device, self.dtype, **kwargs)
-        except (ValueError, NotImplementedError) as exc:
-            if not _raised_in_gptqmodel(exc):
-                raise
-            raise Unsupported(f"gptqmodel could not load {ckpt_dir} with backend {self.backend!r}: "
-                              f"{first_line(exc, default=type(exc).__name__)}") from None
+        return load_with_gptqmodel(ckpt_dir, device, self.dtype, self.backend, **kwargs)
 
     def open(self, ckpt_dir, device) -> LoadedModel:
         loaded = super().open(ckpt_dir, device)

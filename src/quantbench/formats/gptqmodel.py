@@ -147,6 +147,19 @@ def selected_awq_linear(backend: str, checkpoint_format: str, device: torch.devi
     return selected_quant_linear("awq", backend, checkpoint_format, device)
 
 
+def load_with_gptqmodel(ckpt_dir, device, dtype, backend: str, **kwargs):
+    """transformers' load of a checkpoint whose kernels gptqmodel gives (AWQ, GPTQ); a refusal raised inside
+    gptqmodel (it re-selects for this checkpoint's own group size and layer shapes) is this backend's
+    Unsupported, in its words."""
+    try:
+        return from_pretrained_strict(ckpt_dir, device, dtype, **kwargs)
+    except (ValueError, NotImplementedError) as exc:
+        if not _raised_in_gptqmodel(exc):
+            raise
+        raise Unsupported(f"gptqmodel could not load {ckpt_dir} with backend {backend!r}: "
+                          f"{first_line(exc, default=type(exc).__name__)}") from None
+
+
 def _raised_in_gptqmodel(exc: BaseException) -> bool:
     return any(f"{os.sep}gptqmodel{os.sep}" in frame.filename for frame in traceback.extract_tb(exc.__traceback__))
 
@@ -192,14 +205,7 @@ class _AWQTransformers(Format):
             kwargs["quantization_config"] = AwqConfig(bits=4, group_size=qc.get("group_size", qc.get("q_group_size")),
                                                       zero_point=qc.get("zero_point", True),
                                                       version=self.checkpoint_format, backend=self.backend)
-        try:
-            return from_pretrained_strict(ckpt_dir, device, torch.float16, **kwargs)
-        except (ValueError, NotImplementedError) as exc:
-            if not _raised_in_gptqmodel(exc):
-                raise
-            # gptqmodel re-selects for this checkpoint's own group size and layer shapes
-            raise Unsupported(f"gptqmodel could not load {ckpt_dir} with backend {self.backend!r}: "
-                              f"{first_line(exc, default=type(exc).__name__)}") from None
+        return load_with_gptqmodel(ckpt_dir, device, torch.float16, self.backend, **kwargs)
 
     def open(self, ckpt_dir, device) -> LoadedModel:
         loaded = super().open(ckpt_dir, device)

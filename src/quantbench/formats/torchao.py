@@ -5,9 +5,10 @@ torchao quantizes by swapping each Linear's weight for a tensor subclass (``Int8
 ``Int4TilePackedTo4dTensor``, ...) whose matmul dispatches to a torch kernel: ``aten::_int_mm`` for
 int8 x int8, tinygemm's ``_weight_int4pack_mm`` for int4 on CUDA. A subclass names no kernel, so the
 kernel string is what torch's profiler saw one projection call. Which int4 packing runs where is
-torchao's per version: 0.18 has none for a CPU (its CPU ``opaque`` packing is gone; ``plain`` and
-``preshuffled`` need the mslk package, ``plain_int32`` is XPU-only, ``tile_packed_to_4d`` is CUDA's
-tinygemm), and that is stated, with those words, where it is so.
+torchao's per version: 0.18 saves none that runs on a CPU (``plain`` and ``preshuffled`` need the mslk
+package, ``plain_int32`` is XPU-only, ``tile_packed_to_4d`` is CUDA's tinygemm); its CPU int4 kernel
+(``_weight_int4pack_mm_for_cpu``) is reached only through a prototype config whose tensor its safetensors
+support refuses to save. The format states that; the kernel suite, which needs no checkpoint, measures it.
 """
 
 from __future__ import annotations
@@ -48,27 +49,43 @@ def torchao_kind(config_path: Path, qc: dict) -> str:
 
 
 def int4_packing(device: torch.device) -> str:
-    """The Int4WeightOnlyConfig packing format this torchao runs on ``device``; Unsupported where none."""
-    from torchao.quantization.quantize_.workflows.int4.int4_packing_format import Int4PackingFormat
+    """The Int4WeightOnlyConfig packing this torchao saves and runs on ``device``; Unsupported where none.
+    On a CPU torchao 0.18 runs int4 weight-only only as its prototype config (Int4OpaqueTensor, torch's
+    ``_weight_int4pack_mm_for_cpu``), which its safetensors support cannot save: no checkpoint of it exists."""
     import torchao
+    from torchao.quantization.quantize_.workflows.int4.int4_packing_format import Int4PackingFormat
     formats = {f.value for f in Int4PackingFormat}
     if device.type == "cuda":
         return "tile_packed_to_4d"  # tinygemm
-    if device.type == "cpu" and "opaque" in formats:  # torchao <= 0.17: _weight_int4pack_mm_for_cpu
+    if device.type == "cpu" and "opaque" in formats:  # older torchao: the CPU packing was a saveable format
         return "opaque"
-    raise Unsupported(f"torchao {torchao.__version__} has no int4 weight-only packing for {device.type}: its "
-                      f"formats are {sorted(formats)} (plain and preshuffled need the mslk package, plain_int32 "
-                      f"runs on XPU, tile_packed_to_4d is CUDA's tinygemm)")
+    cpu = (" It runs int4 on a CPU only as PrototypeInt4WeightOnlyConfig (Int4OpaqueTensor, "
+           "_weight_int4pack_mm_for_cpu), which its safetensors support does not save (the kernel suite "
+           "measures that kernel)." if device.type == "cpu" and _prototype_int4() else "")
+    raise Unsupported(f"torchao {torchao.__version__} has no saveable int4 weight-only packing for {device.type}: "
+                      f"{sorted(formats)} (plain and preshuffled need the mslk package, plain_int32 runs on XPU, "
+                      f"tile_packed_to_4d is CUDA's tinygemm).{cpu}")
 
 
-def torchao_missing(device: torch.device, kind: str) -> str | None:
+def _prototype_int4():
+    """torchao's CPU int4 weight-only config class (0.18: a prototype), or None."""
+    try:
+        from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
+    except ImportError:
+        return None
+    return PrototypeInt4WeightOnlyConfig
+
+
+def torchao_missing(device: torch.device, kind: str, saved: bool = True) -> str | None:
+    """Why torchao cannot run ``kind`` on ``device`` here, or None; ``saved=False``: a weight quantized in this
+    process (the kernel suite), where a CPU int4 config that cannot be saved still runs."""
     if importlib.util.find_spec("torchao") is None:
         return "torchao is not installed (pip install torchao==0.18.0; the current stack's extra has it)"
     import transformers
-    if transformers.__version__.startswith("4."):
+    if saved and transformers.__version__.startswith("4."):
         return (f"transformers {transformers.__version__} cannot load torchao's version-2 configs from safetensors "
                 "(the current stack's transformers 5.x can)")
-    if kind == "torchao-int4wo":
+    if kind == "torchao-int4wo" and not (not saved and device.type == "cpu" and _prototype_int4()):
         try:
             int4_packing(device)
         except Unsupported as exc:
@@ -76,10 +93,13 @@ def torchao_missing(device: torch.device, kind: str) -> str | None:
     return None
 
 
-def quant_config(kind: str, device: torch.device):
+def quant_config(kind: str, device: torch.device, saved: bool = True):
+    """torchao's config for ``kind`` on ``device``; ``saved=False`` allows one that cannot be saved."""
     from torchao import quantization
     name = KIND_CONFIGS[kind][0]
     if kind == "torchao-int4wo":
+        if not saved and device.type == "cpu" and _prototype_int4():
+            return _prototype_int4()(group_size=GROUP_SIZE)
         return getattr(quantization, name)(group_size=GROUP_SIZE, int4_packing_format=int4_packing(device))
     return getattr(quantization, name)()
 

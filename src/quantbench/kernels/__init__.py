@@ -1,8 +1,6 @@
 """The linear-layer kernel suite: each kernel's op and bytes-moved model (ops, and one module per
 format family that registers its own: gptq, bitsandbytes, torchao)."""
 
-from . import bitsandbytes, gptq, torchao  # noqa: F401  (registration side effects, after ops' own kernels)
-
 from .ops import (  # noqa: F401
     DENSE_BASELINE,
     GROUP,
@@ -16,3 +14,6 @@ from .ops import (  # noqa: F401
     tolerance,
     weight_bytes,
 )
+
+# Each format family's kernels register themselves after ops' own (registry order is the guide's order).
+from . import gptq, bitsandbytes, torchao  # noqa: F401, E402, I001

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .ops import GROUP, Kernel, Prepared, _nbytes, _random_weight, awq_gemm_weight_bytes, register
+from .ops import GROUP, Kernel, _random_weight, awq_gemm_weight_bytes, gptqmodel_prepared, register
 
 
 def rtn_symmetric(w: torch.Tensor, group: int = GROUP) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -47,7 +47,7 @@ class GptqKernel(Kernel):
     def prepare(self, k, n, device, copies, seed=0):
         from gptqmodel.nn_modules.qlinear.torch import TorchLinear
 
-        from ..formats.gptqmodel import KERNEL_WORDS, selected_quant_linear
+        from ..formats.gptqmodel import selected_quant_linear
         cls = selected_quant_linear("gptq", self.backend, "gptq", device, GROUP, False, True)[0]
         w = _random_weight(k, n, "cpu", seed)
         ref, scales, zeros = rtn_symmetric(w)
@@ -56,26 +56,8 @@ class GptqKernel(Kernel):
         packed = TorchLinear(bits=4, group_size=GROUP, sym=True, desc_act=False, in_features=k, out_features=n,
                              bias=False, register_buffers=True)
         packed.pack(linear, scales, zeros, torch.arange(k, dtype=torch.int32) // GROUP)
-        mods = []
-        for _ in range(copies):
-            mod = cls(bits=4, group_size=GROUP, sym=True, desc_act=False, in_features=k, out_features=n,
-                      bias=False, register_buffers=True).to(device)
-            with torch.no_grad():
-                for name in ("qweight", "qzeros", "scales", "g_idx"):
-                    getattr(mod, name).copy_(getattr(packed, name))
-            mod.post_init()
-            mods.append(mod.eval())
-        warm = torch.randn(1, k, dtype=self.dtype, device=device)
-        with torch.no_grad():  # the ATen kernel repacks on its first call: no timed call pays it
-            for mod in mods:
-                mod(warm)
-
-        def call(x, mod):
-            with torch.no_grad():
-                return mod(x)
-        held = [*mods[0].buffers(), *mods[0].parameters()]
-        return Prepared(mods, call, ref.to(device), _nbytes(*held),
-                        f"gptqmodel {cls.__name__}: {KERNEL_WORDS.get(cls.__name__, 'gptqmodel kernel')}")
+        buffers = {name: getattr(packed, name) for name in ("qweight", "qzeros", "scales", "g_idx")}
+        return gptqmodel_prepared(cls, buffers, ref, k, n, device, copies, self.dtype, sym=True)
 
 
 register(GptqKernel("aten", "gptq_torch_aten"), GptqKernel("torch", "torch"), GptqKernel("torch-fused", "torch_fused"),

@@ -265,30 +265,40 @@ class GptqAWQ(Kernel):
         return None
 
     def prepare(self, k, n, device, copies, seed=0):
-        from ..formats.gptqmodel import KERNEL_WORDS, selected_awq_linear
+        from ..formats.gptqmodel import selected_awq_linear
         cls = selected_awq_linear(self.backend, self.version, device)[0]
         (source,), ref = _awq_modules(self.version, k, n, "cpu", 1, seed)
-        mods = []
-        for _ in range(copies):
-            mod = cls(bits=4, group_size=GROUP, sym=False, desc_act=False, in_features=k, out_features=n,
-                      bias=False, register_buffers=True).to(device)
-            with torch.no_grad():
-                for name in ("qweight", "qzeros", "scales"):
-                    getattr(mod, name).copy_(source._buffers[name])
-            mod.post_init()
-            mods.append(mod.eval())
-        # Some kernels repack on their first call (the ATen CPU kernel converts to int4pack there):
-        # one call per copy here, so no timed call pays it (seen: 150 ms instead of 5 ms per call).
-        warm = torch.randn(1, k, dtype=self.dtype, device=device)
+        buffers = {name: source._buffers[name] for name in ("qweight", "qzeros", "scales")}
+        return gptqmodel_prepared(cls, buffers, ref, k, n, device, copies, self.dtype, sym=False)
+
+
+def gptqmodel_prepared(cls, buffers: dict, ref: torch.Tensor, k: int, n: int, device, copies: int, dtype,
+                       sym: bool) -> Prepared:
+    """``copies`` modules of a gptqmodel QuantLinear class holding the same packed ``buffers`` (as transformers
+    builds them: construct, copy the checkpoint's tensors, post_init), ready to time."""
+    from ..formats.gptqmodel import KERNEL_WORDS
+    mods = []
+    for _ in range(copies):
+        mod = cls(bits=4, group_size=GROUP, sym=sym, desc_act=False, in_features=k, out_features=n,
+                  bias=False, register_buffers=True).to(device)
         with torch.no_grad():
-            for mod in mods:
-                mod(warm)
-        def call(x, mod):
-            with torch.no_grad():
-                return mod(x)
-        held = [*mods[0].buffers(), *mods[0].parameters()]
-        return Prepared(mods, call, ref.to(device), _nbytes(*held),
-                        f"gptqmodel {cls.__name__}: {KERNEL_WORDS.get(cls.__name__, 'gptqmodel kernel')}")
+            for name, tensor in buffers.items():
+                getattr(mod, name).copy_(tensor)
+        mod.post_init()
+        mods.append(mod.eval())
+    # Some kernels repack on their first call (the ATen CPU kernel converts to int4pack there):
+    # one call per copy here, so no timed call pays it (seen: 150 ms instead of 5 ms per call).
+    warm = torch.randn(1, k, dtype=dtype, device=device)
+    with torch.no_grad():
+        for mod in mods:
+            mod(warm)
+
+    def call(x, mod):
+        with torch.no_grad():
+            return mod(x)
+    held = [*mods[0].buffers(), *mods[0].parameters()]
+    return Prepared(mods, call, ref.to(device), _nbytes(*held),
+                    f"gptqmodel {cls.__name__}: {KERNEL_WORDS.get(cls.__name__, 'gptqmodel kernel')}")
 
 
 class CTW4A16(Kernel):

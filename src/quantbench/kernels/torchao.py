@@ -1,6 +1,7 @@
 """torchao's linear kernels: the tensor-subclass weights its configs make, on a plain nn.Linear.
 int8 dynamic activation x int8 weight dispatches to ``aten::_int_mm``; int4 weight-only to tinygemm
-on CUDA (no CPU packing in torchao 0.18: stated, as for the format).
+on CUDA and, on a CPU, to ``_weight_int4pack_mm_for_cpu`` through torchao's prototype config (which
+cannot be saved, so the format states it; the kernel needs no checkpoint).
 
 Bytes: int8da8w KN + 4N (fp32 row scales) + N (zero points) + MK + 4M (x rounded to int8 per row);
 int4wo KN/2 + 4KN/G (bf16 scale and zero per group).
@@ -29,7 +30,7 @@ class TorchAOKernel(Kernel):
 
     def unsupported_reason(self, device):
         from ..formats.torchao import torchao_missing
-        return torchao_missing(device, self.kind)
+        return torchao_missing(device, self.kind, saved=False)
 
     def prepare(self, k, n, device, copies, seed=0):
         from torch.profiler import ProfilerActivity, profile
@@ -42,9 +43,9 @@ class TorchAOKernel(Kernel):
         for _ in range(copies):
             mod = torch.nn.Linear(k, n, bias=False, dtype=torch.bfloat16, device=device)
             mod.weight.data.copy_(w)
-            quantize_(mod, quant_config(self.kind, device))
+            quantize_(mod, quant_config(self.kind, device, saved=False))
             mods.append(mod.eval())
-        ref = mods[0].weight.dequantize().float()
+        ref = _dequantized(mods[0].weight, w)
 
         def call(x, mod):
             with torch.no_grad():
@@ -56,6 +57,26 @@ class TorchAOKernel(Kernel):
         ran = ", ".join(dict.fromkeys(e.name for e in prof.events() if "mm" in e.name or "quant" in e.name))
         return Prepared(mods, call, ref, _nbytes(*storage_tensors(mods[0].weight)),
                         f"torchao {type(mods[0].weight).__name__} -> {ran or 'no mm op seen'} (at M=1)")
+
+
+def _dequantized(weight, w: torch.Tensor) -> torch.Tensor:
+    """The quantized weight as fp32 [N, K]: torchao's own dequantize, or, for the CPU int4 tensor that has
+    none (Int4OpaqueTensor), torchao's tinygemm quantize-dequantize of the same ``w`` with the same
+    asymmetric group-wise parameters it packed (its own primitives, not the kernel under test)."""
+    try:
+        return weight.dequantize().float()
+    except NotImplementedError:
+        from torchao.quantization.quant_primitives import (
+            MappingType,
+            _choose_qparams_affine_tinygemm,
+            _dequantize_affine_tinygemm,
+            _quantize_affine_tinygemm,
+        )
+        block = [1, GROUP]
+        scale, zero = _choose_qparams_affine_tinygemm(w, MappingType.ASYMMETRIC, block, torch.int32, 0, 15, 1e-6,
+                                                      None, w.dtype)
+        q = _quantize_affine_tinygemm(w, block, scale, zero, torch.int32, 0, 15)
+        return _dequantize_affine_tinygemm(q, block, scale, zero, torch.int32, 0, 15, output_dtype=w.dtype).float()
 
 
 register(TorchAOKernel("torchao-int8da8w", 8), TorchAOKernel("torchao-int4wo", 4))
