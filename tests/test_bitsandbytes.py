@@ -60,3 +60,25 @@ def test_a_users_nf4_checkpoint_is_detected_and_benchmarked(tmp_path):
         {("bnb-nf4-dq", "prefill"), ("bnb-nf4-dq", "decode")}
     for bench in data["benchmarks"]:
         assert "Linear4bit [nf4]" in bench["extra_info"]["kernel"] and bench["extra_info"]["guard"]["passed"]
+
+
+def test_a_4bit_matmul_that_dequantizes_every_call_is_a_naive_fallback_in_the_guide(monkeypatch):
+    """Without its fused kernel (on a CPU: no AVX-512 BF16) bitsandbytes dequantizes the whole weight every
+    call: the kernel string says so and the guide's findings flag it; its fused gemv is not flagged."""
+    import pandas as pd
+
+    from quantbench.formats import bitsandbytes as family
+    from quantbench.report import findings
+    model = torch.nn.Module()
+    model.q_proj = torch.nn.Linear(4, 4)
+
+    def naive_flags(ops: dict) -> list[str]:
+        monkeypatch.setattr(family, "projection_ops", lambda *args: ops)
+        kernel = get_format("bnb-nf4").kernel(model, torch.device("cpu"))
+        rows = pd.DataFrame([{"model": "m", "format": "bnb-nf4", "kernel": kernel, "state": "ok", "prompt_len": 1,
+                              "phase": "decode", "batch": 1, "decode_tokens_per_s": 1.0, "bits": 4,
+                              "weight_bytes_after_load": 1, "weight_bytes_after_first_forward": 1}])
+        return [f for f in findings.flags(rows) if f.startswith("NAIVE FALLBACK")]
+    flagged = naive_flags({"bitsandbytes::dequantize_4bit": 1, "aten::linear": 1})
+    assert flagged and "naive dequantize + matmul: bitsandbytes::dequantize_4bit, aten::linear" in flagged[0]
+    assert not naive_flags({"bitsandbytes::gemv_4bit": 1})
