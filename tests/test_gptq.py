@@ -6,7 +6,6 @@ import torch
 
 from quantbench.bench.pool import ModelPool, ModelSource
 from quantbench.errors import BadCheckpoint
-from quantbench.formats import get_format
 from quantbench.formats.checkpoints import detect_checkpoint
 
 from .conftest import needs_gptqmodel
@@ -37,9 +36,11 @@ def test_a_gptq_checkpoint_it_cannot_run_is_one_line_naming_config_json(tmp_path
 @needs_gptqmodel
 def test_unpacking_inverts_gptqmodels_own_packing():
     """The guard's fake-quant reference reads qweight/qzeros/scales as gptqmodel packs them."""
+    from quantbench.formats.gptq import unpack_gptq_weight
+    from quantbench.formats.gptqmodel import import_gptqmodel
+    import_gptqmodel()  # the project's import of it, which undoes the process settings gptqmodel's import makes
     from gptqmodel.nn_modules.qlinear.torch import TorchLinear
 
-    from quantbench.formats.gptq import unpack_gptq_weight
     from quantbench.kernels.gptq import rtn_symmetric
     k, n, group = 256, 64, 128
     ref, scales, zeros = rtn_symmetric(torch.randn(n, k, generator=torch.Generator().manual_seed(1)), group)
@@ -67,8 +68,8 @@ def test_gptq_auto_runs_the_aten_int4_kernel_and_holds_a_third_of_the_weights(ti
         assert facts["weight_bytes_after_first_forward"] < 0.5 * dense
         # calibrated GPTQ is close to its own dequantized weights; the kernel must match them
         assert prepared.guard.cosine_vs_fakequant > 0.9999, prepared.guard.message()
+        assert ("naive dequantize" in facts["kernel"]) == (name == "gptq-torch")
     pool.release()
-    assert "naive dequantize" in get_format("gptq-torch").kernel(prepared.loaded.model, torch.device("cpu"))
 
 
 @needs_gptqmodel

@@ -85,9 +85,9 @@ def torchao_missing(device: torch.device, kind: str, saved: bool = True) -> str 
     if saved and transformers.__version__.startswith("4."):
         return (f"transformers {transformers.__version__} cannot load torchao's version-2 configs from safetensors "
                 "(the current stack's transformers 5.x can)")
-    if kind == "torchao-int4wo" and not (not saved and device.type == "cpu" and _prototype_int4()):
+    if kind == "torchao-int4wo":
         try:
-            int4_packing(device)
+            quant_config(kind, device, saved)
         except Unsupported as exc:
             return str(exc)
     return None
@@ -97,11 +97,11 @@ def quant_config(kind: str, device: torch.device, saved: bool = True):
     """torchao's config for ``kind`` on ``device``; ``saved=False`` allows one that cannot be saved."""
     from torchao import quantization
     name = KIND_CONFIGS[kind][0]
-    if kind == "torchao-int4wo":
-        if not saved and device.type == "cpu" and _prototype_int4():
-            return _prototype_int4()(group_size=GROUP_SIZE)
-        return getattr(quantization, name)(group_size=GROUP_SIZE, int4_packing_format=int4_packing(device))
-    return getattr(quantization, name)()
+    if kind != "torchao-int4wo":
+        return getattr(quantization, name)()
+    if not saved and device.type == "cpu" and _prototype_int4():
+        return _prototype_int4()(group_size=GROUP_SIZE)
+    return getattr(quantization, name)(group_size=GROUP_SIZE, int4_packing_format=int4_packing(device))
 
 
 class _TorchAO(Format):

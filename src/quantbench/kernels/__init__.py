@@ -1,7 +1,7 @@
 """The linear-layer kernel suite: each kernel's op and bytes-moved model (ops, and one module per
 format family that registers its own: gptq, bitsandbytes, torchao)."""
 
-from .ops import (  # noqa: F401
+from .ops import (  # noqa: F401, I001  (the families below register after these)
     DENSE_BASELINE,
     GROUP,
     KERNELS,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .ops import GROUP, Kernel, Prepared, _nbytes, _random_weight, register
+from .ops import GROUP, Kernel, Prepared, _nbytes, _random_weight, ops_seen, register
 
 NF4_BLOCK = 64
 
@@ -19,11 +19,8 @@ def _missing(device) -> str | None:
     return bnb_missing(device)
 
 
-def _ops_seen(call, x, copy) -> str:
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        call(x, copy)
-    return ", ".join(dict.fromkeys(e.name for e in prof.events() if e.name.startswith("bitsandbytes::")))
+def _bnb_ops(call, x, copy) -> str:
+    return ops_seen(call, x, copy, lambda name: name.startswith("bitsandbytes::"))
 
 
 class BnbNF4(Kernel):
@@ -48,7 +45,7 @@ class BnbNF4(Kernel):
             packed, state = copy
             with torch.no_grad():
                 return bnb.matmul_4bit(x, packed.t(), quant_state=state)
-        ran = _ops_seen(call, torch.randn(1, k, dtype=self.dtype, device=device), copies_[0])
+        ran = _bnb_ops(call, torch.randn(1, k, dtype=self.dtype, device=device), copies_[0])
         return Prepared(copies_, call, ref, _nbytes(copies_[0][0], copies_[0][1].absmax),
                         f"bnb.matmul_4bit nf4 -> {ran or 'no bitsandbytes op'} (at M=1)")
 
@@ -81,7 +78,7 @@ class BnbInt8(Kernel):
         def call(x, mod):
             with torch.no_grad():
                 return mod(x)
-        ran = _ops_seen(call, torch.randn(1, k, dtype=self.dtype, device=device), mods[0])
+        ran = _bnb_ops(call, torch.randn(1, k, dtype=self.dtype, device=device), mods[0])
         return Prepared(mods, call, ref, _nbytes(mods[0].weight.data, scb),
                         f"bitsandbytes Linear8bitLt (threshold 6.0) -> {ran or 'no bitsandbytes op'}")
 

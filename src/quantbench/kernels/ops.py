@@ -125,6 +125,15 @@ def _random_weight(k: int, n: int, device, seed: int) -> torch.Tensor:
     return (torch.randn(n, k, generator=gen) * 0.02).to(torch.float16).to(device)
 
 
+def ops_seen(call, x, copy, keep) -> str:
+    """The torch ops one ``call(x, copy)`` dispatched to whose names ``keep`` accepts, first-seen order: the
+    kernel of a library whose module or tensor subclass names none (bitsandbytes, torchao)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        call(x, copy)
+    return ", ".join(dict.fromkeys(e.name for e in prof.events() if keep(e.name)))
+
+
 def _nbytes(*tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .ops import GROUP, Kernel, Prepared, _nbytes, _random_weight, register
+from .ops import GROUP, Kernel, Prepared, _nbytes, _random_weight, ops_seen, register
 
 
 class TorchAOKernel(Kernel):
@@ -33,7 +33,6 @@ class TorchAOKernel(Kernel):
         return torchao_missing(device, self.kind, saved=False)
 
     def prepare(self, k, n, device, copies, seed=0):
-        from torch.profiler import ProfilerActivity, profile
         from torchao.quantization import quantize_
 
         from ..formats.torchao import quant_config
@@ -51,10 +50,8 @@ class TorchAOKernel(Kernel):
             with torch.no_grad():
                 return mod(x)
         x = torch.randn(1, k, dtype=self.dtype, device=device)
-        call(x, mods[0])
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            call(x, mods[0])
-        ran = ", ".join(dict.fromkeys(e.name for e in prof.events() if "mm" in e.name or "quant" in e.name))
+        call(x, mods[0])  # a first call may repack: not the op to name
+        ran = ops_seen(call, x, mods[0], lambda name: "mm" in name or "quant" in name)
         return Prepared(mods, call, ref, _nbytes(*storage_tensors(mods[0].weight)),
                         f"torchao {type(mods[0].weight).__name__} -> {ran or 'no mm op seen'} (at M=1)")
 
@@ -72,7 +69,9 @@ def _dequantized(weight, w: torch.Tensor) -> torch.Tensor:
             _dequantize_affine_tinygemm,
             _quantize_affine_tinygemm,
         )
-        block = [1, GROUP]
+
+        from ..formats.torchao import GROUP_SIZE
+        block = [1, GROUP_SIZE]  # the group quant_config gave torchao
         scale, zero = _choose_qparams_affine_tinygemm(w, MappingType.ASYMMETRIC, block, torch.int32, 0, 15, 1e-6,
                                                       None, w.dtype)
         q = _quantize_affine_tinygemm(w, block, scale, zero, torch.int32, 0, 15)
