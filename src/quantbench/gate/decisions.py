@@ -18,12 +18,13 @@ from ..errors import QuantbenchError
 if TYPE_CHECKING:
     from .thresholds import Thresholds
 
-STATES = ("regressed", "crashed", "too-slow", "kernel-changed", "improved", "unchanged", "new", "missing", "unsupported", "oom",
-          "invalid-input", "guard-failed", "no-baseline", "incomparable")
+STATES = ("regressed", "crashed", "too-slow", "requests-failed", "kernel-changed", "improved", "unchanged", "new",
+          "missing", "unsupported", "oom", "invalid-input", "guard-failed", "no-baseline", "incomparable")
 DEFAULT_FAIL_ON = ("regressed",)
-# A case the baseline measured that now crashed or passed its time budget fails the gate whatever --fail-on
-# says: it is that case's failure, never 'missing'. Stated in both runs, it is the state, as unsupported is.
-BROKEN = ("crashed", "too-slow")
+# A case the baseline measured that now crashed, passed its time budget, or lost requests under load fails the
+# gate whatever --fail-on says: it is that case's failure, never 'missing'. Stated in both runs, it is the state,
+# as unsupported is.
+BROKEN = ("crashed", "too-slow", "requests-failed")
 STATED_IN_BOTH = "(the same in the baseline)"   # note suffix of a state both runs share: no news for a PR comment
 
 

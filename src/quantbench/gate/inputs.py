@@ -16,7 +16,8 @@ def samples(payload: dict) -> dict:
     out = {}
     for bench in payload.get("benchmarks", []):
         info = record.case_info(bench)
-        metrics = list(info.get("rate_metrics") or {}) + list(info.get("time_metrics") or [])
+        metrics = (list(info.get("rate_metrics") or {}) + list(info.get("time_metrics") or [])
+                   + list(info.get("round_values") or {}))
         for metric in metrics:
             rounds = per_round_values(bench, metric)
             runs = tuple(median(values) for values in (per_round_values(bench, metric, data)

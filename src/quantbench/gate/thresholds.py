@@ -33,6 +33,7 @@ class Thresholds:
     metrics: dict[str, Threshold]
     overrides: tuple[Override, ...] = ()
     fallback: Threshold = field(default_factory=Threshold)
+    slo: dict[str, dict[str, float]] = field(default_factory=dict)  # device kind -> {"ttft_ms": .., "tpot_ms": ..}
 
     def for_case(self, case: str, metric: str, device: str | None = None) -> Threshold:
         """The metric's threshold with every selecting override applied in file order (later wins).
@@ -52,6 +53,21 @@ def wildcard_match(pattern: str, name: str) -> bool:
 
 
 THRESHOLD_FIELDS = frozenset(("direction", "max_regression", "alpha", "min_rounds"))
+# A serving SLO per device kind: vLLM's client counts a request good when it meets every one (--goodput).
+SLO_FIELDS = frozenset(("ttft_ms", "tpot_ms", "e2el_ms"))
+
+
+def _slo(data: dict) -> dict[str, dict[str, float]]:
+    slo = {}
+    for device, fields in data.items():
+        if device not in DEVICE_KINDS:
+            raise ValueError(f"[slo.{device}]: the device kind must be one of {DEVICE_KINDS}")
+        _known_keys(fields, SLO_FIELDS, f"[slo.{device}]")
+        for key, value in fields.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"[slo.{device}] {key} must be a positive number of milliseconds, got {value!r}")
+        slo[device] = {key: float(value) for key, value in fields.items()}
+    return slo
 
 
 def _known_keys(table: dict, known: set | frozenset, where: str) -> None:
@@ -66,7 +82,7 @@ def parse_thresholds(text: str, source: str = "<thresholds>") -> Thresholds:
     try:
         data = tomllib.loads(text)
         # A misspelt table or key would otherwise be ignored and the gate run at the defaults.
-        _known_keys(data, {"defaults", "metrics", "overrides"}, "the top level")
+        _known_keys(data, {"defaults", "metrics", "overrides", "slo"}, "the top level")
         defaults = data.get("defaults", {})
         _known_keys(defaults, THRESHOLD_FIELDS, "[defaults]")
         metrics = {}
@@ -90,7 +106,7 @@ def parse_thresholds(text: str, source: str = "<thresholds>") -> Thresholds:
                                  f"[metrics.*] tables ({', '.join(metrics)})")
             overrides.append(Override(item.pop("pattern", "*"), metric, device, item))
             Threshold(**{**defaults, **item})  # validate the fields now, not at first use
-        return Thresholds(metrics, tuple(overrides), Threshold(**defaults))
+        return Thresholds(metrics, tuple(overrides), Threshold(**defaults), _slo(data.get("slo", {})))
     except (tomllib.TOMLDecodeError, TypeError, ValueError, KeyError) as exc:
         raise QuantbenchError(source, f"invalid thresholds file ({exc})",
                               "compare it with fixtures/thresholds.toml") from None

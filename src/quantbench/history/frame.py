@@ -19,9 +19,13 @@ CASE_COLUMNS = ["model", "format", "batch", "prompt_len", "new_tokens", "phase",
 
 
 def per_round_values(bench: dict, metric: str, data: list[float] | None = None) -> list[float]:
-    """Per-round values of a metric: rate metrics are work / round time, time metrics the times.
+    """Per-round values of a metric: rate metrics are work / round time, time metrics the times, and a
+    metric another program measured in each round (the serving client's TTFT percentiles) its stored values.
     ``data`` replaces the benchmark's own round times (one run's share of a merged benchmark)."""
     info = record.case_info(bench)
+    reported = (info.get("round_values") or {}).get(metric)
+    if reported is not None:
+        return list(reported) if data is None else _run_share(reported, bench, data)
     if data is None:
         data = (bench.get("stats") or {}).get("data") or []
     rates = info.get("rate_metrics") or {}
@@ -29,6 +33,18 @@ def per_round_values(bench: dict, metric: str, data: list[float] | None = None) 
         return [rates[metric] / t for t in data if t > 0]
     if metric in (info.get("time_metrics") or []):
         return list(data)
+    return []
+
+
+def _run_share(values: list[float], bench: dict, data: list[float]) -> list[float]:
+    """One run's share of a merged case's reported per-round values: merged rounds are stored run after
+    run, so the run whose round times are ``data`` holds the values at the same positions."""
+    runs = record.case_info(bench).get("run_round_times_s") or []
+    start = 0
+    for run in runs:
+        if run is data or run == data:
+            return list(values[start:start + len(run)])
+        start += len(run)
     return []
 
 
@@ -76,7 +92,7 @@ def run_frame(payload: dict, path: Path | None = None) -> pd.DataFrame:
         for key, value in (info.get("token_latency_s") or {}).items():
             row[f"token_latency_{key}_s"] = value
         row["metrics"] = sorted(set(info.get("rate_metrics") or {}) | set(info.get("time_metrics") or [])
-                                | {k for k in ONCE_PER_CASE_METRICS if k in info})
+                                | set(info.get("round_values") or {}) | {k for k in ONCE_PER_CASE_METRICS if k in info})
         row["_bench"] = bench
         rows.append(row)
     for state in record.states(payload):

@@ -22,6 +22,7 @@ def merge_runs(payloads: list[dict]) -> dict:
     _one_signature(payloads, "merged")
     merged = copy.deepcopy(payloads[-1])
     per_run: dict[str, list[list[float]]] = {}
+    per_values: dict[str, dict[str, list[float]]] = {}  # a client's per-round values, pooled like the rounds
     for payload in payloads:
         for bench in payload.get("benchmarks", []):
             if case_state(bench) == "interrupted":
@@ -30,6 +31,8 @@ def merge_runs(payloads: list[dict]) -> dict:
             # a run that is itself a merge contributes its runs, not one pooled pseudo-run
             runs = info.get(RUN_ROUNDS_KEY) or [(bench.get("stats") or {}).get("data") or []]
             per_run.setdefault(bench["name"], []).extend(list(r) for r in runs if r)
+            for metric, values in (info.get("round_values") or {}).items():  # in the same run order
+                per_values.setdefault(bench["name"], {}).setdefault(metric, []).extend(values)
     for bench in merged.get("benchmarks", []):
         runs = per_run.get(bench["name"], [])
         data = sorted(v for run in runs for v in run)
@@ -37,6 +40,8 @@ def merge_runs(payloads: list[dict]) -> dict:
             continue
         if case_state(bench) != "interrupted":  # the gate tests run medians when there are enough runs
             bench["extra_info"][RUN_ROUNDS_KEY] = runs
+            if bench["name"] in per_values:
+                bench["extra_info"]["round_values"] = per_values[bench["name"]]
         q1, _, q3 = statistics.quantiles(data, n=4) if len(data) > 1 else (data[0], data[0], data[0])
         bench["stats"].update(data=data, rounds=len(data), median=statistics.median(data), min=data[0],
                               max=data[-1], mean=statistics.fmean(data), iqr=q3 - q1,

@@ -92,6 +92,57 @@ KERNEL = {
     "time_metrics": GENERATION["time_metrics"], "run_round_times_s": GENERATION["run_round_times_s"],
 }
 
+# vLLM's serving benchmark (`vllm bench serve`) names: a latency's mean / median / p90 / p99 in ms, and the
+# throughputs of its result JSON. The serving suite stores each under vLLM's key.
+SERVING_LATENCIES = ("ttft", "tpot", "itl", "e2el")
+SERVING_STATISTICS = ("mean", "median", "p90", "p99")
+SERVING_THROUGHPUTS = ("request_throughput", "output_throughput", "total_token_throughput", "request_goodput")
+SERVING_LATENCY_METRICS = tuple(f"{stat}_{name}_ms" for name in SERVING_LATENCIES for stat in SERVING_STATISTICS)
+# One case of the serving suite (bench.serving): one load point (a concurrency or a request rate) against
+# vLLM's OpenAI-compatible server, driven by vLLM's own client for a few rounds of the same requests.
+SERVING = {
+    "suite": "serving", "model": GENERATION["model"], "format": GENERATION["format"],
+    "runtime": "vllm-serve: vLLM's OpenAI-compatible server in a child process",
+    "library": "the server's vLLM distribution and version", "bits": GENERATION["bits"],
+    "display_order": GENERATION["display_order"], "state": GENERATION["state"], "device": GENERATION["device"],
+    "dtype": GENERATION["dtype"], "checkpoint": GENERATION["checkpoint"],
+    "concurrency": "the client's --max-concurrency (null: unbounded, a request-rate case)",
+    "request_rate": "the client's --request-rate in requests/s (null: all at once, a concurrency case)",
+    "burstiness": "the client's --burstiness (1: Poisson arrivals)",
+    "input_len": "prompt tokens per request (exact)", "output_len": "output tokens per request (ignore_eos)",
+    "num_prompts": "requests per round", "sent": "requests sent over the kept rounds",
+    "completed": "requests that completed over the kept rounds", "failed": "requests that failed over the kept rounds",
+    "duration_s": "median round time: the client's duration of one round's requests",
+    "tokens_per_chunk": "output tokens per streamed chunk the client received, over the kept rounds (1: every token "
+                        "on its own; more: the server coalesced tokens, and TPOT/ITL measure chunks, not tokens)",
+    **{f"{stat}_{name}_ms": f"{name.upper()} {stat} over a round's requests, ms (vLLM's client), median over rounds"
+       for name in SERVING_LATENCIES for stat in SERVING_STATISTICS},
+    "request_throughput": "completed requests / round time (vLLM's client), at the median round",
+    "output_throughput": "output tokens / round time, at the median round",
+    "total_token_throughput": "input + output tokens / round time, at the median round",
+    "request_goodput": "requests meeting every SLO / round time (vLLM's --goodput), median over rounds",
+    "slo": "the SLO goodput counts against (ms per metric), from fixtures/thresholds.toml for the device kind",
+    "slo_met": "p99 TTFT and p99 TPOT (and E2EL where set) within the SLO at this load point",
+    "round_values": "metric -> its value in each kept round, as the client reported it (what the gate tests)",
+    "rate_metrics": GENERATION["rate_metrics"], "time_metrics": GENERATION["time_metrics"],
+    "run_round_times_s": GENERATION["run_round_times_s"],
+    "client": "the load generator: vLLM's benchmark client and its version",
+    "client_results": "the client's result JSON of each kept round, where the run kept them (--qb-serve-keep)",
+    "server_command": "the server's command line (port left out)", "server_start_s": "process start to healthy",
+    "server_rss_bytes": "resident memory of the server's processes once healthy",
+    "server_peak_rss_bytes": "highest resident memory of the server's processes sampled during the case",
+    "device_bytes_used": "device memory in use once the server is healthy (CUDA: whole device)",
+    "kv_cache_memory_bytes": "the KV cache vLLM allocated (its cache_config_info metric)",
+    "kv_cache_tokens": "tokens the KV cache holds (vLLM's cache_config_info)",
+    "kv_cache_max_concurrency": "vLLM's own bound on concurrent requests of max_model_len the KV cache fits",
+    "max_num_seqs": "the server's --max-num-seqs", "max_model_len": "the server's --max-model-len",
+    "frontend_cpus": "the CPUs vLLM's CPU worker reserved for its frontend (the client runs on them too)",
+    "vllm_build": GENERATION["vllm_build"], "vllm_compilation": GENERATION["vllm_compilation"],
+    "kernel": "the linear kernels vLLM's server log says it selected", "stack": GENERATION["stack"],
+    "server_requests": "requests the server finished during the case's kept rounds (its own counters)",
+    "server_output_tokens": "tokens the server generated during the case's kept rounds (its own counters)",
+}
+
 
 def declared(info: dict, fields: dict) -> dict:
     """``info`` as a record of ``fields``; an undeclared key is a programming error caught at write time."""

@@ -21,7 +21,7 @@ from ..history import (
     ceilings,
     record,
 )
-from . import findings
+from . import findings, serving
 
 # name -> display order, read from the records being rendered: each format and kernel names its own
 # (its registry position), so a new one needs no list here. Kept for the signature being rendered.
@@ -264,7 +264,8 @@ def _combined_line(payload: dict) -> list[str]:
             "different runs carry the run-to-run spread too |"]
 
 
-NEWS = ("regressed", "crashed", "too-slow", "kernel-changed")   # what the History table lists of each run against the run before
+# what the History table lists of each run against the run before
+NEWS = ("regressed", "crashed", "too-slow", "requests-failed", "kernel-changed")
 HISTORY_TABLE_ROWS = 40
 
 
@@ -338,6 +339,7 @@ class Signature:
     ok: pd.DataFrame               # ... of those, the measured ones
     latest: dict
     ceilings: dict | None
+    serve: pd.DataFrame = None     # the newest serving run's rows (measured and stated)
 
     @classmethod
     def read(cls, runs: list[tuple[str, dict]], stored_peaks: dict | None = None) -> Signature:
@@ -346,8 +348,12 @@ class Signature:
         # Run order is the time each run started, not the file name.
         paths = sorted(payloads, key=lambda where: str(payloads[where].get("datetime") or ""))
         frame = findings.with_series_names(history.frame_of([(where, payloads[where]) for where in paths]))
-        is_kernel = frame.get("suite", pd.Series(index=frame.index, dtype=object)) == "kernels"
-        gen_all, kern_all = frame[~is_kernel], frame[is_kernel]
+        suite = frame.get("suite", pd.Series(index=frame.index, dtype=object))
+        is_kernel, is_serving = suite == "kernels", suite == serving.SUITE
+        gen_all, kern_all = frame[~is_kernel & ~is_serving], frame[is_kernel]
+        serve_all = serving.serving_rows(frame)
+        serve_files = _timed_files(serve_all)
+        serve = serve_all[serve_all["file"] == serve_files[-1]] if serve_files else serve_all[:0]
         gen_files, kern_files = _timed_files(gen_all), _timed_files(kern_all)
         gen = gen_all[gen_all["file"] == gen_files[-1]] if gen_files else gen_all[:0]
         kern = kern_all[kern_all["file"] == kern_files[-1]] if kern_files else kern_all[:0]
@@ -359,7 +365,8 @@ class Signature:
         # Newest first: the generation run shown, the kernel run shown, then the rest.
         shown = [payloads[f] for f in (gen_files[-1:] + kern_files[-1:])]
         ceilings = device_ceilings(shown + [payloads[p] for p in reversed(paths)], stored_peaks)
-        return cls(paths, payloads, frame, gen_all, kern_all, gen_files, kern_files, gen, kern, ok, latest, ceilings)
+        return cls(paths, payloads, frame, gen_all, kern_all, gen_files, kern_files, gen, kern, ok, latest, ceilings,
+                   serve)
 
     @property
     def models(self) -> list:
@@ -390,6 +397,7 @@ def render_runs(runs: list[tuple[str, dict]], out_dir: Path, thresholds: gate.Th
     lines = [*_header(sig), *_findings(sig)]
     for model in sig.models:
         lines += _model_section(sig, model, out_dir)
+    lines += _serving_section(sig, out_dir)
     lines += [*_runtime_section(sig), *_compile_section(sig), *_kernel_section(sig, out_dir), *_states_section(sig),
               *_history_section(sig, thresholds, out_dir)]
     readme = out_dir / "README.md"
@@ -542,6 +550,57 @@ def _kernel_section(sig: Signature, out_dir: Path) -> list[str]:
     table = kok.pivot_table(index=["model", "shape", "kernel"], columns="M", values="pct_peak_gbps",
                             aggfunc="median")
     return lines + ["Achieved bandwidth, % of the measured ceiling, by M:", "", _md(table, ".1f"), ""]
+
+
+def chart_serving(ok: pd.DataFrame, model, out_dir: Path) -> str:
+    """Latency against throughput under load, one line per format through its load points: p50 and p99 TPOT
+    against output tokens/s (up and to the left is worse; a knee is where latency rises and throughput stops)."""
+    rows = ok[(ok["model"] == model) & ok["concurrency"].notna()]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    for fmt in _sorted_formats(rows["format"].unique()):
+        points = rows[rows["format"] == fmt].sort_values("concurrency")
+        for ax, metric in zip(axes, ("median_tpot_ms", "p99_tpot_ms")):
+            ax.plot(points["output_throughput"], points[metric], marker="o", color=color(fmt), label=fmt)
+            for _, point in points.iterrows():
+                ax.annotate(f"c{int(point['concurrency'])}", (point["output_throughput"], point[metric]),
+                            textcoords="offset points", xytext=(3, 3), fontsize=7)
+    for ax, what in zip(axes, ("p50", "p99")):
+        ax.set_xlabel("output tokens/s (vLLM's client)")
+        ax.set_ylabel(f"TPOT {what} (ms)")
+        ax.set_title(f"{model}: TPOT {what} vs throughput, by concurrency")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return _save(fig, out_dir, f"serving-{model}")
+
+
+def _serving_section(sig: Signature, out_dir: Path) -> list[str]:
+    """Per model: the latency-throughput curves, the table of load points, the goodput and SLO knee per
+    format, the server's facts, and the findings against bf16."""
+    rows = sig.serve
+    if rows is None or rows.empty:
+        return []
+    ok = rows[rows["state"] == "ok"]
+    slo = next((b["extra_info"].get("slo") for b in ok["_bench"] if isinstance(b, dict)), None)
+    slo_words = " and ".join(f"{k.removesuffix('_ms').upper()} p99 <= {v:g} ms" for k, v in (slo or {}).items())
+    lines = ["## Serving under load", "",
+             "Each format behind vLLM's OpenAI-compatible server (one server per checkpoint), loaded by vLLM's own "
+             "benchmark client (`vllm bench serve`): fixed input and output lengths, ignore_eos, every figure the "
+             "client's, median over the kept rounds. Goodput counts the requests that met every SLO "
+             f"({slo_words or 'none set'}; fixtures/thresholds.toml); the SLO knee is the highest concurrency "
+             "whose p99 TTFT and TPOT stay within it.", ""]
+    for model in sorted(ok["model"].unique()):
+        lines += [f"### {model}", ""]
+        if ok[(ok["model"] == model) & ok["concurrency"].notna()].shape[0]:
+            lines += [f"![serving]({chart_serving(ok, model, out_dir)})", ""]
+        lines += ["Load points:", "", _md(serving.point_table(ok, model), ".4g"), "",
+                  "Goodput and SLO knee:", "", _md(serving.knees(ok, model), ".4g"), "",
+                  "Servers (start to healthy, resident memory, KV cache, kernels from vLLM's log):", "",
+                  _md(serving.server_table(ok, model), ".3g"), ""]
+        found = serving.serving_findings(ok, model, slo) + serving.coalesced_streams(ok, model)
+        lines += [f"- {line}" for line in found] or ["- every quantized format served within 10% of bf16's goodput, "
+                                                     "with the same SLO knee"]
+        lines.append("")
+    return lines
 
 
 def _states_section(sig: Signature) -> list[str]:

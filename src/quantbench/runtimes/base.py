@@ -49,6 +49,9 @@ class Runtime:
     # Runs in a child process of its own by default (bench.isolation): a third-party engine whose native code
     # has aborted or hung under this suite. --qb-isolate all / none overrides it for every runtime.
     isolate: bool = False
+    # A server measured under load by the serving suite (benchmarks/test_serving.py), not by prefill and decode
+    # rounds: the generation suite leaves it out, the serving suite takes only these.
+    serves: bool = False
 
     def unsupported_reason(self, fmt, device) -> str | None:
         """Why this runtime cannot run ``fmt`` on ``device``, or None. Checked before loading."""

@@ -1,0 +1,449 @@
+"""The serving suite: each checkpoint behind vLLM's OpenAI-compatible server, under load from vLLM's own
+benchmark client, at a sweep of concurrencies (and Poisson request rates).
+
+A case is one load point of one checkpoint. Its rounds are client runs of the same requests (fixed lengths,
+ignore_eos, a seed); a round's time is the client's own duration of that run, and every figure is the
+client's (vLLM's names: median_ttft_ms, output_throughput, ...), the median over the kept rounds, each
+round's value stored for the gate. One server and one client process serve every point of a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..environment import stack_versions
+from ..errors import QuantbenchError, Unsupported
+from ..formats import get_format
+from ..history import record
+from ..runtimes import RUNTIMES
+from ..runtimes.vllm_server import HOST, Server, ServerConfig, process_tree_rss
+from .states import Stated, StateRecorder, record_and_end
+
+CLIENT_MODULE = "quantbench.bench.serve_client"
+CLIENT_READY_S = 300.0  # importing vLLM in the client: seconds, more on a loaded 2-core machine
+# Per round, what the gate tests: the median and p99 of each latency (but ITL's p99, one chunk's hiccup in a
+# round: stored, not gated) and the throughputs.
+GATED = tuple(f"{stat}_{name}_ms" for name in record.SERVING_LATENCIES for stat in ("median", "p99")
+              if (stat, name) != ("p99", "itl")) + record.SERVING_THROUGHPUTS
+# The client rejects nothing itself; the server's 400 for a prompt past max_model_len reads like this.
+_TOO_LONG = ("maximum context length", "max_model_len", "longer than the maximum model length")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+@dataclass(frozen=True)
+class ServingCase:
+    source: object               # pool.ModelSource
+    format: str | None
+    runtime: str | None
+    concurrency: int | None      # the client's --max-concurrency; None: a request-rate case
+    request_rate: float | None   # requests/s (Poisson); None: every request at once, bounded by concurrency
+    input_len: int
+    output_len: int
+    num_prompts: int
+    error: str | None = None
+
+    @property
+    def load(self) -> str:
+        return f"c{self.concurrency}" if self.concurrency is not None else f"r{self.request_rate:g}"
+
+    @property
+    def id(self) -> str:
+        if self.error is not None:
+            return f"{self.source.label}-invalid"
+        return f"{self.source.label}-{self.format}-{self.runtime}-{self.load}-in{self.input_len}-out{self.output_len}"
+
+    def params(self) -> dict:
+        return {"suite": "serving", "model": self.source.label, "format": self.format, "runtime": self.runtime,
+                "concurrency": self.concurrency, "request_rate": self.request_rate, "input_len": self.input_len,
+                "output_len": self.output_len, "num_prompts": self.num_prompts}
+
+
+@dataclass
+class ServingPlan:
+    """The sweep and the server's size, from the command line (plugin) and the device's defaults."""
+
+    concurrency: list[int]
+    rates: list[float]
+    input_len: int
+    output_len: int
+    max_num_seqs: int
+    num_prompts: int | None        # None: per point, max(prompts_floor, 4 x concurrency)
+    rounds: int
+    warmup_rounds: int
+    enforce_eager: bool
+    prompts_floor: int = 16
+    max_model_len: int | None = None
+    port: int | None = None
+    slo: dict = field(default_factory=dict)
+    keep: Path | None = None       # keep the client's result JSON of every round here
+    start_budget_s: float = 600.0
+    case_budget_s: float = float("inf")
+
+    def prompts_at(self, concurrency: int | None) -> int:
+        if self.num_prompts:
+            return self.num_prompts
+        return max(self.prompts_floor, 4 * (concurrency or 1))
+
+    def server_config(self) -> ServerConfig:
+        model_len = self.max_model_len or self.input_len + self.output_len + 1
+        return ServerConfig(self.max_num_seqs, model_len, self.enforce_eager, self.port, self.start_budget_s)
+
+
+def serving_pairs(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(fmt, runtime) for fmt, runtime in pairs if RUNTIMES[runtime].serves]
+
+
+def build_serving_cases(sources, formats_for, pairs, plan: ServingPlan) -> list[ServingCase]:
+    """source -> (format, server runtime) -> load points (concurrencies, then rates), so one server serves
+    every point of its checkpoint in a row."""
+    cases = []
+    loads = [(c, None) for c in plan.concurrency] + [(None, r) for r in plan.rates]
+    for source in sources:
+        try:
+            allowed = formats_for(source)
+        except Exception as exc:  # noqa: BLE001 - shown as the case's failure
+            cases.append(ServingCase(source, None, None, None, None, 0, 0, 0, error=str(exc)))
+            continue
+        for fmt, runtime in serving_pairs(pairs):
+            if allowed is not None and fmt not in allowed:
+                continue
+            for concurrency, rate in loads:
+                cases.append(ServingCase(source, fmt, runtime, concurrency, rate, plan.input_len, plan.output_len,
+                                         plan.prompts_at(concurrency)))
+    return cases
+
+
+# ----------------------------------------------------------------------------- the round clock
+_client_seconds = [0.0]
+
+
+def client_clock() -> float:
+    """pytest-benchmark's timer for the serving cases: the sum of the client's own durations so far, so a
+    round's time is the client's duration of its requests (not the pipe, the client's start or its dataset)."""
+    return _client_seconds[0]
+
+
+# ----------------------------------------------------------------------------- the client process
+class Client:
+    """vLLM's benchmark client in a child process (bench.serve_client): one run per call, with a deadline."""
+
+    def __init__(self):
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "NO_PROXY": f"{HOST},localhost", "no_proxy": f"{HOST},localhost"}
+        self.log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen([sys.executable, "-m", CLIENT_MODULE], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=self.log, text=True, env=env,
+                                        start_new_session=True)
+        self.lines: queue.Queue = queue.Queue()
+        self.ready = False
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def wait_ready(self) -> None:
+        """The client imports vLLM while the server starts; its first answer says it is ready."""
+        if self.ready:
+            return
+        try:
+            reply = self._reply(time.perf_counter() + CLIENT_READY_S, "starting")
+        except TimeoutError:
+            raise QuantbenchError(None, f"vLLM's benchmark client was not ready after {CLIENT_READY_S:.0f} s",
+                                  "check that vLLM imports in this environment") from None
+        if not reply.get("ready"):
+            raise QuantbenchError(None, f"vLLM's benchmark client did not start: {reply}",
+                                  "check that vLLM imports in this environment")
+        self.ready = True
+
+    def keep_to(self, cpus: list[int] | None) -> None:
+        """Run on the CPUs vLLM reserved for its frontend, off the cores its worker's OpenMP threads spin on: on a
+        2-core runner a client placed beside the worker read its streams in bursts (TTFT ~ E2EL, TPOT ~ 0 for a
+        whole run), and which core it landed on changed from run to run."""
+        if cpus and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(self.process.pid, cpus)
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def _reply(self, deadline: float, what: str) -> dict:
+        try:
+            line = self.lines.get(timeout=max(0.0, deadline - time.perf_counter()))
+        except queue.Empty:
+            self.close()
+            raise TimeoutError(what) from None
+        if line is None:
+            self.log.seek(0)
+            tail = self.log.read().decode("utf-8", "replace").strip().splitlines()[-1:] or ["(no output)"]
+            raise QuantbenchError(None, f"vLLM's benchmark client exited while {what}: {tail[0][:300]}",
+                                  "run the client's command by hand to see its error")
+        return json.loads(line)
+
+    def run(self, argv: list[str], deadline: float) -> dict:
+        self.process.stdin.write(json.dumps(argv) + "\n")
+        self.process.stdin.flush()
+        return self._reply(deadline, "running")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def client_args(case: ServingCase, server: Server, plan: ServingPlan, result: Path) -> list[str]:
+    """vLLM's `vllm bench serve` arguments for one round of ``case`` against ``server``."""
+    ckpt = str(server.ckpt)
+    slo = [f"{metric.removesuffix('_ms')}:{value:g}" for metric, value in plan.slo.items()]
+    return ["--backend", "openai", "--host", HOST, "--port", str(server.port), "--endpoint", "/v1/completions",
+            "--model", ckpt, "--tokenizer", ckpt, "--dataset-name", "random",
+            "--random-input-len", str(case.input_len), "--random-output-len", str(case.output_len),
+            "--random-range-ratio", "0", "--num-prompts", str(case.num_prompts), "--seed", "0",
+            "--temperature", "0", "--ignore-eos", "--num-warmups", "0", "--disable-tqdm",
+            "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
+            "--request-rate", "inf" if case.request_rate is None else f"{case.request_rate:g}", "--burstiness", "1",
+            *(["--max-concurrency", str(case.concurrency)] if case.concurrency is not None else []),
+            *(["--goodput", *slo] if slo else []),
+            "--save-result", "--save-detailed", "--result-dir", str(result.parent), "--result-filename", result.name]
+
+
+# ----------------------------------------------------------------------------- servers, one at a time
+@dataclass
+class Serving:
+    server: Server
+    client: Client
+    facts: dict = field(default_factory=dict)   # the server's, read once it is healthy
+    peak_rss: int = 0
+
+
+class ServerPool:
+    """One server (and its client) at a time: started at a checkpoint's first point, reused by its other
+    points, stopped before the next checkpoint's. A server that could not start states every point of it."""
+
+    def __init__(self, device, plan: ServingPlan):
+        self.device, self.plan = device, plan
+        self.key, self.current = None, None
+        self.failures: dict = {}
+        self.scratch = Path(tempfile.mkdtemp(prefix="quantbench-serving-"))
+
+    def get(self, case: ServingCase) -> Serving:
+        key = (case.source, case.format, case.runtime)
+        if key in self.failures:
+            raise self.failures[key]
+        if self.key == key and self.current is not None:
+            return self.current
+        self.release()
+        try:
+            self.current, self.key = self._start(case), key
+        except Stated as exc:
+            self.failures[key] = exc
+            raise
+        return self.current
+
+    def _start(self, case: ServingCase) -> Serving:
+        fmt = get_format(case.format)
+        reason = RUNTIMES[case.runtime].why_not(fmt, self.device)
+        if reason:
+            raise Stated("unsupported", reason)
+        try:
+            ckpt = case.source.checkpoint(case.format, self.device)
+        except QuantbenchError as exc:
+            raise Stated("invalid-input", exc.line(), fail=True) from None
+        if not any((Path(ckpt) / name).is_file() for name in TOKENIZER_FILES):
+            raise Stated("invalid-input", f"{ckpt}: no tokenizer files: vLLM's client builds its prompts with the "
+                         "checkpoint's tokenizer. Fix: save the model's tokenizer into the directory", fail=True)
+        server = Server(fmt, ckpt, self.device, self.plan.server_config())
+        serving = Serving(server, Client())  # the client imports vLLM while the server starts
+        try:
+            server.start()
+            serving.facts = server.facts()
+            serving.client.wait_ready()
+            serving.client.keep_to(serving.facts["frontend_cpus"])
+        except Unsupported as exc:
+            self._discard(serving)
+            raise Stated(exc.state, str(exc)) from None
+        except QuantbenchError as exc:  # a port in use, a client that cannot start
+            self._discard(serving)
+            raise Stated("invalid-input", exc.line(), fail=True) from None
+        return serving
+
+    @staticmethod
+    def _discard(serving: Serving) -> None:
+        serving.client.close()
+        serving.server.stop()
+        serving.server.discard_log()
+
+    def case_ended(self, case: ServingCase, state: str, reason: str) -> None:
+        """A server that crashed, or was stopped past the case's budget, states the checkpoint's later points
+        (a higher load would not be faster); any other end stops nothing."""
+        if state not in ("crashed", "too-slow") or self.key != (case.source, case.format, case.runtime):
+            return
+        words = (f"vLLM's server for {case.format} died in {case.id}" if state == "crashed" else
+                 f"{case.id} passed its time budget")
+        self.failures[self.key] = Stated(state, f"not run: {words}: {reason}")
+        self.release()
+
+    def release(self) -> None:
+        if self.current is not None:
+            self._discard(self.current)
+        self.key, self.current = None, None
+
+    def close(self) -> None:
+        self.release()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- one case
+def run_serving_case(benchmark, case: ServingCase, pool: ServerPool, states: StateRecorder,
+                     nodeid: str = "") -> dict:
+    try:
+        if case.error is not None:
+            raise Stated("invalid-input", case.error, fail=True)
+        serving = pool.get(case)
+        reports, counters = time_rounds(benchmark, case, serving, pool)
+    except Stated as exc:
+        pool.case_ended(case, exc.state, exc.reason)
+        record_and_end(states, case, exc, nodeid)
+    if benchmark.stats is None:  # --benchmark-disable
+        return {}
+    info = describe(case, serving, pool.plan, reports, counters)
+    benchmark.extra_info.update(info)
+    return info
+
+
+def time_rounds(benchmark, case: ServingCase, serving: Serving, pool: ServerPool):
+    """pytest-benchmark's rounds, each one client run of the case's requests; the warm-up rounds (the same
+    requests at the same load) are not kept. The server's own counters are read around the kept rounds."""
+    plan, server = pool.plan, serving.server
+    reports: list[dict] = []
+    counters: dict = {}
+    deadline = time.perf_counter() + plan.case_budget_s
+
+    def one_round():
+        n = len(reports)
+        if n == plan.warmup_rounds:
+            counters["before"] = server.metrics()
+        where = (plan.keep or pool.scratch) / f"{case.id}-round{n}.json"
+        where.parent.mkdir(parents=True, exist_ok=True)
+        report = _client_round(case, serving, plan, where, deadline, n)
+        _client_seconds[0] += report["duration"]
+        serving.peak_rss = max(serving.peak_rss, process_tree_rss(server.process.pid))
+        reports.append(report)
+
+    benchmark.pedantic(one_round, rounds=plan.rounds, warmup_rounds=plan.warmup_rounds, iterations=1)
+    counters["after"] = server.metrics()
+    return reports[plan.warmup_rounds:], counters
+
+
+def _client_round(case: ServingCase, serving: Serving, plan: ServingPlan, where: Path, deadline: float,
+                  n: int) -> dict:
+    server = serving.server
+    what = f"{case.load} round {n + 1} of {plan.warmup_rounds + plan.rounds} ({plan.warmup_rounds} warm-up)"
+    try:
+        reply = serving.client.run(client_args(case, server, plan, where), deadline)
+    except TimeoutError:
+        server.stop()
+        raise Stated("too-slow", f"{what} not done after {plan.case_budget_s:.0f} s, budget "
+                     f"{plan.case_budget_s:.0f} s; kernel {selected_kernel(server)}") from None
+    except QuantbenchError as exc:  # the client process died: the server's death explains it, if it died
+        _server_alive(server, what)
+        raise Stated("invalid-input", exc.line(), fail=True) from None
+    _server_alive(server, what)
+    if "error" in reply:
+        raise Stated("invalid-input", f"vLLM's benchmark client failed at {what}: {reply['error']}. Fix: run "
+                     f"the same `vllm bench serve` arguments by hand against the server", fail=True)
+    report = json.loads(where.read_text())
+    if not plan.keep:
+        where.unlink()
+    check_requests(case, report, what, lambda: server.refusal(case.input_len, case.output_len))
+    return report
+
+
+def _server_alive(server: Server, what: str) -> None:
+    try:
+        server.check_alive(f"under load ({what})")
+    except Unsupported as exc:
+        raise Stated("crashed", str(exc)) from None
+
+
+def selected_kernel(server: Server) -> str:
+    from ..runtimes.vllm_server import selected_kernels
+    return selected_kernels(server.log_text()) or "vLLM's unquantized linear"
+
+
+def check_requests(case: ServingCase, report: dict, what: str, refusal=lambda: None) -> None:
+    """Every request sent must complete: a failed one is the case's state, never a fast number. The client
+    keeps only an HTTP reason ("Bad Request"); ``refusal()`` asks the server for its own words."""
+    sent, completed, failed = case.num_prompts, report.get("completed", 0), report.get("failed", 0)
+    if completed + failed != sent:
+        raise Stated("requests-failed", f"{what}: the client counted {completed} completed + {failed} failed "
+                     f"of {sent} sent", fail=True)
+    if not failed:
+        return
+    errors = [e for e in report.get("errors") or [] if e]
+    first = " ".join(str(errors[0]).split())[:300] if errors else "no error text"
+    if first == "Bad Request":
+        first = f"Bad Request: {refusal() or 'the server ran the same request when asked again'}"
+    if any(marker in first for marker in _TOO_LONG):
+        raise Stated("invalid-input", f"the server rejected {failed} of {sent} requests at {what}: {first}. Fix: "
+                     "shorten --qb-serve-input-len / --qb-serve-output-len or raise --qb-serve-max-model-len",
+                     fail=True)
+    raise Stated("requests-failed", f"{failed} of {sent} requests failed at {what}: {first}")
+
+
+def describe(case: ServingCase, serving: Serving, plan: ServingPlan, reports: list[dict], counters: dict) -> dict:
+    """The case's record: the client's figures (median over the kept rounds), the server's facts."""
+    def mid(key):
+        values = [r[key] for r in reports if r.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    figures = {key: mid(key) for key in record.SERVING_LATENCY_METRICS + record.SERVING_THROUGHPUTS}
+    fmt = get_format(case.format)
+    server = serving.server
+    info = {
+        **case.params(), "state": "ok", **fmt.record_fields(),
+        "dtype": str(fmt.dtype).replace("torch.", ""), "device": str(serving.server.device),
+        "checkpoint": str(server.ckpt), "burstiness": 1.0,
+        "sent": case.num_prompts * len(reports), "completed": sum(r["completed"] for r in reports),
+        "failed": sum(r["failed"] for r in reports), "duration_s": mid("duration"),
+        "tokens_per_chunk": tokens_per_chunk(reports),
+        **figures, "slo": plan.slo or None, "slo_met": slo_met(figures, plan.slo),
+        "round_values": {key: [r[key] for r in reports] for key in GATED if all(key in r for r in reports)},
+        "rate_metrics": {}, "time_metrics": [],
+        "client_results": _kept_results(case, plan, len(reports)),
+        **serving.facts, "server_peak_rss_bytes": serving.peak_rss or None, "stack": stack_versions(),
+        "server_requests": counters["after"]["requests"] - counters["before"]["requests"],
+        "server_output_tokens": counters["after"]["output_tokens"] - counters["before"]["output_tokens"],
+    }
+    info["client"] = f"vLLM's benchmark client, vllm.benchmarks.serve ({info['vllm_build']})"
+    return record.declared(info, record.SERVING)
+
+
+def _kept_results(case: ServingCase, plan: ServingPlan, kept: int) -> list[str] | None:
+    if not plan.keep:
+        return None
+    return [str(plan.keep / f"{case.id}-round{i}.json") for i in range(plan.warmup_rounds, plan.warmup_rounds + kept)]
+
+
+def tokens_per_chunk(reports: list[dict]) -> float | None:
+    """Output tokens per streamed chunk (vLLM's detailed result: one ITL per chunk after the first)."""
+    chunks = sum(len(itls) + 1 for r in reports for itls in r.get("itls") or [])
+    return sum(r["total_output_tokens"] for r in reports) / chunks if chunks else None
+
+
+def slo_met(figures: dict, slo: dict) -> bool | None:
+    """Does this load point meet the SLO: p99 of each SLO metric within its bound (None without an SLO)."""
+    if not slo:
+        return None
+    values = {metric: figures.get(f"p99_{metric}") for metric in slo}
+    if any(v is None for v in values.values()):
+        return None
+    return all(values[metric] <= bound for metric, bound in slo.items())

