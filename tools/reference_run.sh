@@ -10,6 +10,8 @@
 #   compile  decode with torch.compile + CUDA graphs (the +compile formats) beside bf16 eager, two batch sizes
 #   vllm     the seed's formats through vLLM's engine (compiled and eager) beside transformers, two batch
 #            sizes (needs vllm importable: the image or a stack installed with it; else every case states why)
+#   serve    the same checkpoints behind vLLM's OpenAI server under load from vLLM's client, concurrency
+#            1..256 (benchmarks/test_serving.py; needs vllm importable, like the vllm stage)
 #   hf       the AWQ checkpoints through transformers + gptqmodel, one format per kernel (GEMM vs GEMV at 1 and 8)
 #   prompts  longer prompts for bf16, awq-gemm and ct-w4a16
 #   kernels  the GEMM/GEMV kernel suite over the specs' (K, N) shapes and the full M sweep
@@ -169,6 +171,14 @@ stage_vllm() {
     --qb-formats "${QB_VLLM_FORMATS:-bf16,awq-gemm,ct-w4a16,ct-w8a8,ct-fp8,gptq,bnb-nf4,torchao-int8da8w}" \
     --qb-runtimes "${QB_VLLM_RUNTIMES:-transformers,vllm,vllm+eager}" \
     --qb-batch "${QB_VLLM_BATCH:-1,16}" --qb-prompt 128 --qb-new-tokens "$NEW" --qb-rounds "$ROUNDS"
+}
+
+stage_serve() {
+  # each format's server serves every concurrency in a row; 2 kept rounds a point keep the sweep within a slot
+  bench "serve-$STACK" benchmarks/test_serving.py --qb-models "$MODEL" \
+    --qb-formats "${QB_SERVE_FORMATS:-bf16,awq-gemm,ct-w4a16,ct-w8a8,ct-fp8,gptq}" --qb-runtimes vllm-serve \
+    --qb-serve-concurrency "${QB_SERVE_CONCURRENCY:-1,4,16,64,256}" --qb-rounds "${QB_SERVE_ROUNDS:-2}" \
+    --qb-serve-keep "$OUT/serve-$STACK-client"
 }
 
 stage_gptq() {

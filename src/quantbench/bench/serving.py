@@ -163,13 +163,6 @@ class Client:
                                   "check that vLLM imports in this environment")
         self.ready = True
 
-    def keep_to(self, cpus: list[int] | None) -> None:
-        """Run on the CPUs vLLM reserved for its frontend, off the cores its worker's OpenMP threads spin on: on a
-        2-core runner a client placed beside the worker read its streams in bursts (TTFT ~ E2EL, TPOT ~ 0 for a
-        whole run), and which core it landed on changed from run to run."""
-        if cpus and hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(self.process.pid, cpus)
-
     def _read(self) -> None:
         for line in self.process.stdout:
             self.lines.put(line)
@@ -266,7 +259,6 @@ class ServerPool:
             server.start()
             serving.facts = server.facts()
             serving.client.wait_ready()
-            serving.client.keep_to(serving.facts["frontend_cpus"])
         except Unsupported as exc:
             self._discard(serving)
             raise Stated(exc.state, str(exc)) from None
@@ -414,7 +406,7 @@ def describe(case: ServingCase, serving: Serving, plan: ServingPlan, reports: li
         "checkpoint": str(server.ckpt), "burstiness": 1.0,
         "sent": case.num_prompts * len(reports), "completed": sum(r["completed"] for r in reports),
         "failed": sum(r["failed"] for r in reports), "duration_s": mid("duration"),
-        "tokens_per_chunk": tokens_per_chunk(reports),
+        "tokens_per_chunk": tokens_per_chunk(reports), "streamed_at_once": streamed_at_once(reports),
         **figures, "slo": plan.slo or None, "slo_met": slo_met(figures, plan.slo),
         "round_values": {key: [r[key] for r in reports] for key in GATED if all(key in r for r in reports)},
         "rate_metrics": {}, "time_metrics": [],
@@ -437,6 +429,14 @@ def tokens_per_chunk(reports: list[dict]) -> float | None:
     """Output tokens per streamed chunk (vLLM's detailed result: one ITL per chunk after the first)."""
     chunks = sum(len(itls) + 1 for r in reports for itls in r.get("itls") or [])
     return sum(r["total_output_tokens"] for r in reports) / chunks if chunks else None
+
+
+def streamed_at_once(reports: list[dict]) -> float | None:
+    """Share of requests (of more than one output token) whose first token came at >= 90% of their E2EL."""
+    pairs = [(ttft, latency) for r in reports
+             for ttft, latency, n in zip(r.get("ttfts") or [], r.get("latencies") or [], r.get("output_lens") or [])
+             if n > 1 and latency > 0]
+    return sum(ttft >= 0.9 * latency for ttft, latency in pairs) / len(pairs) if pairs else None
 
 
 def slo_met(figures: dict, slo: dict) -> bool | None:

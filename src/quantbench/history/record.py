@@ -113,6 +113,8 @@ SERVING = {
     "num_prompts": "requests per round", "sent": "requests sent over the kept rounds",
     "completed": "requests that completed over the kept rounds", "failed": "requests that failed over the kept rounds",
     "duration_s": "median round time: the client's duration of one round's requests",
+    "streamed_at_once": "share of the kept rounds' requests whose first token reached the client at 90% or more of "
+                        "their E2EL: the stream stalled and arrived in one burst (TTFT and TPOT then time the stall)",
     "tokens_per_chunk": "output tokens per streamed chunk the client received, over the kept rounds (1: every token "
                         "on its own; more: the server coalesced tokens, and TPOT/ITL measure chunks, not tokens)",
     **{f"{stat}_{name}_ms": f"{name.upper()} {stat} over a round's requests, ms (vLLM's client), median over rounds"
@@ -136,7 +138,8 @@ SERVING = {
     "kv_cache_tokens": "tokens the KV cache holds (vLLM's cache_config_info)",
     "kv_cache_max_concurrency": "vLLM's own bound on concurrent requests of max_model_len the KV cache fits",
     "max_num_seqs": "the server's --max-num-seqs", "max_model_len": "the server's --max-model-len",
-    "frontend_cpus": "the CPUs vLLM's CPU worker reserved for its frontend (the client runs on them too)",
+    "server_processes": "how the server's processes were laid out (on a CPU with few cores: the model in the engine "
+                        "core's process; see runtimes.vllm_server.few_cores)",
     "vllm_build": GENERATION["vllm_build"], "vllm_compilation": GENERATION["vllm_compilation"],
     "kernel": "the linear kernels vLLM's server log says it selected", "stack": GENERATION["stack"],
     "server_requests": "requests the server finished during the case's kept rounds (its own counters)",

@@ -596,7 +596,7 @@ def _serving_section(sig: Signature, out_dir: Path) -> list[str]:
                   "Goodput and SLO knee:", "", _md(serving.knees(ok, model), ".4g"), "",
                   "Servers (start to healthy, resident memory, KV cache, kernels from vLLM's log):", "",
                   _md(serving.server_table(ok, model), ".3g"), ""]
-        found = serving.serving_findings(ok, model, slo) + serving.coalesced_streams(ok, model)
+        found = serving.serving_findings(ok, model, slo) + serving.stalled_streams(ok, model)
         lines += [f"- {line}" for line in found] or ["- every quantized format served within 10% of bf16's goodput, "
                                                      "with the same SLO knee"]
         lines.append("")

@@ -94,17 +94,25 @@ def serving_findings(ok: pd.DataFrame, model, slo: dict | None) -> list[str]:
 
 
 COALESCED = 1.5  # tokens per streamed chunk past which TPOT and ITL time chunks, not tokens
+AT_ONCE = 0.10   # share of requests streamed in one burst past which a load point's latencies time a stall
 
 
-def coalesced_streams(ok: pd.DataFrame, model) -> list[str]:
-    """A line per load point where the server streamed several tokens per chunk (a frontend that fell behind
-    its engine): its TTFT, TPOT and ITL are the chunks', so they are flagged, not compared."""
+def stalled_streams(ok: pd.DataFrame, model) -> list[str]:
+    """A line per load point whose streams did not arrive token by token: several tokens per chunk, or requests
+    whose tokens all came at the end (a frontend starved of CPU). Its TTFT, TPOT and ITL then time that, not
+    the model, so the point is flagged rather than compared."""
     rows = ok[(ok["model"] == model)]
-    if "tokens_per_chunk" not in rows:
-        return []
-    return [f"STREAM COALESCED: {model}, {row['format']} at {load_label(row)}: {row['tokens_per_chunk']:.1f} tokens "
-            "per streamed chunk, so its TTFT, TPOT and ITL time chunks, not tokens (a frontend behind its engine)"
-            for _, row in rows.iterrows() if pd.notna(row["tokens_per_chunk"]) and row["tokens_per_chunk"] >= COALESCED]
+    lines = []
+    for _, row in rows.iterrows():
+        where = f"{model}, {row['format']} at {load_label(row)}"
+        if pd.notna(row.get("tokens_per_chunk")) and row["tokens_per_chunk"] >= COALESCED:
+            lines.append(f"STREAM COALESCED: {where}: {row['tokens_per_chunk']:.1f} tokens per streamed chunk, so "
+                         "its TPOT and ITL time chunks, not tokens")
+        if pd.notna(row.get("streamed_at_once")) and row["streamed_at_once"] >= AT_ONCE:
+            lines.append(f"STREAM STALLED: {where}: {row['streamed_at_once']:.0%} of requests got every token at "
+                         "once at their end, so its TTFT and TPOT time a stall (a frontend starved of CPU), "
+                         "not the model")
+    return lines
 
 
 def _knee_words(knee) -> str:

