@@ -97,6 +97,9 @@ def test_the_server_log_gives_its_reason_and_its_kernels():
     assert log_reason("(APIServer pid=7) ValueError: no good\nINFO shutting down\n") == "ValueError: no good"
     assert selected_kernels(log) == "CPUInt8ScaledMMLinearKernel for CompressedTensorsW8A8Int8"
     assert log_reason("a\nlast words\n") == "last words"
+    config = "Initializing a V1 LLM engine (v0.32.0) with config: model='/m', quantization=torchao, enforce_eager=True"
+    assert selected_kernels(config) == "vLLM's torchao linear method (its log names no kernel)"
+    assert selected_kernels(config.replace("torchao", "None")) == "vLLM's unquantized linear (its log names no kernel)"
 
 
 def _serving_bench(fmt: str, concurrency: int, ttft: list[float], throughput: list[float], order: int = 0) -> dict:

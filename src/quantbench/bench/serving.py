@@ -27,7 +27,7 @@ from ..errors import QuantbenchError, Unsupported
 from ..formats import get_format
 from ..history import record
 from ..runtimes import RUNTIMES
-from ..runtimes.vllm_server import HOST, Server, ServerConfig, process_tree_rss
+from ..runtimes.vllm_server import HOST, Server, ServerConfig, process_tree_rss, selected_kernels
 from .states import Stated, StateRecorder, record_and_end
 
 CLIENT_MODULE = "quantbench.bench.serve_client"
@@ -344,7 +344,7 @@ def _client_round(case: ServingCase, serving: Serving, plan: ServingPlan, where:
     except TimeoutError:
         server.stop()
         raise Stated("too-slow", f"{what} not done after {plan.case_budget_s:.0f} s, budget "
-                     f"{plan.case_budget_s:.0f} s; kernel {selected_kernel(server)}") from None
+                     f"{plan.case_budget_s:.0f} s; kernel {selected_kernels(server.log_text())}") from None
     except QuantbenchError as exc:  # the client process died: the server's death explains it, if it died
         _server_alive(server, what)
         raise Stated("invalid-input", exc.line(), fail=True) from None
@@ -364,11 +364,6 @@ def _server_alive(server: Server, what: str) -> None:
         server.check_alive(f"under load ({what})")
     except Unsupported as exc:
         raise Stated("crashed", str(exc)) from None
-
-
-def selected_kernel(server: Server) -> str:
-    from ..runtimes.vllm_server import selected_kernels
-    return selected_kernels(server.log_text()) or "vLLM's unquantized linear"
 
 
 def check_requests(case: ServingCase, report: dict, what: str, refusal=lambda: None) -> None:

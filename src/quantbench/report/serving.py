@@ -54,7 +54,7 @@ def knees(ok: pd.DataFrame, model) -> pd.DataFrame:
     for fmt, group in rows.groupby("format", sort=False):
         by_c = group[group["concurrency"].notna()].sort_values("concurrency")
         within = by_c[by_c["slo_met"] == True]  # noqa: E712 - a None (no SLO) is not a pass
-        knee = int(within["concurrency"].max()) if not within.empty else None
+        knee = int(within["concurrency"].max()) if not within.empty else "none"
         best = group["request_goodput"].max() if "request_goodput" in group else None
         top = group.loc[group["request_goodput"].idxmax()] if best is not None and pd.notna(best) else None
         out.append({"format": fmt, "display_order": group["display_order"].min(),
@@ -116,7 +116,7 @@ def stalled_streams(ok: pd.DataFrame, model) -> list[str]:
 
 
 def _knee_words(knee) -> str:
-    return "none (not within it at the lowest load)" if knee is None or pd.isna(knee) else str(int(knee))
+    return "none (not within it at the lowest load)" if knee == "none" else str(int(knee))
 
 
 SERVER_COLUMNS = {"start_s": ("server_start_s", "median"), "rss_MiB": ("server_rss_bytes", "max"),

@@ -36,6 +36,7 @@ LOG_TAIL_BYTES = 64_000
 # A traceback's last line ("ValueError: ...") is the reason vLLM gives; a log prefix "(APIServer pid=1) " goes.
 _ERROR_LINE = re.compile(r"^(?:\(\w+ pid=\d+\)\s*)?(?:\w+\.)*(\w*(?:Error|Exception)): (.+)$")
 _SELECTED = re.compile(r"(?:Selected|Using) (\w+Kernel\w*) for (\w+)")
+_QUANTIZATION = re.compile(r"quantization=([\w.-]+)")  # the engine's config line
 _PORT_TAKEN = re.compile(r"address already in use|Errno 98", re.IGNORECASE)
 
 
@@ -82,10 +83,16 @@ def log_reason(text: str) -> str:
     return " ".join(words)[:400]
 
 
-def selected_kernels(text: str) -> str | None:
-    """The linear kernels the server's log says vLLM selected ('X for Y'), each once."""
+def selected_kernels(text: str) -> str:
+    """The linear kernels the server's log says vLLM selected ('X for Y'), each once; where it names none, the
+    quantization method its engine config names (a method such as torchao's holds no separately chosen kernel)."""
     found = dict.fromkeys(f"{kernel} for {scheme}" for kernel, scheme in _SELECTED.findall(text))
-    return " + ".join(found) or None
+    if found:
+        return " + ".join(found)
+    method = _QUANTIZATION.findall(text)
+    if not method or method[-1] == "None":
+        return "vLLM's unquantized linear (its log names no kernel)"
+    return f"vLLM's {method[-1]} linear method (its log names no kernel)"
 
 
 def few_cores() -> bool:
@@ -261,7 +268,7 @@ class Server:
         return {
             "library": f"vllm ({build()})", "vllm_build": build(),
             "vllm_compilation": "eager" if self.config.enforce_eager else "vLLM's default (compiled)",
-            "kernel": selected_kernels(text) or "no quantized linear kernel selected (vLLM's unquantized linear)",
+            "kernel": selected_kernels(text),
             "server_command": " ".join(self.command()[1:]), "server_start_s": self.start_s,
             "server_rss_bytes": process_tree_rss(self.process.pid), "device_bytes_used": _device_bytes(self.device),
             "kv_cache_memory_bytes": _number(cache.get("kv_cache_memory_bytes")),
