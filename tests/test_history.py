@@ -532,16 +532,21 @@ def test_a_run_stored_before_the_runtime_axis_gates_case_by_case_against_one_aft
 def test_the_committed_history_loads_and_names_every_generation_case_with_its_runtime():
     from quantbench.paths import REPO_ROOT
     files = history.run_files(REPO_ROOT / "reports" / "history")
-    assert len(files) == 5  # CPU current + legacy, H100 generation + kernels, CPU vllm
+    assert len(files) == 6  # CPU current + legacy, H100 generation + kernels, CPU vllm (AVX2; AVX-512 with serving)
+    served = 0
     for path in files:
         run = history.load_run(path)
         for bench in run["benchmarks"]:
             info = bench["extra_info"]
-            if bench["name"].startswith("test_generation[") and "format" in info:
+            if bench["name"].startswith("test_serving["):
+                served += 1
+                assert f"-{info['format']}-vllm-serve-c{info['concurrency']}-in" in bench["name"], bench["name"]
+            elif bench["name"].startswith("test_generation[") and "format" in info:
                 assert f"-{info['format']}-{info['runtime']}-b" in bench["name"], bench["name"]
                 assert "+compile" not in info["format"]
             elif bench["name"].startswith("test_generation["):  # cut off inside its rounds: the name still moves
                 assert history.case_state(bench) == "interrupted" and "-transformers-b" in bench["name"], bench["name"]
+    assert served == 21  # seven checkpoint kinds at concurrency 1, 2, 4
 
 
 def test_a_record_field_nobody_declared_fails_where_it_is_written():

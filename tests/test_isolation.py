@@ -78,7 +78,11 @@ def test_onednn_verbose_names_the_implementation_and_a_reference_gemm_is_a_naive
 @pytest.mark.stack_independent
 def test_budgets_come_per_device_kind_and_a_bad_file_is_one_line(tmp_path):
     assert load_budgets("cpu").case_s > 0 and load_budgets("cuda").engine_start_s > load_budgets("cpu").case_s
-    assert load_budgets("cpu", case_s=7) == Budget(7.0, load_budgets("cpu").engine_start_s)
+    cpu = load_budgets("cpu")
+    assert load_budgets("cpu", case_s=7) == Budget(7.0, cpu.engine_start_s, cpu.server_start_s)
+    assert cpu.server_s < cpu.engine_start_s  # a server's start has its own, shorter budget on CPU
+    assert load_budgets("cpu", engine_start_s=9).server_s == 9  # --qb-start-budget bounds every start
+    assert load_budgets("cuda").server_s == load_budgets("cuda").engine_start_s  # none set: the engine's
     for text, words in [("[cpu]\ncase_s = 1\n", "missing ['engine_start_s']"), ("[gpu]\n", "no [cpu] table"),
                         ("[cpu]\ncase_s = -1\nengine_start_s = 3\n", "positive number"), ("[cpu", "invalid")]:
         with pytest.raises(QuantbenchError) as err:
