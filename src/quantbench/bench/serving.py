@@ -397,7 +397,7 @@ def describe(case: ServingCase, serving: Serving, plan: ServingPlan, reports: li
     server = serving.server
     info = {
         **case.params(), "state": "ok", **fmt.record_fields(),
-        "dtype": str(fmt.dtype).replace("torch.", ""), "device": str(serving.server.device),
+        "dtype": str(fmt.dtype).replace("torch.", ""), "device": str(server.device),
         "checkpoint": str(server.ckpt), "burstiness": 1.0,
         "sent": case.num_prompts * len(reports), "completed": sum(r["completed"] for r in reports),
         "failed": sum(r["failed"] for r in reports), "duration_s": mid("duration"),
@@ -405,12 +405,12 @@ def describe(case: ServingCase, serving: Serving, plan: ServingPlan, reports: li
         **figures, "slo": plan.slo or None, "slo_met": slo_met(figures, plan.slo),
         "round_values": {key: [r[key] for r in reports] for key in GATED if all(key in r for r in reports)},
         "rate_metrics": {}, "time_metrics": [],
+        "client": f"vLLM's benchmark client, vllm.benchmarks.serve ({serving.facts['vllm_build']})",
         "client_results": _kept_results(case, plan, len(reports)),
         **serving.facts, "server_peak_rss_bytes": serving.peak_rss or None, "stack": stack_versions(),
         "server_requests": counters["after"]["requests"] - counters["before"]["requests"],
         "server_output_tokens": counters["after"]["output_tokens"] - counters["before"]["output_tokens"],
     }
-    info["client"] = f"vLLM's benchmark client, vllm.benchmarks.serve ({info['vllm_build']})"
     return record.declared(info, record.SERVING)
 
 
