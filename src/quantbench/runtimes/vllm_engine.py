@@ -107,6 +107,12 @@ class Engine:
             requests.take(self.step())
         return requests
 
+    def abort(self, names: list[str]) -> None:
+        """Drop requests from the engine (a start that failed must leave nothing running into the next case)."""
+        self.engine.abort_request(names)
+        while self.engine.has_unfinished_requests():  # the scheduler frees them at its next step
+            self.engine.step()
+
     def all_started(self) -> bool:
         """Has every request in flight its first token? (vLLM's per-request stats, kept with log stats on)"""
         states = self.engine.output_processor.request_states.values()
@@ -167,9 +173,11 @@ class VLLMDecoder:
 
     def start(self, ids: torch.Tensor, new_tokens: int) -> Requests:
         """Untimed: the requests enter and their prefill step returns every first token."""
-        requests = Requests(self.engine.add(ids, new_tokens + 1))
+        names = self.engine.add(ids, new_tokens + 1)
+        requests = Requests(names)
         requests.take(self.engine.step())
         if not self.engine.all_started():
+            self.engine.abort(names)
             raise Unsupported("vLLM did not prefill the whole batch in one engine step: decode would mix "
                               "with prefill (max_num_batched_tokens)")
         return requests
@@ -286,7 +294,12 @@ class VLLM(Runtime):
             llm = LLM(model=str(ckpt), dtype=str(fmt.dtype).replace("torch.", ""), seed=0,
                       enforce_eager=self.enforce_eager, enable_prefix_caching=False,  # a repeated prompt must
                       distributed_executor_backend="uni", disable_log_stats=False,  # compute, not hit a cache
-                      max_logprobs=min(vocab, GUARD_TOP_K), skip_tokenizer_init=True, **args)
+                      max_logprobs=min(vocab, GUARD_TOP_K), skip_tokenizer_init=True,
+                      # On CUDA vLLM 0.32 schedules asynchronously by default: a step returns the step before's
+                      # outputs, so the first step after the requests enter returns nothing and a step is not
+                      # one forward. The suite times steps: one step, one forward (the CPU platform forces it
+                      # off already). Recorded in the facts (vllm_async_scheduling).
+                      async_scheduling=False, **memory_args(device), **args)
         except Exception as exc:  # noqa: BLE001 - vLLM refused the checkpoint here: its reason is the state
             _cleanup()
             raise Unsupported(f"vLLM ({build()}) cannot load {fmt.name} here: {_vllm_reason(exc)}") from None
@@ -303,6 +316,21 @@ class VLLMEager(VLLM):
     description = "vLLM's offline engine with enforce_eager=True: no torch.compile, no CUDA graphs"
     enforce_eager = True
     format_suffix = "@vllm+eager"
+
+
+# What vLLM leaves free on the device for everything else in the process (pytest, the guard's reference).
+GPU_MARGIN_BYTES = 2 << 30
+
+
+def memory_args(device) -> dict:
+    """On CUDA, vLLM's share of the device sized from what is free now (its default 0.92 of the whole device
+    refuses to start beside anything already resident), after this process returned its cached blocks; on
+    CPU, nothing (VLLM_CPU_KVCACHE_SPACE sizes the KV cache)."""
+    if device.type != "cuda":
+        return {}
+    torch.cuda.empty_cache()
+    free, total = torch.cuda.mem_get_info(device)
+    return {"gpu_memory_utilization": round(max(free - GPU_MARGIN_BYTES, 0) / total, 3)}
 
 
 def _cleanup() -> None:
@@ -396,6 +424,8 @@ def engine_facts(engine: Engine, ckpt, device, kinds: dict[str, str]) -> dict:
     return {
         "kernel": kernel_summary(kinds), "vllm_kernels": kinds, "linear_classes": linear_classes(model),
         "engine_start_s": engine.start_s, "vllm_build": build(),
+        "vllm_async_scheduling": bool(config.scheduler_config.async_scheduling),
+        "vllm_gpu_memory_utilization": config.cache_config.gpu_memory_utilization if device.type == "cuda" else None,
         "vllm_compilation": "eager" if config.model_config.enforce_eager else
         f"{config.compilation_config.mode.name} (cudagraph {config.compilation_config.cudagraph_mode.name})",
         "kv_cache_bytes": sum(t.numel() * t.element_size() for t in _tensors(getattr(runner, "kv_caches", []))),

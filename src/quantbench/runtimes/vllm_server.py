@@ -221,6 +221,14 @@ class Server:
         except OSError:
             return ""
 
+    def logged_error(self) -> str | None:
+        """The error the server's log names (its last exception line with its continuation), or None where the
+        log names none: what a server that started and then failed requests says it failed on."""
+        text = self.log_text()
+        if not any(_ERROR_LINE.match(line.strip()) for line in text.splitlines()):
+            return None
+        return log_reason(text)
+
     def last_line(self) -> str:
         lines = [line for line in self.log_text().splitlines() if line.strip()]
         return lines[-1].strip()[:300] if lines else "(empty log)"
