@@ -317,3 +317,66 @@ def test_a_server_that_cannot_start_is_a_state_with_its_reason(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:]
     (state,) = payload["quantbench"]["states"]
     assert state["state"] == "too-slow" and "was not healthy after 2 s, start budget 2 s" in state["reason"]
+
+
+# A stand-in for vLLM's API server: answers /health on the port it is given and starts a worker of its own (as
+# vLLM's engine core is), then prints both pids.
+_FAKE_SERVER = """import http.server, subprocess, sys
+worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers()
+    def log_message(self, *args):
+        pass
+print("pids", __import__("os").getpid(), worker.pid, flush=True)
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[-1])), Health).serve_forever()
+"""
+# pytest's part: start the stand-in through Server.start, report its log, then wait to be killed.
+_PARENT = """import sys, time, torch
+from pathlib import Path
+from quantbench.runtimes import vllm_server
+class Fake(vllm_server.Server):
+    def command(self):
+        return [sys.executable, "-c", sys.argv[1]]
+fmt = type("F", (), {"name": "bf16", "dtype": torch.bfloat16})()
+server = Fake(fmt, Path("."), torch.device("cpu"), vllm_server.ServerConfig(1, 64, True, start_budget_s=60))
+server.start()
+print(server.log_path, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.stack_independent
+def test_a_servers_process_group_is_gone_within_seconds_after_its_pytest_is_killed():
+    """SIGKILL runs no teardown and no exit hook (a GPU runner's command limit): on 3ae1c25 vLLM's server and
+    its engine core, in a session of their own, kept 92% of the GPU and every later start failed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, _FAKE_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        log = parent.stdout.readline().strip()
+        assert log, "the stand-in server did not start"
+        deadline = time.monotonic() + 10
+        while "pids" not in open(log).read() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pids = [int(p) for p in open(log).read().split("pids", 1)[1].split()[:2]]
+        group = os.getpgid(pids[0])
+        assert group == pids[0] != os.getpgid(parent.pid)  # its own session, as vLLM's server has
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    alive = [pid for pid in pids if os.path.exists(f"/proc/{pid}") and
+             "Z" not in open(f"/proc/{pid}/stat").read().split(")")[-1].split()[:1]]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"server processes {alive} outlived their killed parent"

@@ -64,3 +64,47 @@ def test_torchaos_cpu_int4_kernel_runs_torchs_int4pack_mm_and_matches_torchaos_o
     err = kernels.rel_err(prepared.call(x, prepared.copies[1]), x.float() @ prepared.reference_weight.t())
     assert err <= kernels.tolerance(kernel), err
     assert prepared.weight_bytes == kernels.weight_bytes("torchao-int4wo", 512, 256)
+
+
+@pytest.mark.skipif(bool(get_format("torchao-int8da8w").unsupported_reason(torch.device("cpu"))),
+                    reason="torchao is not installed, or this transformers cannot load its checkpoints")
+def test_a_torchao_weight_without_dequantize_still_gives_the_fakequant_reference(tiny_checkpoints):
+    """torchao 0.18's CUDA int4 tensor (Int4TilePackedTo4dTensor) implements no ``dequantize``: 3ae1c25's
+    builder called it and crashed on every case. The CPU's int4 tensor (Int4OpaqueTensor, the prototype config)
+    has none either: the builder's weights, from a model quantized that way here, must be what the tensor
+    computes with (the CUDA class itself needs a GPU)."""
+    from torchao.quantization import quantize_
+    from transformers import AutoModelForCausalLM
+
+    from quantbench.formats.checkpoints import checkpoint_dir
+    from quantbench.formats.torchao import fakequant_weights, quant_config
+    from quantbench.specs import load_spec
+    dense_dir = checkpoint_dir(load_spec("tiny"), "dense")
+    model = AutoModelForCausalLM.from_pretrained(str(dense_dir), dtype=torch.bfloat16).eval()
+    quantize_(model.model.layers[0], quant_config("torchao-int4wo", torch.device("cpu"), saved=False))
+    proj = model.model.layers[0].self_attn.q_proj
+    with pytest.raises(NotImplementedError):
+        proj.weight.dequantize()  # what 3ae1c25's builder called
+    weights = fakequant_weights(model, dense_dir)
+    assert len(weights) == 7 and "model.layers.0.self_attn.q_proj" in weights  # layer 0's projections only
+    x = torch.randn(3, proj.in_features, dtype=torch.bfloat16)
+    with torch.no_grad():
+        ran, ref = proj(x).float(), x.float() @ weights["model.layers.0.self_attn.q_proj"].T
+    assert torch.nn.functional.cosine_similarity(ran.flatten(), ref.flatten(), dim=0) > 0.999
+
+
+@pytest.mark.skipif(bool(get_format("torchao-int8da8w").unsupported_reason(torch.device("cpu"))),
+                    reason="torchao is not installed")
+def test_a_torchao_quantization_leaves_the_processs_inductor_settings_alone():
+    """torchao's configs default to set_inductor_config=True, which sets coordinate-descent tuning, fused int_mm
+    and more for the rest of the process: 3ae1c25's +compile cases after a torchao build compiled under other
+    settings than the same cases in a run that built nothing."""
+    import torch._inductor.config as inductor
+    from torchao.quantization import quantize_
+
+    from quantbench.formats.torchao import quant_config
+    before = inductor.save_config_portable()
+    for kind in ("torchao-int8da8w", "torchao-int4wo"):
+        layer = torch.nn.Sequential(torch.nn.Linear(256, 256, bias=False, dtype=torch.bfloat16))
+        quantize_(layer, quant_config(kind, torch.device("cpu"), saved=False))
+    assert inductor.save_config_portable() == before

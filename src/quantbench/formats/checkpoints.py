@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..environment import stack_versions
-from ..errors import BadCheckpoint, QuantbenchError, Unsupported
+from ..errors import BadCheckpoint, QuantbenchError, Unsupported, first_line
 from ..paths import REPO_ROOT
 from ..specs import ModelSpec, load_spec
 
@@ -139,7 +139,14 @@ def ensure_checkpoint(spec: ModelSpec, kind: str, device: torch.device | str = "
     if force or not is_built(out):
         reference = torch.load(dense / REFERENCE_FILE)
         texts = calibration_texts(spec.vocab_size, seed=spec.seed)
-        _build_into(out, lambda tmp: BUILDERS[kind](spec, dense, tmp, device, reference, texts), force)
+        try:
+            _build_into(out, lambda tmp: BUILDERS[kind](spec, dense, tmp, device, reference, texts), force)
+        except (QuantbenchError, Unsupported, torch.cuda.OutOfMemoryError, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a library that fails inside its own quantizer
+            # stated once, in the library's words, and cached by the pool: never rebuilt for every case
+            raise Unsupported(f"building the {kind} checkpoint of {spec.name} on {device.type} failed in "
+                              f"{type(exc).__name__}: {first_line(exc)}") from exc
     return out
 
 

@@ -94,14 +94,73 @@ def torchao_missing(device: torch.device, kind: str, saved: bool = True) -> str 
 
 
 def quant_config(kind: str, device: torch.device, saved: bool = True):
-    """torchao's config for ``kind`` on ``device``; ``saved=False`` allows one that cannot be saved."""
+    """torchao's config for ``kind`` on ``device``; ``saved=False`` allows one that cannot be saved.
+    ``set_inductor_config=False``: torchao's default sets five ``torch._inductor.config`` flags for the rest of
+    the process (coordinate descent tuning, fused int_mm, ...), so every compiled case after a torchao build
+    would compile under other settings than the same case in a process that built nothing."""
     from torchao import quantization
     name = KIND_CONFIGS[kind][0]
     if kind != "torchao-int4wo":
-        return getattr(quantization, name)()
+        return _without_inductor_setter(getattr(quantization, name))()
     if not saved and device.type == "cpu" and _prototype_int4():
-        return _prototype_int4()(group_size=GROUP_SIZE)
-    return getattr(quantization, name)(group_size=GROUP_SIZE, int4_packing_format=int4_packing(device))
+        return _without_inductor_setter(_prototype_int4())(group_size=GROUP_SIZE)
+    return _without_inductor_setter(getattr(quantization, name))(group_size=GROUP_SIZE,
+                                                                  int4_packing_format=int4_packing(device))
+
+
+def _without_inductor_setter(config_class):
+    """``config_class`` with ``set_inductor_config=False`` bound where the class takes it."""
+    import dataclasses
+    import functools
+    if any(f.name == "set_inductor_config" for f in dataclasses.fields(config_class)):
+        return functools.partial(config_class, set_inductor_config=False)
+    return config_class
+
+
+def dequantized_weight(weight, dense: torch.Tensor) -> torch.Tensor:
+    """A torchao weight as fp32 [N, K]: torchao's own ``dequantize``, or, for an int4 tensor that implements
+    none (CUDA's ``Int4TilePackedTo4dTensor`` and the CPU prototype's ``Int4OpaqueTensor`` in 0.18 raise
+    NotImplementedError through their dispatch), torchao's tinygemm quantize-dequantize of the same ``dense``
+    weight with the asymmetric group-wise parameters those tensors pack (torchao's primitives, not the kernel
+    under test)."""
+    try:
+        return weight.dequantize().float()
+    except NotImplementedError:
+        if "Int4" not in type(weight).__name__:
+            raise
+        from torchao.quantization.quant_primitives import (
+            MappingType,
+            _choose_qparams_affine_tinygemm,
+            _dequantize_affine_tinygemm,
+            _quantize_affine_tinygemm,
+        )
+        w = dense.to(weight.dtype)
+        block = [1, GROUP_SIZE]  # the group quant_config gave torchao
+        scale, zero = _choose_qparams_affine_tinygemm(w, MappingType.ASYMMETRIC, block, torch.int32, 0, 15, 1e-6,
+                                                      None, w.dtype)
+        q = _quantize_affine_tinygemm(w, block, scale, zero, torch.int32, 0, 15)
+        return _dequantize_affine_tinygemm(q, block, scale, zero, torch.int32, 0, 15, output_dtype=w.dtype).float()
+
+
+def fakequant_weights(model, dense_dir) -> dict[str, torch.Tensor]:
+    """Each torchao-quantized Linear's weight as torchao computes with it, fp32 [out, in], by module name; the
+    dense weight an int4 fallback needs is read from the dense checkpoint by name, one at a time."""
+    from safetensors import safe_open
+    quantized = {name: module.weight for name, module in model.named_modules()
+                 if isinstance(module, torch.nn.Linear) and hasattr(module.weight, "tensor_data_names")}
+    out = {}
+    for path in sorted(Path(dense_dir).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for key in f.keys():
+                name = key.removesuffix(".weight")
+                if name in quantized and name not in out:
+                    weight = quantized[name]
+                    out[name] = dequantized_weight(weight, f.get_tensor(key).to(weight.device))
+    missing = sorted(set(quantized) - set(out))
+    if missing:
+        raise BadCheckpoint(Path(dense_dir), f"no dense weight for {missing[0]} (and {len(missing) - 1} more)",
+                            "rebuild the dense checkpoint (quantbench fixtures build --force)")
+    return out
 
 
 class _TorchAO(Format):
@@ -149,8 +208,7 @@ def _build(kind: str):
             str(dense_dir), device_map={"": str(device)},
             quantization_config=TorchAoConfig(quant_type=quant_config(kind, device)),
             **dtype_kwargs(torch.bfloat16)).eval()
-        weights = {name: module.weight.dequantize().float() for name, module in model.named_modules()
-                   if isinstance(module, torch.nn.Linear) and hasattr(module.weight, "dequantize")}
+        weights = fakequant_weights(model, dense_dir)
         model.save_pretrained(str(out_dir), safe_serialization=True)
         AutoTokenizer.from_pretrained(str(dense_dir)).save_pretrained(str(out_dir))
         fakequant = dequantized_reference(dense_dir, weights, reference["ids"], device)

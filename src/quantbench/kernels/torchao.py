@@ -35,7 +35,7 @@ class TorchAOKernel(Kernel):
     def prepare(self, k, n, device, copies, seed=0):
         from torchao.quantization import quantize_
 
-        from ..formats.torchao import quant_config
+        from ..formats.torchao import dequantized_weight, quant_config
         from ..measure import storage_tensors
         w = _random_weight(k, n, device, seed).to(torch.bfloat16)
         mods = []
@@ -44,7 +44,7 @@ class TorchAOKernel(Kernel):
             mod.weight.data.copy_(w)
             quantize_(mod, quant_config(self.kind, device, saved=False))
             mods.append(mod.eval())
-        ref = _dequantized(mods[0].weight, w)
+        ref = dequantized_weight(mods[0].weight, w)
 
         def call(x, mod):
             with torch.no_grad():
@@ -54,28 +54,6 @@ class TorchAOKernel(Kernel):
         ran = ops_seen(call, x, mods[0], lambda name: "mm" in name or "quant" in name)
         return Prepared(mods, call, ref, _nbytes(*storage_tensors(mods[0].weight)),
                         f"torchao {type(mods[0].weight).__name__} -> {ran or 'no mm op seen'} (at M=1)")
-
-
-def _dequantized(weight, w: torch.Tensor) -> torch.Tensor:
-    """The quantized weight as fp32 [N, K]: torchao's own dequantize, or, for the CPU int4 tensor that has
-    none (Int4OpaqueTensor), torchao's tinygemm quantize-dequantize of the same ``w`` with the same
-    asymmetric group-wise parameters it packed (its own primitives, not the kernel under test)."""
-    try:
-        return weight.dequantize().float()
-    except NotImplementedError:
-        from torchao.quantization.quant_primitives import (
-            MappingType,
-            _choose_qparams_affine_tinygemm,
-            _dequantize_affine_tinygemm,
-            _quantize_affine_tinygemm,
-        )
-
-        from ..formats.torchao import GROUP_SIZE
-        block = [1, GROUP_SIZE]  # the group quant_config gave torchao
-        scale, zero = _choose_qparams_affine_tinygemm(w, MappingType.ASYMMETRIC, block, torch.int32, 0, 15, 1e-6,
-                                                      None, w.dtype)
-        q = _quantize_affine_tinygemm(w, block, scale, zero, torch.int32, 0, 15)
-        return _dequantize_affine_tinygemm(q, block, scale, zero, torch.int32, 0, 15, output_dtype=w.dtype).float()
 
 
 register(TorchAOKernel("torchao-int8da8w", 8), TorchAOKernel("torchao-int4wo", 4))

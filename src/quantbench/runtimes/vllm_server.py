@@ -8,6 +8,7 @@ selected are facts of the server; a server that exits, never becomes healthy, or
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import signal
@@ -132,6 +133,7 @@ class Server:
         self.port: int | None = None
         self.start_s: float | None = None
         self.in_process_model = False
+        self.watchdog: subprocess.Popen | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="quantbench-vllm-server-", suffix=".log")[1])
 
     @property
@@ -173,7 +175,10 @@ class Server:
         start = time.perf_counter()
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen([*self.command(), "--port", str(self.port)], stdout=log,
-                                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                            stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                            preexec_fn=_term_with_parent)
+        self.watchdog = _watch_group(self.process.pid)
+        _LIVE.add(self)
         deadline = start + self.config.start_budget_s
         while not self.healthy():
             if self.process.poll() is not None:
@@ -288,26 +293,93 @@ class Server:
         }
 
     def stop(self) -> None:
-        """SIGTERM to the server's process group (its engine core and workers), SIGKILL after a grace."""
-        if self.process is None or self.process.poll() is not None:
+        """SIGTERM to the server's process group (its engine core and workers), SIGKILL after a grace; returns
+        once the whole group is gone, so the next server finds the device released (a process's device memory
+        is freed when it exits, and a worker can outlive the API server by seconds)."""
+        _LIVE.discard(self)
+        if self.process is None:
             return
-        for sig, wait_s in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                self.process.wait(wait_s)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        if self.process.poll() is None:
+            for sig, wait_s in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5.0)):
+                try:
+                    os.killpg(self.process.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.process.wait(wait_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
         try:  # workers left behind in the group once the server itself is gone
             os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        if self.watchdog is not None:
+            self.watchdog.kill()
+            self.watchdog.wait()
+            self.watchdog = None
+        wait_group_gone(self.process.pid, GROUP_GONE_S)
 
     def discard_log(self) -> None:
         self.log_path.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- a server never outlives pytest
+GROUP_GONE_S = 30.0
+_LIVE: set[Server] = set()
+# A watchdog in a session of its own, reading a pipe only pytest holds open: when pytest dies however it dies (a
+# runner's command limit sends SIGKILL, which runs no teardown or exit hook; a kill of pytest's own process group
+# does not reach it), the read ends and the server's group gets SIGTERM, then SIGKILL after the grace.
+_WATCHDOG = """import os, signal, sys, time
+sys.stdin.buffer.read()
+group = int(sys.argv[1])
+try:
+    os.killpg(group, signal.SIGTERM)
+    time.sleep(float(sys.argv[2]))
+    os.killpg(group, signal.SIGKILL)
+except ProcessLookupError:
+    pass
+"""
+
+
+def _term_with_parent() -> None:
+    """In the server's process: PR_SET_PDEATHSIG, SIGTERM when pytest goes (vLLM's API server then shuts its
+    engine down); the watchdog covers the group."""
+    try:
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def _watch_group(group: int) -> subprocess.Popen:
+    """The watchdog that ends the server's process ``group`` when this process dies (see _WATCHDOG). Its stdin's
+    write end stays open in this process only (close_fds): EOF exactly when pytest is gone."""
+    return subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(group), str(STOP_GRACE_S)],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def wait_group_gone(group: int, limit_s: float) -> bool:
+    """Poll until no process of ``group`` is left (zombies reaped by their parents), at most ``limit_s``."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+@atexit.register
+def _stop_live_servers() -> None:
+    """A pytest that exits without its session teardown (sys.exit from a hook, an uncaught error) stops its
+    servers here; SIGKILL runs no exit hook: the watchdog handles that."""
+    for server in list(_LIVE):
+        server.stop()
 
 
 class PortInUse(QuantbenchError):
