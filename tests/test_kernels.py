@@ -148,3 +148,67 @@ def test_gptqmodel_cuda_kernels_are_stated_on_cpu():
     for name in ("awq-hf-marlin", "awq-hf-machete", "awq-hf-gemm", "awq-hf-gemv"):
         reason = kernels.KERNELS[name].unsupported_reason(torch.device("cpu"))
         assert reason and reason.startswith("gptqmodel has no AWQ kernel for backend"), (name, reason)
+
+
+class _RecordingAwqExt:
+    """AutoAWQ's awq_ext CUDA extension's two GEMM entry points, recording which one WQLinear_GEMM calls."""
+
+    def __init__(self):
+        self.called = []
+
+    def gemm_forward_cuda(self, x, qweight, scales, qzeros, split_k):
+        self.called.append(("gemm_forward_cuda", tuple(x.shape)))
+        return torch.zeros(x.shape[0], scales.shape[1], dtype=x.dtype)
+
+    def dequantize_weights_cuda(self, qweight, scales, qzeros, *args):
+        self.called.append(("dequantize_weights_cuda", tuple(qweight.shape)))
+        return torch.zeros(qweight.shape[0], scales.shape[1], dtype=scales.dtype)
+
+
+def test_autoawqs_gemm_kernel_runs_at_small_m_and_dequantizes_only_from_1024_tokens(monkeypatch):
+    """AutoAWQ's WQLinear_GEMM (its own forward, the kernel suite's input) switches to dequantize + matmul at
+    x.shape[0] * x.shape[1] >= 1024, meant for [B, T, K]: 3ae1c25 passed [M, K], so M * K (4096 at M=1) sent
+    every case, the H100 figures included, down the dequantize path. The CUDA extension is replaced by a recorder
+    (GPU only: its arithmetic); the switch and the call are AutoAWQ's."""
+    from awq.modules.linear import gemm
+    recorder = _RecordingAwqExt()
+    monkeypatch.setattr(gemm, "awq_ext", recorder)
+    kernel = KERNELS["awq-gemm-awq_ext"]
+    prepared = kernel.prepare(4096, 256, torch.device("cpu"), copies=1)
+    for m in (1, 64, 1024):
+        prepared.call(torch.randn(m, 4096, dtype=torch.float16), prepared.copies[0])
+    assert [name for name, _ in recorder.called] == ["gemm_forward_cuda", "gemm_forward_cuda",
+                                                     "dequantize_weights_cuda"], recorder.called
+    assert recorder.called[0][1] == (1, 4096)
+    assert "dequantize+matmul when M >= 1024" in prepared.path
+
+
+@needs_gptqmodel
+def test_gptqmodels_exllamav2_gets_the_scratch_space_its_post_init_takes(monkeypatch):
+    """gptqmodel 7.5's ExllamaV2Linear.post_init(scratch_space) writes its dequantized temp into a
+    ScratchSpace; 3ae1c25 called post_init() bare: a TypeError for every gptq-exllamav2 kernel case. Its two
+    CUDA extension calls are replaced by recorders (GPU only); post_init, the ScratchSpace and the sizes are
+    gptqmodel's."""
+    from gptqmodel.nn_modules.qlinear.exllamav2 import ExllamaV2Linear
+
+    from quantbench.kernels.gptq import rtn_symmetric
+    from quantbench.kernels.ops import gptqmodel_prepared
+    made = []
+
+    def make_q_matrix(self, w, temp_dq, key=None):
+        made.append(temp_dq.numel() * temp_dq.element_size())
+        return "q_handle"
+
+    monkeypatch.setattr(ExllamaV2Linear, "validate_once", classmethod(lambda cls: (True, None)))  # CUDA ext loaded?
+    monkeypatch.setattr(ExllamaV2Linear, "ext_make_q_matrix", make_q_matrix)
+    monkeypatch.setattr(ExllamaV2Linear, "ext_gemm_half_q_half",
+                        lambda self, x, handle, width, force: torch.zeros(*x.shape[:-1], width, dtype=torch.float16))
+    k, n = 256, 128
+    ref = rtn_symmetric(torch.randn(n, k))[0]
+    buffers = {"qweight": torch.zeros(k // 8, n, dtype=torch.int32),
+               "qzeros": torch.zeros(k // 128, n // 8, dtype=torch.int32),
+               "scales": torch.ones(k // 128, n, dtype=torch.float16),
+               "g_idx": torch.arange(k, dtype=torch.int32) // 128}
+    prepared = gptqmodel_prepared(ExllamaV2Linear, buffers, ref, k, n, torch.device("cpu"), 2, torch.float16, sym=True)
+    assert len(prepared.copies) == 2 and all(m.q_handle == "q_handle" for m in prepared.copies)
+    assert made == [k * n * 2 + 128] * 2  # the slice of the scratch space its dequantize writes (temp_dq_size)

@@ -221,8 +221,10 @@ class AWQGemm(Kernel):
         path = self.path
 
         def call(x, mod):
+            # [1, M, K] as the model passes it: AutoAWQ's switch is x.shape[0] * x.shape[1] >= 1024 (tokens
+            # for a [B, T, K] input); a 2-D [M, K] reads it as M * K and always took dequantize + matmul
             with awq_gemm_path(path):
-                return mod(x)
+                return mod(x.unsqueeze(0)).squeeze(0)
         return Prepared(mods, call, ref, _nbytes(*mods[0]._buffers.values()),
                         {"naive": "awq dequantize_gemm + torch.matmul", "awq_ext": "awq_ext.gemm_forward_cuda",
                          "triton": "awq_gemm_triton"}[path] + " (dequantize+matmul when M >= 1024)" * (path != "naive"))
@@ -281,6 +283,18 @@ class GptqAWQ(Kernel):
         return gptqmodel_prepared(cls, buffers, ref, k, n, device, copies, self.dtype, sym=False)
 
 
+def post_init(mod, device) -> None:
+    """gptqmodel's ``post_init`` as its own model loader calls it (utils/model.py gptqmodel_post_init): ExLlamaV2's
+    takes the ScratchSpace its dequantize and forward write into, sized by the module's own
+    ``scratch_space_fixed`` (2048 rows x batch 8 by default, more than any kernel-suite M)."""
+    import inspect
+    if "scratch_space" not in inspect.signature(mod.post_init).parameters:
+        mod.post_init()
+        return
+    from gptqmodel.utils.exllamav2 import ScratchSpace
+    mod.post_init(scratch_space=ScratchSpace(scratch_bytes=mod.scratch_space_fixed(), dev=device))
+
+
 def gptqmodel_prepared(cls, buffers: dict, ref: torch.Tensor, k: int, n: int, device, copies: int, dtype,
                        sym: bool) -> Prepared:
     """``copies`` modules of a gptqmodel QuantLinear class holding the same packed ``buffers`` (as transformers
@@ -293,7 +307,7 @@ def gptqmodel_prepared(cls, buffers: dict, ref: torch.Tensor, k: int, n: int, de
         with torch.no_grad():
             for name, tensor in buffers.items():
                 getattr(mod, name).copy_(tensor)
-        mod.post_init()
+        post_init(mod, device)
         mods.append(mod.eval())
     # Some kernels repack on their first call (the ATen CPU kernel converts to int4pack there):
     # one call per copy here, so no timed call pays it (seen: 150 ms instead of 5 ms per call).
