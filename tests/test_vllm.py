@@ -240,7 +240,7 @@ def test_a_start_that_did_not_prefill_the_batch_leaves_no_request_in_the_engine(
     from quantbench.errors import Unsupported
     from quantbench.formats.checkpoints import build_fixtures
     from quantbench.runtimes.vllm_engine import VLLMDecoder
-    ckpt = build_fixtures("tiny", ["bf16"], "cpu", progress=False)["bf16"]
+    ckpt = build_fixtures("tiny", ["bf16"], "cpu", progress=False)["dense"]
     cpu, runtime = torch.device("cpu"), get_runtime("vllm+eager")
     guard_ids = torch.randint(5, 60, (1, 8))
     engine = runtime.start_engine(get_format("bf16"), ckpt, cpu, Shapes(max_batch=1, max_prompt=8, new_tokens=4),
