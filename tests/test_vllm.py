@@ -73,12 +73,51 @@ def test_the_guard_compares_logprobs_with_logits_on_the_entries_returned():
     partial[..., 32:] = float("nan")  # beyond the engine's top K
     ref = {"logits": logits + 5.0, "hidden": None}  # a shifted row is the same distribution
     for got in (logprobs, partial):
-        result = guard.evaluate_outputs({"logits": got, "logprobs": True, "hidden": None}, ref, 0.999)
+        result = guard.evaluate_outputs({"logits": got, "logprobs": True, "hidden": None}, ref, 0.999,
+                                        dense_weights=True)
         assert result.cosine_vs_dense == pytest.approx(1.0) and result.passed
         assert _finite({"logits": got, "logprobs": True, "hidden": None})
     wrong = torch.log_softmax(torch.randn(2, 4, 64, generator=gen), dim=-1)
-    result = guard.evaluate_outputs({"logits": wrong, "logprobs": True, "hidden": None}, ref, 0.90)
+    result = guard.evaluate_outputs({"logits": wrong, "logprobs": True, "hidden": None}, ref, 0.90,
+                                    dense_weights=True)
     assert result.cosine_vs_dense < 0.5 and not result.passed
+
+
+def test_an_engines_full_depth_logprobs_are_decided_on_the_same_weights_not_on_the_dense_model():
+    """The committed H100 run's full-depth figures against the dense model (ct-w4a16 0.581, awq-gemm 0.612 vs
+    the layer-2 bound 0.90; ct-fp8 0.921 vs 0.985) failed 3ae1c25's guard through vLLM for every int4 and fp8
+    format on qwen2.5-3b, while their kernels matched their own weights. Modelled here: a quantized format's
+    logprobs 0.58 from the dense model's and 0.97 from its own fake-quant forward pass; a broken kernel 0.6
+    from its own weights fails."""
+    gen = torch.Generator().manual_seed(1)
+
+    def towards(base: torch.Tensor, target_cosine: float) -> torch.Tensor:
+        """log_softmax of logits whose centered logprobs sit at about ``target_cosine`` from ``base``'s."""
+        noise = torch.randn(base.shape, generator=gen)
+        for scale in torch.linspace(0.0, 20.0, 2001):
+            mixed = torch.log_softmax(base + scale * noise, dim=-1)
+            if guard.cosine(*guard.logprob_pair(mixed, base)) <= target_cosine:
+                return mixed
+        raise AssertionError("no such mix")
+    dense = torch.randn(2, 4, 512, generator=gen)
+    own = torch.log_softmax(towards(dense, 0.58), dim=-1)  # the format's own weights' logits, far from dense
+    kernel = towards(own, 0.97)
+    result = guard.evaluate_outputs({"logits": kernel, "logprobs": True, "hidden": None}, {"logits": dense},
+                                    get_format("ct-w4a16").min_cosine, {"logits": own})
+    assert result.cosine_vs_dense < 0.62 and result.cosine_vs_fakequant > 0.96
+    assert result.passed and not result.dense_bounded, result.message()
+    assert "recorded, not bounded" in result.message()
+    assert result.fakequant_min_cosine == guard.LOGPROB_SAME_WEIGHTS_MIN_COSINE
+    broken = towards(own, 0.6)
+    assert not guard.evaluate_outputs({"logits": broken, "logprobs": True, "hidden": None}, {"logits": dense},
+                                      0.90, {"logits": own}).passed
+    # a dense format's own reference is the dense model: bounded there, at the same full-depth bound
+    bf16 = guard.evaluate_outputs({"logits": towards(dense, 0.999), "logprobs": True, "hidden": None},
+                                  {"logits": dense}, get_format("bf16").min_cosine, dense_weights=True)
+    assert bf16.passed and bf16.dense_bounded and bf16.min_cosine == guard.LOGPROB_SAME_WEIGHTS_MIN_COSINE
+    # a quantized checkpoint with no same-weights reference (a user's) is checked finite only, and says so
+    user = guard.evaluate_outputs({"logits": kernel, "logprobs": True, "hidden": None}, {"logits": dense}, 0.90)
+    assert user.passed and "no same-weights reference" in user.note
     assert not _finite({"logits": torch.full((2, 4, 64), float("nan")), "logprobs": True, "hidden": None})
 
 

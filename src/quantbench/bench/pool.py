@@ -167,7 +167,8 @@ class ModelPool:
             opened = runtime.open(fmt, ckpt, self.device, ids, self.shapes)
         got = opened.outputs
         note = "" if dense_ref is not None else "user checkpoint: no dense reference, kernel checked for finite output"
-        result = guard.evaluate_outputs(got, dense_ref, fmt.min_cosine, fake_ref, note=note)
+        result = guard.evaluate_outputs(got, dense_ref, fmt.min_cosine, fake_ref, note=note,
+                                        dense_weights=fmt.bits is None)
         if not _finite(got):  # NaN never passes
             result = guard.GuardResult(float("nan"), None, fmt.min_cosine, None, "non-finite outputs")
         return Prepared(opened.loaded, result, facts={"checkpoint": str(ckpt)}, decoder=opened.decoder)

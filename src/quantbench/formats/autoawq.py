@@ -9,6 +9,8 @@ user gets; ``kernel()`` names it.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -180,20 +182,57 @@ def awq_kind(config_path: Path, qc: dict) -> str:
 AWQ_QUANT_CONFIG = {"zero_point": True, "q_group_size": 128, "w_bit": 4}
 
 
-def _build_calibrated(version: str, dense_dir: Path, out_dir: Path, spec, calibration_texts) -> dict:
-    """AutoAWQ's own quantize(): activation-aware scales from locally generated calibration text."""
+def _build_calibrated(version: str, dense_dir: Path, out_dir: Path, spec, calibration_texts, reference) -> dict:
+    """AutoAWQ's own quantize(): activation-aware scales from locally generated calibration text; its
+    fake-quant reference from the weights AutoAWQ packed and the norms its scale search changed."""
     from awq import AutoAWQForCausalLM
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(dense_dir))
     wrapper = AutoAWQForCausalLM.from_pretrained(str(dense_dir), device_map="cpu")
     # AutoAWQ drops samples longer than max_calib_seq_len and splits the rest into blocks of it.
-    wrapper.quantize(tokenizer, quant_config={**AWQ_QUANT_CONFIG, "version": version.upper()},
-                     calib_data=calibration_texts, n_parallel_calib_samples=8,
-                     max_calib_samples=len(calibration_texts), max_calib_seq_len=64)
+    with _packed_weights_recorded() as packed:
+        wrapper.quantize(tokenizer, quant_config={**AWQ_QUANT_CONFIG, "version": version.upper()},
+                         calib_data=calibration_texts, n_parallel_calib_samples=8,
+                         max_calib_samples=len(calibration_texts), max_calib_seq_len=64)
+    fakequant = _calibrated_fakequant(wrapper.model, packed, dense_dir, reference)
     wrapper.save_quantized(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
+    torch.save({"ids": reference["ids"], **fakequant}, out_dir / "quantbench_fakequant.pt")
     return {"awq_method": "calibrate", "calibration_samples": len(calibration_texts)}
+
+
+@contextlib.contextmanager
+def _packed_weights_recorded():
+    """While AutoAWQ quantizes: each WQLinear it packs -> the fake-quantized weight it packed (AutoAWQ sets
+    ``linear.weight`` to pseudo_quantize_tensor's output before ``from_linear``), fp32 [out, in]."""
+    from awq.modules.linear import WQLinear_GEMM, WQLinear_GEMV
+    packed: dict = {}
+    saved = {cls: cls.__dict__["from_linear"] for cls in (WQLinear_GEMM, WQLinear_GEMV)}
+
+    def recording(original):
+        def from_linear(cls, linear, *args, **kwargs):
+            module = original.__func__(cls, linear, *args, **kwargs)
+            packed[module] = linear.weight.detach().float().cpu().clone()
+            return module
+        return classmethod(from_linear)
+    try:
+        for cls, original in saved.items():
+            setattr(cls, "from_linear", recording(original))
+        yield packed
+    finally:
+        for cls, original in saved.items():
+            setattr(cls, "from_linear", original)
+
+
+def _calibrated_fakequant(quantized, packed: dict, dense_dir: Path, reference) -> dict:
+    """The guard's outputs of the dense architecture in fp32 holding what AutoAWQ's quantize left: its packed
+    weights as it fake-quantized them and every other tensor (the norms its scales were folded into)."""
+    from .reference import dequantized_reference
+    weights = {name: packed[module] for name, module in quantized.named_modules() if module in packed}
+    others = {name: tensor for name, tensor in quantized.state_dict().items()
+              if name.rsplit(".", 1)[-1] not in ("qweight", "qzeros", "scales")}
+    return dequantized_reference(dense_dir, weights, reference["ids"], "cpu", others=others)
 
 
 def _build_rtn(version: str, dense_dir: Path, out_dir: Path, spec, device, reference) -> dict:
@@ -244,7 +283,7 @@ def _build_rtn(version: str, dense_dir: Path, out_dir: Path, spec, device, refer
 def _build(version):
     def build(spec, dense_dir, out_dir, device, reference, calibration_texts):
         if spec.awq_method == "calibrate":
-            return _build_calibrated(version, dense_dir, out_dir, spec, calibration_texts)
+            return _build_calibrated(version, dense_dir, out_dir, spec, calibration_texts, reference)
         return _build_rtn(version, dense_dir, out_dir, spec, device, reference)
     return build
 

@@ -28,7 +28,7 @@ def guard_outputs(model, ids: torch.Tensor) -> dict:
     return {"logits": out.logits.float().cpu(), "hidden": states[layer].float().cpu(), "hidden_layer": layer}
 
 
-def dequantized_reference(dense_dir, weights: dict, ids: torch.Tensor, device) -> dict:
+def dequantized_reference(dense_dir, weights: dict, ids: torch.Tensor, device, others: dict | None = None) -> dict:
     """The guard's outputs of the dense model with each named Linear's weight replaced by the quantized
     weight as its library dequantizes it (``weights``: module name -> [out, in] tensor), in fp32: the
     fake-quant reference of a format whose library has no quantize-dequantize forward of its own. A kernel
@@ -38,6 +38,11 @@ def dequantized_reference(dense_dir, weights: dict, ids: torch.Tensor, device) -
     from .base import dtype_kwargs
     model = AutoModelForCausalLM.from_pretrained(str(dense_dir), device_map={"": str(device)},
                                                  **dtype_kwargs(torch.float32)).eval()
+    if others:  # tensors the quantizer changed besides the linears (AWQ folds its scales into the norms)
+        state = model.state_dict()
+        for name, tensor in others.items():
+            if name in state and tuple(state[name].shape) == tuple(tensor.shape):
+                state[name].copy_(tensor.to(torch.float32))
     for name, weight in weights.items():
         linear = model.get_submodule(name)
         if tuple(weight.shape) != tuple(linear.weight.shape):
