@@ -140,3 +140,25 @@ def test_a_run_whose_every_case_is_unsupported_is_still_a_result(tmp_path):
     lines = [" ".join(line.split()) for line in guide.split("## Not measured here, and why")[1].splitlines()]
     assert any(line.startswith("| unsupported | WQLinear_GEMV has no CPU path") and line.endswith("| 2 |")
                for line in lines), lines
+
+
+@pytest.mark.stack_independent  # the plugin's and the history's plumbing, not the libraries
+def test_a_run_past_its_deadline_ends_cleanly_with_its_json_history_and_the_cases_it_did_not_reach(tiny_checkpoints,
+                                                                                                   tmp_path):
+    """A GPU runner kills a command at its limit, and pytest-benchmark writes nothing until pytest ends: on
+    3ae1c25 a stage cut there lost everything it measured. --qb-deadline ends the run itself: the case running
+    then finishes, the rest are stated not-reached, the JSON and the history are written, the exit is clean."""
+    root, out = tmp_path / "history", tmp_path / "bench.json"
+    result = run_pytest("benchmarks/test_generation.py", "benchmarks/test_kernels.py", "-p", "tests.deadline_clock",
+                        "--qb-models", "tiny", "--qb-formats", "bf16", "--qb-batch", "1,2", "--qb-prompt", "16",
+                        "--qb-new-tokens", "4", "--qb-rounds", "2", "--qb-kernels", "torch-fp16", "--qb-m", "1",
+                        "--qb-deadline", "600", f"--qb-history={root}", f"--benchmark-json={out}", "-q")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    written = json.loads(out.read_text())
+    assert len(written["benchmarks"]) == 1 and written["benchmarks"][0]["extra_info"]["state"] == "ok"
+    states = written["quantbench"]["states"]
+    assert states and {s["state"] for s in states} == {"not-reached"}
+    assert any(s.get("suite") == "kernels" for s in states) and any(s.get("batch") == 2 for s in states)
+    assert all(s["reason"].startswith("not reached: --qb-deadline 600 s passed") for s in states)
+    assert f"{len(states)} case(s) not run, stated not-reached" in result.stdout
+    assert len(list(root.glob("*/*.json"))) == 1 and "quantbench: history saved to" in result.stdout

@@ -281,21 +281,10 @@ def test_an_aa_pair_of_served_runs_passes_the_gate_and_a_server_of_one_sequence_
     # requests wait for the one sequence: their first token moves on every CPU kind, the cost of a token does not
     assert {(c4, "median_ttft_ms"), (c4, "p99_ttft_ms")} <= regressed, worse.stdout
     assert (c4, "median_tpot_ms") not in regressed, worse.stdout
-    # The throughput falls by what batching bought on this machine in the same run (c4 over c1): 2.1x on an
-    # AVX-512 EPYC, 1.35x on an AVX2 EPYC (0.743 of the baseline there, inside the CPU threshold of 50%). The
-    # gate must call it regressed where batching bought clearly more than the threshold allows (20% margin
-    # for this VM's run-to-run noise); elsewhere the throughput is not asserted.
-    expected = _batching_loss(first[1])
-    threshold = gate.load_thresholds(THRESHOLDS).for_case(c4, "output_throughput", "cpu").max_regression
-    if expected < (1 - threshold) * 0.8:
-        assert (c4, "output_throughput") in regressed, (expected, worse.stdout)
-
-
-def _batching_loss(payload: dict) -> float:
-    """c1's output throughput over c4's in one run: what a server of one sequence at a time keeps of c4's."""
-    cases = _cases(payload)
-    c1, c4 = (cases[f"tiny-bf16-vllm-serve-{load}-in32-out16"]["output_throughput"] for load in ("c1", "c4"))
-    return c1 / c4
+    # The throughput at c4 is not asserted: what one sequence at a time keeps of it depends on the CPU kind and the
+    # VM's noise, and sits inside the CPU threshold of 50% on some: 0.743 on an AVX2 EPYC (measured 2026-12-07),
+    # 0.60 on an AVX-512 EPYC, while c1 over c4 in the same first run read 0.37 there (the server still overlaps
+    # one request's prefill with another's streaming). The queue's cost is the first token's wait, caught above.
 
 
 @pytest.mark.vllm

@@ -2,7 +2,11 @@
 # The reference run on a CUDA machine, in stages that each fit a short slot on a lent machine:
 #   tools/reference_run.sh STAGE [STAGE ...]
 # Stages (default: all, in this order):
+#   plan     print each pytest stage's cases and predicted wall time against QB_STAGE_TIMEOUT (runs nothing,
+#            needs no GPU: pytest --qb-plan cuda); `tools/reference_run.sh plan sweep formats` plans those stages
 #   setup    install a stack's wheels (offline) and probe AutoAWQ's awq_ext on this torch
+#   build    build the checkpoints every later stage reads (quantbench fixtures build --device cuda), in a
+#            stage of its own: a GPTQ calibration or a torchao quantization never eats a benchmark stage's slot
 #   gptq     build gptqmodel's CUDA kernels (AWQ GEMM/GEMV, Marlin, Machete) with nvcc, each timed
 #   peaks    measure the device ceilings (copy bandwidth, bf16/fp16 matmul) into the history
 #   sweep    decode/prefill over the batch sweep for the formats the seed asks about
@@ -44,7 +48,9 @@ KERNEL_MODELS=${QB_KERNEL_MODELS:-qwen2.5-3b,mistral-7b}
 NEW=${QB_NEW_TOKENS:-128}
 ROUNDS=${QB_ROUNDS:-10}
 REPEATS=${QB_REPEATS:-5}
-LIMIT=${QB_STAGE_TIMEOUT:-3000}
+# A lent GPU runner gives 10-minute commands: a stage ends (SIGINT, then --qb-deadline inside pytest) within 540 s
+LIMIT=${QB_STAGE_TIMEOUT:-540}
+PLAN=0
 HIST="$STATE/history"
 SITE="$STATE/site-$STACK"
 mkdir -p "$OUT" "$STATE"
@@ -75,12 +81,20 @@ remaining() {  # seconds a stage may run (QB_STAGE_TIMEOUT, cut to end 40 s befo
   echo "$limit"
 }
 
-bench() {  # bench NAME PYTEST-ARGS...: one pytest run, stopped by SIGINT at the stage limit
+bench() {  # bench NAME PYTEST-ARGS...: one pytest run, ended by its own --qb-deadline before the stage limit
   local name=$1; shift
   local t0=$SECONDS limit
+  if [ "$PLAN" = 1 ]; then  # the stage's cases and predicted seconds, nothing run
+    python3 -m pytest -p no:cacheprovider -q --qb-plan cuda "$@" > "$OUT/plan-$name.txt" 2>&1
+    echo "plan $name: $(grep '^quantbench plan' "$OUT/plan-$name.txt" || tail -n 3 "$OUT/plan-$name.txt")"
+    return
+  fi
   limit=$(remaining)  # QB_DEADLINE: epoch seconds by which every stage must have written its JSON
   if [ "$limit" -lt 30 ]; then log "$name ($STACK): skipped, no time left before QB_DEADLINE"; return; fi
+  # pytest ends itself 45 s before the limit (the running case finishes within its budget, the rest are stated
+  # not-reached, the JSON and history are written); SIGINT at the limit is the fallback
   timeout -s INT -k 30 "$limit" python3 -m pytest -p no:cacheprovider -q -rs --benchmark-columns=median,iqr,rounds \
+    --qb-deadline "$(( limit > 90 ? limit - 45 : limit / 2 ))" \
     --qb-history "$HIST" --benchmark-json "$OUT/$name.json" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
   tail -n 25 "$OUT/$name.log"
@@ -137,6 +151,22 @@ PY
     fi
     touch "$SITE/.awq-probed"
   fi
+}
+
+stage_build() {
+  local limit; limit=$(remaining)
+  if [ "$limit" -lt 30 ]; then log "build ($STACK): skipped, no time left before QB_DEADLINE"; return; fi
+  local models="$MODEL"
+  [ -n "${QB_BUILD_MODELS:-}" ] && models=$QB_BUILD_MODELS
+  local model
+  for model in ${models//,/ }; do
+    timeout -k 10 "$limit" python3 -m quantbench.cli fixtures build --model "$model" --device cuda \
+      --formats "${QB_BUILD_FORMATS:-all}" 2>&1 | tail -n 30 | tee -a "$OUT/build-$STACK.txt"
+  done
+}
+
+stage_plan() {  # every pytest stage named after `plan` (default: all of them), planned, not run
+  PLAN=1
 }
 
 stage_peaks() {
@@ -238,8 +268,17 @@ stage_report() {
 }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(setup gptq peaks sweep compile hf formats prompts kernels repeat report)
+ALL_STAGES=(setup build gptq peaks sweep compile hf formats prompts kernels vllm serve repeat report)
+[ ${#stages[@]} -eq 0 ] && stages=(setup build gptq peaks sweep compile hf formats prompts kernels repeat report)
+[ "${stages[*]}" = plan ] && stages=(plan "${ALL_STAGES[@]}")
 for stage in "${stages[@]}"; do
+  if [ "$PLAN" = 1 ]; then
+    case $stage in
+      setup|build|gptq|peaks|report) echo "plan $stage: runs its own commands, no pytest cases (bounded by $LIMIT s)";;
+      *) "stage_$stage";;
+    esac
+    continue
+  fi
   t0=$SECONDS
   log "stage $stage ($STACK) begins"
   "stage_$stage"

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from .bench.cases import CPU_DEFAULTS, GPU_DEFAULTS, build_cases, parse_int_list
+from .bench.cases import CPU_DEFAULTS, FULL_SERVE_SWEEP, GPU_DEFAULTS, build_cases, parse_int_list
 from .history import SCHEMA_VERSION
 from .offline import stay_offline
 from .paths import THRESHOLDS
@@ -78,9 +79,17 @@ def pytest_addoption(parser):
     group.addoption("--qb-start-budget", type=_positive_float, default=None, metavar="S",
                     help="seconds an engine's start (load, first forward) in a child process may take "
                          "(default: fixtures/budgets.toml)")
+    group.addoption("--qb-deadline", type=_positive_float, default=None, metavar="S",
+                    help="end this pytest cleanly S seconds after it starts: the case running then finishes (its "
+                         "own budget bounds it), every case after it is stated not-reached, and the JSON and the "
+                         "history are written (a GPU runner's command limit would kill it and lose them)")
+    group.addoption("--qb-plan", default=None, choices=("cuda",), metavar="DEVICE",
+                    help="run nothing: print each collected case's predicted seconds on DEVICE (the committed H100 "
+                         "run's figures, quantbench.bench.plan) and the total against a 540 s slot; works on a "
+                         "machine without that device (tools/reference_run.sh plan)")
     group.addoption("--qb-serve-concurrency", default=None, metavar="N,N",
                     help="serving suite: the client's max concurrency at each load point (CPU default 1,2,4; "
-                         "GPU 1,2,4,...,256)")
+                         "GPU 1,16,64; 'full': 1,2,4,...,256)")
     group.addoption("--qb-serve-rate", default="", metavar="R,R",
                     help="serving suite: Poisson request rates (requests/s) as load points too (default: none)")
     group.addoption("--qb-serve-prompts", type=_positive_int, default=None, metavar="N",
@@ -118,6 +127,8 @@ def pytest_addoption(parser):
 
 def _device(config):
     import torch
+    if config.getoption("qb_plan"):  # planning a device's run: its defaults, nothing touches it
+        return torch.device(config.getoption("qb_plan"))
     choice = config.getoption("qb_device")
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
@@ -156,6 +167,8 @@ class RunState:
     shard: object = None                                # bench.shards.Shard for --qb-shard
     gate_result: tuple | None = None                    # (baseline paths, GateResult or QuantbenchError)
     budget: object = None                               # bench.budgets.Budget: per case, per engine start
+    deadline: float | None = None                       # --qb-deadline, on time.monotonic()'s clock
+    not_reached: int = 0                                # cases the deadline stated without running
 
 
 STATE = pytest.StashKey[RunState]()
@@ -170,6 +183,8 @@ def pytest_configure(config):
     from .bench.states import StateRecorder
     from .errors import QuantbenchError
     state = config.stash[STATE] = RunState(states=StateRecorder())
+    if config.getoption("qb_deadline"):
+        state.deadline = time.monotonic() + config.getoption("qb_deadline")
     try:
         _read_matrix(config, state)
         _read_gate_options(config, state)
@@ -216,8 +231,8 @@ def _serving_plan(config, state: RunState):
     from .bench.serving import ServingPlan
     from .gate import load_thresholds
     defaults, device = _defaults(config), _device(config).type
-    concurrency = parse_int_list(config.getoption("qb_serve_concurrency") or defaults["serve_concurrency"],
-                                 "--qb-serve-concurrency")
+    concurrency = config.getoption("qb_serve_concurrency") or defaults["serve_concurrency"]
+    concurrency = parse_int_list(FULL_SERVE_SWEEP if concurrency == "full" else concurrency, "--qb-serve-concurrency")
     rates = _rates(config.getoption("qb_serve_rate"))
     engine = config.getoption("qb_serve_engine")
     slo = load_thresholds(config.getoption("qb_thresholds") or THRESHOLDS).slo.get("gpu" if device == "cuda" else "cpu")
@@ -455,6 +470,55 @@ def qb_states(pytestconfig):
     return run_state(pytestconfig).states
 
 
+def pytest_collection_finish(session):
+    """--qb-plan: the selected cases' predicted seconds, then the end of the run (nothing is measured)."""
+    config = session.config
+    device = config.getoption("qb_plan")
+    if not device:
+        return
+    from .bench import plan
+    state, defaults = run_state(config), _defaults(config)
+    cases = {name: [] for name in ("generation", "serving", "kernels")}
+    for item in session.items:
+        case, kernel = _case_of(item)
+        if case is not None:
+            cases["kernels" if kernel else "serving" if hasattr(case, "num_prompts") else "generation"].append(case)
+    rows = plan.plan(cases["generation"], cases["serving"], cases["kernels"], plan.COSTS[device],
+                     config.getoption("qb_rounds") or defaults["rounds"], defaults["warmup"],
+                     state.serving.rounds, state.serving.warmup_rounds)
+    writer = config.get_terminal_writer()
+    for row in rows:
+        writer.line(f"plan {row.seconds:8.1f} s  {row.case}  ({row.why})")
+    writer.line(f"quantbench plan ({device}): {plan.summary(rows)}")
+    pytest.exit("quantbench plan printed; nothing was run", returncode=0)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Past --qb-deadline a case is not run: it is stated ``not-reached`` (so the history, the gate and the guide
+    say what the run did not measure) and pytest goes on to the next, which ends the same way, and then to its
+    normal end, where pytest-benchmark writes the JSON and the plugin stores it."""
+    state = run_state(item.config)
+    if state.deadline is None or time.monotonic() < state.deadline:
+        return None
+    case, kernel = _case_of(item)
+    reason = (f"not reached: --qb-deadline {item.config.getoption('qb_deadline'):g} s passed before this case "
+              "started")
+    if case is not None:
+        (state.states.add_kernel if kernel else state.states.add)(case, "not-reached", reason, item.nodeid)
+    state.not_reached += 1
+    return True
+
+
+def _case_of(item):
+    """The quantbench case an item runs, and whether it is a kernel-suite case; (None, False) for a plain test."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    for name, kernel in (("qb_case", False), ("qb_serving_case", False), ("qb_kernel_case", True)):
+        if name in params:
+            return params[name], kernel
+    return None, False
+
+
 def pytest_benchmark_update_machine_info(config, machine_info):
     from . import environment
     machine_info["quantbench"] = {"schema_version": SCHEMA_VERSION, **environment.collect(),
@@ -572,6 +636,9 @@ def pytest_terminal_summary(terminalreporter, config):
     if table is not None and not table.empty:
         terminalreporter.section("quantbench: crossover M (quantized kernel stops beating torch-fp16)")
         terminalreporter.write_line(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    if state.not_reached:
+        terminalreporter.write_line(f"quantbench: --qb-deadline {config.getoption('qb_deadline'):g} s reached: "
+                                    f"{state.not_reached} case(s) not run, stated not-reached", yellow=True)
     saved = state.saved
     if saved:
         terminalreporter.write_line(f"quantbench: history saved to {saved}")

