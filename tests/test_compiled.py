@@ -120,6 +120,23 @@ def test_compiled_decode_is_one_graph_and_agrees_with_eager(pool):
 
 
 @pytest.mark.slow
+def test_the_compiled_decoder_holds_one_static_cache_at_a_time(pool):
+    """3ae1c25 kept a StaticCache for every (batch, length) it had seen, for the model's whole life (~48 GiB of
+    KV over the nightly matrix for mistral-7b): out-of-memory states of the harness, recorded as the format's."""
+    decoder = _fresh(pool, "bf16").decoder
+    small, wide = prompt_ids(1, 16, 256, "cpu"), prompt_ids(2, 16, 256, "cpu")
+    decoder.prepare(small, 4)
+    decoder.prepare(wide, 4)
+    assert list(decoder.caches) == [(2, 20)]
+    decoder.prepare(small, 4)  # the earlier shape again: compiled already, a new cache
+    assert list(decoder.caches) == [(1, 20)]
+    first = decoder.decode(decoder.start(small, 4), 4)
+    assert first.shape == (1, 4)
+    again = decoder.decode(decoder.start(small, 4), 4)
+    assert torch.equal(first, again)
+
+
+@pytest.mark.slow
 def test_releasing_a_compiled_model_drops_its_graphs(tiny_checkpoints):
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list
     step_code = compiled.CompiledDecoder._step.__code__  # where dynamo keeps every decoder's compiled steps

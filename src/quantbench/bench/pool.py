@@ -155,6 +155,9 @@ class ModelPool:
         if reason:
             raise Unsupported(reason)
         ckpt = source.checkpoint(format_name, self.device)
+        if self.device.type == "cuda":  # a build on the device left cached blocks: vLLM's start would see them used
+            gc.collect()
+            torch.cuda.empty_cache()
         dense_ref, fake_ref = source.references(format_name, ckpt)
         ids = (dense_ref or fake_ref or {}).get("ids")
         if ids is None:

@@ -253,6 +253,12 @@ class ServerPool:
         if not any((Path(ckpt) / name).is_file() for name in TOKENIZER_FILES):
             raise Stated("invalid-input", f"{ckpt}: no tokenizer files: vLLM's client builds its prompts with the "
                          "checkpoint's tokenizer. Fix: save the model's tokenizer into the directory", fail=True)
+        if self.device.type == "cuda":  # a build on the device left cached blocks: the server's start would see them
+            import gc
+
+            import torch
+            gc.collect()
+            torch.cuda.empty_cache()
         server = Server(fmt, ckpt, self.device, self.plan.server_config())
         serving = Serving(server, Client())  # the client imports vLLM while the server starts
         try:

@@ -84,6 +84,9 @@ KERNEL = {
     "N": "out features", "M": "tokens in flight", "state": "ok", "device": "torch device",
     "bits": "weight bits of the kernel; null for 16-bit dense", "display_order": GENERATION["display_order"],
     "iterations_per_round": "calls per timed round", "time_per_call_s": "median round time / calls",
+    "timing": "how a round is timed: a CUDA graph's replay (device time) or a host loop (and why)",
+    "launch_floor_s": "time per call of a one-element add timed the same way: the floor no case goes under",
+    "near_launch_floor": "time_per_call_s within 3 us of the launch floor: it times the launch, not the kernel",
     "tflops": "achieved TFLOP/s", "gbps": "achieved GB/s (bytes_moved / time)",
     "bytes_moved": "the kernel's bytes model",
     "flops": "2 M K N", "arithmetic_intensity": "flops / bytes_moved",
@@ -144,6 +147,7 @@ SERVING = {
     "server_processes": "how the server's processes were laid out (on a CPU with few cores: the model in the engine "
                         "core's process; see runtimes.vllm_server.few_cores)",
     "vllm_build": GENERATION["vllm_build"], "vllm_compilation": GENERATION["vllm_compilation"],
+    "vllm_gpu_memory_utilization": GENERATION["vllm_gpu_memory_utilization"],
     "kernel": "the linear kernels vLLM's server log says it selected", "stack": GENERATION["stack"],
     "server_requests": "requests the server finished during the case's kept rounds (its own counters)",
     "server_output_tokens": "tokens the server generated during the case's kept rounds (its own counters)",

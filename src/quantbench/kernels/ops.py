@@ -227,7 +227,8 @@ class AWQGemm(Kernel):
                 return mod(x.unsqueeze(0)).squeeze(0)
         return Prepared(mods, call, ref, _nbytes(*mods[0]._buffers.values()),
                         {"naive": "awq dequantize_gemm + torch.matmul", "awq_ext": "awq_ext.gemm_forward_cuda",
-                         "triton": "awq_gemm_triton"}[path] + " (dequantize+matmul when M >= 1024)" * (path != "naive"))
+                         "triton": "awq_gemm_triton"}[path]
+                        + " below 1024 tokens, dequantize + matmul from 1024 ([1, M, K] input)" * (path != "naive"))
 
 
 class AWQGemv(Kernel):

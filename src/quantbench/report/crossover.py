@@ -54,5 +54,25 @@ def kernel_frame(benchmarks: list[dict]) -> pd.DataFrame:
                      "kernel": info["kernel"],
                      "time_s": info["time_per_call_s"], "tflops": info["tflops"], "gbps": info["gbps"],
                      "pct_peak_tflops": info.get("pct_peak_tflops"), "pct_peak_gbps": info.get("pct_peak_gbps"),
-                     "intensity": info["arithmetic_intensity"], "bits": info.get("bits")})
+                     "intensity": info["arithmetic_intensity"], "bits": info.get("bits"),
+                     "path": ran_path(str(info.get("path") or ""))})
     return pd.DataFrame(rows)
+
+
+# Paths a kernel case recorded that were not what ran, with what did: the record stays as it was written, the
+# guide names what ran. quantbench before the fix of AutoAWQ's GEMM input passed it [M, K]; AutoAWQ's switch
+# (x.shape[0] * x.shape[1] >= 1024, meant for [B, T, K]) read M * K >= 2048 at every spec shape and every M, so
+# awq_ext's and Triton's GEMM kernels never ran: each case timed the dequantize kernel plus torch.matmul.
+RECORDED_NOT_RAN = {
+    "awq_gemm_triton (dequantize+matmul when M >= 1024)":
+        "awq_dequantize_triton + torch.matmul at every M (recorded as 'awq_gemm_triton': the suite's 2-D input "
+        "sent every M down AutoAWQ's dequantize path)",
+    "awq_ext.gemm_forward_cuda (dequantize+matmul when M >= 1024)":
+        "awq_ext.dequantize_weights_cuda + torch.matmul at every M (recorded as 'awq_ext.gemm_forward_cuda': the "
+        "suite's 2-D input sent every M down AutoAWQ's dequantize path)",
+}
+
+
+def ran_path(recorded: str) -> str:
+    """What a kernel case ran, from what it recorded (RECORDED_NOT_RAN corrects the paths known to be wrong)."""
+    return RECORDED_NOT_RAN.get(recorded, recorded)

@@ -549,7 +549,10 @@ def _kernel_section(sig: Signature, out_dir: Path) -> list[str]:
                   cross.to_markdown(index=False, floatfmt=".2f"), ""]
     table = kok.pivot_table(index=["model", "shape", "kernel"], columns="M", values="pct_peak_gbps",
                             aggfunc="median")
-    return lines + ["Achieved bandwidth, % of the measured ceiling, by M:", "", _md(table, ".1f"), ""]
+    ran = kok.groupby("kernel")["path"].agg(lambda paths: " | ".join(dict.fromkeys(paths))).reset_index()
+    return lines + ["Achieved bandwidth, % of the measured ceiling, by M:", "", _md(table, ".1f"), "",
+                    "What each kernel ran (its recorded path; where a record is known not to be what ran, what "
+                    "ran):", "", ran.to_markdown(index=False), ""]
 
 
 def chart_serving(ok: pd.DataFrame, model, out_dir: Path) -> str:

