@@ -22,7 +22,7 @@ def reference_run(tmp_path, *stages, **knobs):
            "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}",
            "QB_MODEL": "tiny", "QB_KERNEL_MODELS": "tiny", "QB_NEW_TOKENS": "4", "QB_ROUNDS": "2",
            "QB_REPEATS": "2", "QB_BATCH": "1,2", "QB_HF_BATCH": "1", "QB_KERNELS": "torch-fp16,awq-hf-aten",
-           "QB_KERNEL_ROUNDS": "2", "QB_GPTQ_EXTENSIONS": "awq", **knobs}
+           "QB_KERNEL_ROUNDS": "2", "QB_GPTQ_EXTENSIONS": "awq", "QB_NO_SHARDS": "1", **knobs}
     return subprocess.run(["bash", str(SCRIPT), *stages], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=900)
 
@@ -71,9 +71,20 @@ def test_the_plan_predicts_every_pytest_stage_within_a_slot_without_a_gpu(tmp_pa
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     planned = dict(line.split(": ", 1) for line in result.stdout.splitlines() if line.startswith("plan "))
     for stage in ("sweep", "compile", "hf", "formats", "prompts", "kernels", "vllm", "serve"):
-        (line,) = [words for name, words in planned.items() if name.startswith(f"plan {stage}-")]
-        assert "against a 540 s slot: fits" in line, (stage, line)
-        cases = int(line.split("): ", 1)[1].split(" cases")[0])
-        assert cases > 0, (stage, line)
+        shards = [words for name, words in planned.items() if name.startswith(f"plan {stage}-")]
+        assert shards, (stage, planned)
+        for line in shards:  # a stage too big for one slot is dealt into shards, each its own stage NAME:I
+            assert "against a 540 s slot: fits" in line, (stage, line)
+            assert int(line.split("): ", 1)[1].split(" cases")[0]) > 0, (stage, line)
     assert "runs its own commands" in planned["plan build"]
     assert not (tmp_path / "out" / "sweep-current.json").exists()  # nothing ran
+
+
+def test_a_shard_of_a_stage_runs_its_part_of_the_cases(tmp_path):
+    result = reference_run(tmp_path, "sweep:2", QB_NO_SHARDS="", QB_SWEEP_FORMATS="bf16,ct-w4a16,awq-gemm")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run = json.loads((tmp_path / "out" / "sweep-current-s2.json").read_text())
+    shard = run["quantbench"]["shard"]
+    assert (shard["index"], shard["count"]) == (2, 3) and shard["group"] == "reference-current-sweep-current"
+    ran = {b["extra_info"]["format"] for b in run["benchmarks"]} | {s["format"] for s in run["quantbench"]["states"]}
+    assert len(ran) == 1  # one checkpoint of the three per shard, all its cases together

@@ -37,7 +37,8 @@
 #        QB_REPEATS, QB_STAGE_TIMEOUT (seconds per pytest stage; SIGINT, so JSON is still written),
 #        QB_REPEAT_FIRST (first repeat index, to spread the repeats over several slots),
 #        QB_SWEEP_FORMATS, QB_OTHER_FORMATS, QB_COMPILE_FORMATS, QB_COMPILE_BATCH, QB_HF_FORMATS, QB_HF_BATCH,
-#        QB_GPTQ_EXTENSIONS, QB_KERNELS, QB_BATCH, QB_DEADLINE (epoch seconds: later pytest stages shrink or skip to end before it)
+#        QB_GPTQ_EXTENSIONS, QB_KERNELS, QB_BATCH, QB_DEADLINE (epoch seconds: later pytest stages shrink or skip to end before it),
+#        QB_NO_SHARDS (run each stage whole instead of as the slot-sized shards SLOTS below deals it into)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/reference}
@@ -46,7 +47,7 @@ STACK=${QB_STACK:-current}
 MODEL=${QB_MODEL:-qwen2.5-3b}
 KERNEL_MODELS=${QB_KERNEL_MODELS:-qwen2.5-3b,mistral-7b}
 NEW=${QB_NEW_TOKENS:-128}
-ROUNDS=${QB_ROUNDS:-10}
+ROUNDS=${QB_ROUNDS:-5}
 REPEATS=${QB_REPEATS:-5}
 # A lent GPU runner gives 10-minute commands: a stage ends (SIGINT, then --qb-deadline inside pytest) within 540 s
 LIMIT=${QB_STAGE_TIMEOUT:-540}
@@ -81,9 +82,18 @@ remaining() {  # seconds a stage may run (QB_STAGE_TIMEOUT, cut to end 40 s befo
   echo "$limit"
 }
 
+# Slots per stage: a stage whose cases do not fit one slot is dealt into shards (--qb-shard, whole checkpoints
+# together), each run as its own stage NAME:I (`tools/reference_run.sh vllm:2`); `plan` shows each one's time.
+declare -A SLOTS=([sweep]=3 [compile]=3 [hf]=2 [formats]=4 [prompts]=2 [kernels]=2 [vllm]=8 [serve]=6)
+SHARD=""  # I/N of the stage being run, set by the main loop
+
 bench() {  # bench NAME PYTEST-ARGS...: one pytest run, ended by its own --qb-deadline before the stage limit
   local name=$1; shift
   local t0=$SECONDS limit
+  if [ -n "$SHARD" ]; then
+    name="$name-s${SHARD%/*}"
+    set -- "$@" --qb-shard "$SHARD" --qb-group "reference-$STACK-${name%-s*}"
+  fi
   if [ "$PLAN" = 1 ]; then  # the stage's cases and predicted seconds, nothing run
     python3 -m pytest -p no:cacheprovider -q --qb-plan cuda "$@" > "$OUT/plan-$name.txt" 2>&1
     echo "plan $name: $(grep '^quantbench plan' "$OUT/plan-$name.txt" || tail -n 3 "$OUT/plan-$name.txt")"
@@ -271,18 +281,32 @@ stages=("$@")
 ALL_STAGES=(setup build gptq peaks sweep compile hf formats prompts kernels vllm serve repeat report)
 [ ${#stages[@]} -eq 0 ] && stages=(setup build gptq peaks sweep compile hf formats prompts kernels repeat report)
 [ "${stages[*]}" = plan ] && stages=(plan "${ALL_STAGES[@]}")
-for stage in "${stages[@]}"; do
+expanded=()
+for stage in "${stages[@]}"; do  # a sharded stage named whole is each of its shards in turn
+  slots=${SLOTS[$stage]:-1}
+  if [ "$slots" -gt 1 ] && [ -z "${QB_NO_SHARDS:-}" ]; then  # QB_NO_SHARDS=1: each stage whole, in one run
+    for i in $(seq 1 "$slots"); do expanded+=("$stage:$i"); done
+  else
+    expanded+=("$stage")
+  fi
+done
+for stage in "${expanded[@]}"; do
+  SHARD=""
+  if [[ $stage == *:* ]]; then
+    SHARD="${stage#*:}/${SLOTS[${stage%%:*}]:-1}"
+    stage=${stage%%:*}
+  fi
   if [ "$PLAN" = 1 ]; then
     case $stage in
-      setup|build|gptq|peaks|report) echo "plan $stage: runs its own commands, no pytest cases (bounded by $LIMIT s)";;
+      setup|build|gptq|peaks|report|plan) echo "plan $stage: runs its own commands, no pytest cases (bounded by $LIMIT s)";;
       *) "stage_$stage";;
     esac
     continue
   fi
   t0=$SECONDS
-  log "stage $stage ($STACK) begins"
+  log "stage $stage${SHARD:+ shard $SHARD} ($STACK) begins"
   "stage_$stage"
-  log "stage $stage ($STACK) done in $((SECONDS - t0)) s"
+  log "stage $stage${SHARD:+ shard $SHARD} ($STACK) done in $((SECONDS - t0)) s"
   # History goes with every stage, so a slot that ends early still brings back what was measured.
   if [ -d "$HIST" ]; then cp -r "$HIST" "$OUT/" 2>/dev/null; fi
 done
