@@ -398,3 +398,38 @@ def test_paired_decisions_test_per_pair_ratios():
     assert not gate.pairs_can_decide(4, 0.05) and gate.pairs_can_decide(5, 0.05)
     uneven = decide("c", "tps", current, Sample(97.5, (), runs=base_runs[:5]), HIGHER, paired=True)
     assert "pairs" not in uneven.note  # runs that do not pair up are not tested as pairs
+
+
+@pytest.mark.stack_independent
+def test_a_round_count_whose_test_cannot_reach_alpha_is_decided_on_the_ratio_and_says_so():
+    """GPU serving keeps 3 rounds; the exact one-sided Mann-Whitney p of 3 vs 3 is never below 1/C(6,3) = 0.05, so
+    at alpha 0.05 3ae1c25 read a 2x TTFT regression as 'unchanged ... within noise'."""
+    from quantbench.gate.decisions import Sample, Threshold, decide
+    threshold = Threshold(direction="lower", max_regression=0.10, alpha=0.05, min_rounds=3)
+    worse = decide("test_serving[x-c16]", "median_ttft_ms", Sample(200.0, (199.0, 200.0, 201.0)),
+                   Sample(100.0, (99.0, 100.0, 101.0)), threshold)
+    assert worse.state == "regressed" and "cannot reach p < 0.05 (at best 0.05)" in worse.note
+    same = decide("test_serving[x-c16]", "median_ttft_ms", Sample(102.0, (101.0, 102.0, 103.0)),
+                  Sample(100.0, (99.0, 100.0, 101.0)), threshold)
+    assert same.state == "unchanged"
+    # from 4 vs 4 rounds (p down to 0.014) the test decides
+    tested = decide("c", "median_ttft_ms", Sample(200.0, (199.0, 200.0, 201.0, 202.0)),
+                    Sample(100.0, (99.0, 100.0, 101.0, 102.0)), threshold)
+    assert tested.state == "regressed" and tested.p_value is not None and tested.p_value < 0.05
+
+
+@pytest.mark.stack_independent
+@pytest.mark.parametrize("key", ["rounds", "kernel_rounds", "serve_rounds"])
+def test_the_gate_calls_a_2x_regression_at_every_default_round_count(key):
+    from quantbench.bench.cases import CPU_DEFAULTS, GPU_DEFAULTS
+    from quantbench.paths import THRESHOLDS
+    base = gate.load_thresholds(THRESHOLDS).fallback
+    threshold = Threshold(direction="lower", max_regression=base.max_regression, alpha=base.alpha,
+                          min_rounds=base.min_rounds)
+    for defaults in (CPU_DEFAULTS, GPU_DEFAULTS):
+        n = defaults[key]
+        before = tuple(100.0 + i for i in range(n))
+        after = tuple(2 * v for v in before)
+        decision = decide("c", "ttft_s", Sample(float(np.median(after)), after),
+                          Sample(float(np.median(before)), before), threshold)
+        assert decision.state == "regressed", (key, n, decision)

@@ -296,3 +296,23 @@ def test_the_guide_does_not_depend_on_the_order_of_keys_in_a_record(tmp_path):
         texts.append({p.name: p.read_bytes() for p in readme.parent.iterdir() if p.suffix in (".md", ".svg")})
     assert "Crossover M" in texts[0]["README.md"].decode() and len(texts[0]) > 5
     assert texts[0] == texts[1]
+
+
+@pytest.mark.stack_independent
+def test_weights_an_engine_packed_away_are_unknown_and_no_finding_rests_on_them(tmp_path):
+    """The committed vLLM CPU guide said "NO MEMORY SAVING: awq-gemm@vllm holds 2.3 MiB ... vs 1.5 MiB for
+    bf16@vllm": vLLM's CPU dispatch had emptied bf16's linear weights (1.5 of its 4.3 MiB counted). Re-rendered
+    from the same history, those figures are unknown, and said to be."""
+    from .conftest import REPO, run_cli
+    history = REPO / "reports" / "history" / "amd-epyc-vllm-5a55be22d3"
+    done = run_cli("report", "--history", str(history.parent), "--out", str(tmp_path / "guide"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    guide = (tmp_path / "guide" / "amd-epyc-vllm-5a55be22d3" / "README.md").read_text()
+    findings = guide.split("## Findings", 1)[1].split("\n## ", 1)[0]
+    assert not [line for line in findings.splitlines() if "NO MEMORY SAVING" in line and "@vllm" in line]
+    (unknown,) = [line for line in findings.splitlines() if line.startswith("- WEIGHTS UNKNOWN: tiny: ")]
+    assert "bf16@vllm, " in unknown and "awq-gemm@vllm" in unknown and "recorded before quantbench checked" in unknown
+    bandwidth = [line for line in findings.splitlines() if line.startswith("- DECODE BANDWIDTH")]
+    assert bandwidth and not any("@vllm" in line for line in bandwidth)  # weights read per second: unknown there
+    # the same run's transformers cases keep their counted figures and findings
+    assert any("NO MEMORY SAVING: tiny: ct-fp8 holds" in line for line in findings.splitlines())

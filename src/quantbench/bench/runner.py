@@ -192,9 +192,9 @@ def _prefill_metrics(case: Case, median: float) -> dict:
 
 
 def _decode_metrics(case: Case, median: float, step_times: list[float], facts: dict) -> dict:
-    weight_bytes = facts.get("weight_bytes_after_first_forward") or 0
+    weight_bytes = facts.get("weight_bytes_after_first_forward")
     return {"decode_tokens_per_s": case.batch * case.new_tokens / median,
             "rate_metrics": {"decode_tokens_per_s": case.batch * case.new_tokens}, "time_metrics": [],
             "token_latency_s": percentiles(step_times),
-            # Every decode step reads every weight once (gpt-fast's "achieved bandwidth").
-            "decode_weight_gbps": weight_bytes * case.new_tokens / median / 1e9}
+            # Every decode step reads every weight once (gpt-fast's "achieved bandwidth"); unknown weights, unknown
+            "decode_weight_gbps": weight_bytes * case.new_tokens / median / 1e9 if weight_bytes else None}

@@ -128,9 +128,15 @@ def decide(case: str, metric: str, current: Sample | None, baseline: Sample | No
         change = _change(ratio, 1.0, threshold.direction)
         note = f"tested on {units}"
     else:
-        enough = min(len(current.rounds), len(baseline.rounds)) >= threshold.min_rounds
+        n, m = len(current.rounds), len(baseline.rounds)
+        # Enough rounds, and enough for the test to reach alpha at all: 3 vs 3 never goes below 1/C(6,3) = 0.05,
+        # so at alpha 0.05 a 2x regression would read "within noise" (asv's is_different asks the same first).
+        enough = min(n, m) >= threshold.min_rounds and runs_can_decide(n, m, threshold.alpha)
         if enough:
             p_value = _mann_whitney(current.rounds, baseline.rounds, _alternative(change, threshold.direction))
+        elif min(n, m) >= threshold.min_rounds:
+            note = (f"{n} vs {m} rounds cannot reach p < {threshold.alpha:g} (at best {1 / math.comb(n + m, n):.3g}):"
+                    " decided on the ratio alone")
         else:
             note = f"fewer than {threshold.min_rounds} rounds: decided on the ratio alone"
     significant = p_value is not None and p_value < threshold.alpha

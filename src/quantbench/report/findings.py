@@ -124,6 +124,40 @@ def quantization_stops_paying(speedups: pd.DataFrame, quantized: set[str]) -> in
     return stops if stops is not None else "never"
 
 
+WEIGHT_COLUMNS = ("weight_bytes_after_load", "weight_bytes_after_first_forward", "decode_weight_gbps")
+# Records of vLLM's engine written before the suite looked for weights vLLM packs away: on a CPU vLLM empties
+# every dense linear's weight tensor (its oneDNN / sgl handle holds it), so their byte counts missed those.
+UNCHECKED_VLLM_WEIGHTS = ("recorded before quantbench checked for weights vLLM packs away (its CPU dispatch empties "
+                          "each dense linear's tensor): the bytes counted missed them")
+
+
+def unknown_weights(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with the weight figures of every row whose weights the suite could not see blanked (NaN: unknown,
+    never a number a finding rests on) and the reason in ``weights_unknown``."""
+    if rows.empty or "runtime" not in rows:
+        return rows
+    rows = rows.copy()
+    # a vLLM record says "" where it counted every weight, the reason where it could not; an older one says nothing
+    reason = rows["weights_unknown"] if "weights_unknown" in rows else pd.Series(None, index=rows.index, dtype=object)
+    old_vllm = rows["runtime"].astype(str).str.startswith("vllm") & reason.isna()
+    reason = reason.where(~old_vllm, UNCHECKED_VLLM_WEIGHTS)
+    unknown = reason.notna() & (reason.astype(str) != "")
+    rows["weights_unknown"] = reason.where(unknown)
+    for column in WEIGHT_COLUMNS:
+        if column in rows:
+            rows[column] = rows[column].where(~unknown)
+    return rows
+
+
+def unknown_weight_lines(ok: pd.DataFrame) -> list[str]:
+    """One WEIGHTS UNKNOWN line per model and reason: the formats whose weight bytes the suite could not count."""
+    if "weights_unknown" not in ok:
+        return []
+    unknown = ok[ok["weights_unknown"].notna()]
+    return [f"WEIGHTS UNKNOWN: {model}: {', '.join(sorted(rows['format'].unique()))}: {reason} (no memory or "
+            "bandwidth finding rests on them)" for (model, reason), rows in unknown.groupby(["model", "weights_unknown"])]
+
+
 def decode_bandwidth(gen: pd.DataFrame, model: str, prompt_len: int, ceiling_gbps: float | None) -> pd.DataFrame:
     """format x batch -> the rate at which decode read the model's weights (every weight once per step:
     gpt-fast's achieved bandwidth), as % of the copy ceiling; GB/s where no ceiling is known.

@@ -358,7 +358,7 @@ class Signature:
         gen = gen_all[gen_all["file"] == gen_files[-1]] if gen_files else gen_all[:0]
         kern = kern_all[kern_all["file"] == kern_files[-1]] if kern_files else kern_all[:0]
         latest = payloads[gen_files[-1] if gen_files else kern_files[-1] if kern_files else paths[-1]]
-        ok = gen[gen["state"] == "ok"].copy()
+        ok = findings.unknown_weights(gen[gen["state"] == "ok"].copy())
         for column in ("batch", "prompt_len", "new_tokens"):  # NaN in kernel rows made them float
             if column in ok and not ok.empty:
                 ok[column] = ok[column].astype(int)
@@ -417,7 +417,7 @@ def _findings(sig: Signature) -> list[str]:
     ceiling_gbps, ceiling_source = _ceiling_words(sig.ceilings)
     flag_lines = ((findings.flags(ok) if not ok.empty else []) + findings.stated_flags(sig.gen)
                   + findings.gemv_vs_gemm(sig.gen)
-                  + findings.bandwidth_lines(ok, ceiling_gbps, ceiling_source)
+                  + findings.bandwidth_lines(ok, ceiling_gbps, ceiling_source) + findings.unknown_weight_lines(ok)
                   + (findings.runtime_flips(ok, findings.quantized_formats(ok)) if not ok.empty else []))
     lines = ["## Findings", ""]
     lines += [f"- {f}" for f in flag_lines] or ["- no quantized format slower than bf16, no missing memory saving, "
