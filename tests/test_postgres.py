@@ -262,3 +262,27 @@ def test_a_nightly_sharded_two_ways_is_one_run_and_a_missing_shard_is_named(pg_u
         gated.stdout
     [readme] = report.render_all(pg_url, tmp_path / "guide2", load_thresholds(THRESHOLDS))
     assert "shard 2/2 of group n2 was not stored" in readme.read_text()
+
+
+@pytest.mark.stack_independent
+def test_a_password_in_any_url_scheme_never_leaves_the_url(tmp_path):
+    """T39 (shared/research/bad-inputs.md): SQLAlchemy's postgresql+psycopg://u:secret@... was not recognised: the
+    run was stored in a local folder named after the URL, printed with its password and kept in the run's args."""
+    from quantbench.errors import BadHistory
+    from quantbench.history.postgres import PostgresStore
+    url = "postgresql+psycopg://u:secret@127.0.0.1:1/x"
+    assert redact(url) == "postgresql+psycopg://u:***@127.0.0.1:1/x"
+    assert redact("mysql://root:hunter2@db/x and https://a:b@c/") == "mysql://root:***@db/x and https://a:***@c/"
+    assert history.is_database(url) and PostgresStore(url).url == "postgresql://u:secret@127.0.0.1:1/x"
+    with pytest.raises(BadHistory) as refused:  # no folder named after a URL, no password in the line
+        history.open_store("mysql://root:hunter2@db/x")
+    assert "hunter2" not in refused.value.line() and "postgresql://" in refused.value.line()
+    out = tmp_path / "run.json"
+    done = run_pytest(str(REPO / "benchmarks" / "test_generation.py"), "--qb-models", "tiny", "--qb-formats", "bf16",
+                      "--qb-batch", "1", "--qb-prompt", "16", "--qb-new-tokens", "4", "--qb-rounds", "2",
+                      "-k", "decode",
+                      f"--qb-history={url}", f"--benchmark-json={out}", "-q", cwd=tmp_path.parent)
+    assert "secret" not in done.stdout + done.stderr
+    assert "history NOT saved" in done.stdout and done.returncode == 1  # nothing listens on port 1
+    assert "secret" not in out.read_text()
+    assert not list(tmp_path.parent.glob("postgresql*"))  # no local folder named after the URL

@@ -67,7 +67,7 @@ def test_the_plan_predicts_every_pytest_stage_within_a_slot_without_a_gpu(tmp_pa
     env = {**os.environ, "OUT": str(tmp_path / "out"), "QB_STATE": str(tmp_path / "state"),
            "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"}
     result = subprocess.run(["bash", str(SCRIPT), "plan"], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=900)
+                            timeout=900, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     planned = dict(line.split(": ", 1) for line in result.stdout.splitlines() if line.startswith("plan "))
     for stage in ("sweep", "compile", "hf", "formats", "prompts", "kernels", "vllm", "serve"):

@@ -70,7 +70,8 @@ def test_a_server_that_fails_every_request_for_a_reason_its_log_names_is_that_re
     case = type("C", (), {"num_prompts": 16, "format": "ct-w4a16"})()
     log = ("(EngineCore pid=9) ERROR Traceback (most recent call last):\n  File \"x.py\", line 1\n"
            "(EngineCore pid=9) AttributeError: '_C' object has no attribute 'cpu_gemm_wna16'\n")
-    logged = lambda: log_reason(log)  # noqa: E731 -- what Server.logged_error returns for that log
+    def logged():  # what Server.logged_error returns for that log
+        return log_reason(log)
     report = {"completed": 0, "failed": 16, "errors": ["Never received a valid chunk to calculate TTFT"] * 16}
     with pytest.raises(Stated) as missing:
         check_requests(case, report, "c1 round 1 of 6 (1 warm-up)", logged_error=logged)
@@ -344,14 +345,15 @@ def test_a_servers_process_group_is_gone_within_seconds_after_its_pytest_is_kill
     import subprocess
     import sys
     import time
+    from pathlib import Path
     parent = subprocess.Popen([sys.executable, "-c", _PARENT, _FAKE_SERVER], stdout=subprocess.PIPE, text=True)
     try:
         log = parent.stdout.readline().strip()
         assert log, "the stand-in server did not start"
         deadline = time.monotonic() + 10
-        while "pids" not in open(log).read() and time.monotonic() < deadline:
+        while "pids" not in Path(log).read_text() and time.monotonic() < deadline:
             time.sleep(0.1)
-        pids = [int(p) for p in open(log).read().split("pids", 1)[1].split()[:2]]
+        pids = [int(p) for p in Path(log).read_text().split("pids", 1)[1].split()[:2]]
         group = os.getpgid(pids[0])
         assert group == pids[0] != os.getpgid(parent.pid)  # its own session, as vLLM's server has
     finally:
@@ -365,7 +367,7 @@ def test_a_servers_process_group_is_gone_within_seconds_after_its_pytest_is_kill
             break
         time.sleep(0.2)
     alive = [pid for pid in pids if os.path.exists(f"/proc/{pid}") and
-             "Z" not in open(f"/proc/{pid}/stat").read().split(")")[-1].split()[:1]]
+             "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[:1]]
     for pid in alive:
         os.kill(pid, signal.SIGKILL)
     assert not alive, f"server processes {alive} outlived their killed parent"

@@ -182,6 +182,8 @@ def test_engine_cases_have_numbers_kernel_guard_and_engine_facts(engine_run, fmt
     assert decode["guard"]["passed"] and decode["guard"]["compared"] == "next-token logprobs (centered)"
     assert decode["guard"]["cosine_vs_dense"] >= decode["guard"]["min_cosine"]
     assert decode["engine_start_s"] > 0 and decode["kv_cache_bytes"] > 0
+    # vLLM's preallocated KV pool recorded apart from the peak (what compares with a transformers case)
+    assert 0 <= decode["peak_memory_less_kv_pool_bytes"] <= decode["peak_memory_bytes"]
     if decode["weights_unknown"]:  # vLLM's CPU dispatch packed dense weights into oneDNN / sgl handles
         assert "packed the weights of" in decode["weights_unknown"]
         assert decode["weight_bytes_after_load"] is None and decode["decode_weight_gbps"] is None

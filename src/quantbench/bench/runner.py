@@ -170,6 +170,10 @@ def describe(case: Case, prepared, options: RunOptions, peak: PeakMemory, step_t
         "load_s": loaded.load_s,
         "peak_memory_bytes": peak.peak_bytes(),
         "peak_memory_kind": peak.kind,
+        # vLLM allocates its KV pool up front (on a GPU most of the device): the peak less the pool is what
+        # compares with a transformers case's peak, whose cache grows with the case
+        "peak_memory_less_kv_pool_bytes": (max(0, peak.peak_bytes() - loaded.facts["kv_cache_bytes"])
+                                           if loaded.facts.get("kv_cache_bytes") and peak.peak_bytes() else None),
         "guard": prepared.guard.as_dict(),
         **runtime_facts,
         "stack": stack_versions(),

@@ -10,7 +10,6 @@ user gets; ``kernel()`` names it.
 from __future__ import annotations
 
 import contextlib
-
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -218,11 +217,11 @@ def _packed_weights_recorded():
         return classmethod(from_linear)
     try:
         for cls, original in saved.items():
-            setattr(cls, "from_linear", recording(original))
+            cls.from_linear = recording(original)
         yield packed
     finally:
         for cls, original in saved.items():
-            setattr(cls, "from_linear", original)
+            cls.from_linear = original
 
 
 def _calibrated_fakequant(quantized, packed: dict, dense_dir: Path, reference) -> dict:

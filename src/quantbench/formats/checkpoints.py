@@ -143,7 +143,7 @@ def ensure_checkpoint(spec: ModelSpec, kind: str, device: torch.device | str = "
             _build_into(out, lambda tmp: BUILDERS[kind](spec, dense, tmp, device, reference, texts), force)
         except (QuantbenchError, Unsupported, torch.cuda.OutOfMemoryError, MemoryError):
             raise
-        except Exception as exc:  # noqa: BLE001 - a library that fails inside its own quantizer
+        except Exception as exc:  # a library that fails inside its own quantizer
             # stated once, in the library's words, and cached by the pool: never rebuilt for every case
             raise Unsupported(f"building the {kind} checkpoint of {spec.name} on {device.type} failed in "
                               f"{type(exc).__name__}: {first_line(exc)}") from exc

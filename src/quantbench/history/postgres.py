@@ -56,13 +56,19 @@ MIGRATIONS = {
                    b->'extra_info' AS extra_info
             FROM quantbench_runs r CROSS JOIN LATERAL jsonb_array_elements(r.payload->'benchmarks') b"""],
 }
-_PASSWORD_IN_URL = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@")
+# Any scheme a user might write (SQLAlchemy's postgresql+psycopg://, mysql://, ...): a password never survives
+_PASSWORD_IN_URL = re.compile(r"([A-Za-z][\w.+-]*://[^:/@\s]*:)[^@\s]*@")
 _PASSWORD_PARAM = re.compile(r"(password=)[^&\s]*")
 
 
 def redact(text: str) -> str:
     """A text (an argument list, a URL) with any password in a database URL replaced by ***."""
     return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***@", str(text)))
+
+
+def libpq_url(url: str) -> str:
+    """A PostgreSQL URL as libpq reads it: SQLAlchemy's driver suffix (postgresql+psycopg://) dropped."""
+    return re.sub(r"^postgres(?:ql)?\+[\w]+://", "postgresql://", url)
 
 
 class DbRun(NamedTuple):
@@ -142,7 +148,7 @@ class PostgresStore:
     """The history in a PostgreSQL database: the same questions as a FolderStore."""
 
     def __init__(self, url: str):
-        self.url = url
+        self.url = libpq_url(url)
         self.label = _label(url)
         self._conn = None
 

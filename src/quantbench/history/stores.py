@@ -20,12 +20,14 @@ from .merge import combine_group, run_ids
 from .store import latest_run, load_run, run_files, save_run, signature
 
 DATABASE_SCHEMES = ("postgresql://", "postgres://")
+_DATABASE_URL = re.compile(r"^postgres(?:ql)?(?:\+\w+)?://")   # SQLAlchemy's postgresql+psycopg:// too
+_ANY_URL = re.compile(r"^[A-Za-z][\w.+-]*://")
 # the group part of a sharded run's name: _g<group>-<index>of<count>.json
 _GROUP = re.compile(r"_g(?P<group>[A-Za-z0-9.-]+)-(?P<index>\d+)of(?P<count>\d+)\.json$")
 
 
 def is_database(location) -> bool:
-    return str(location).startswith(DATABASE_SCHEMES)
+    return bool(_DATABASE_URL.match(str(location)))
 
 
 def open_store(location):
@@ -41,6 +43,10 @@ def open_store(location):
     if is_database(location):
         from .postgres import PostgresStore
         return PostgresStore(str(location))
+    if _ANY_URL.match(str(location)):  # never a folder named after a URL (and its password)
+        from .postgres import redact
+        raise BadHistory(redact(location), "a URL quantbench cannot store a history in",
+                         "pass a folder, or a postgresql:// URL (postgresql+psycopg:// is read as postgresql://)")
     return FolderStore(location)
 
 

@@ -155,7 +155,8 @@ def unknown_weight_lines(ok: pd.DataFrame) -> list[str]:
         return []
     unknown = ok[ok["weights_unknown"].notna()]
     return [f"WEIGHTS UNKNOWN: {model}: {', '.join(sorted(rows['format'].unique()))}: {reason} (no memory or "
-            "bandwidth finding rests on them)" for (model, reason), rows in unknown.groupby(["model", "weights_unknown"])]
+            "bandwidth finding rests on them)"
+            for (model, reason), rows in unknown.groupby(["model", "weights_unknown"])]
 
 
 def decode_bandwidth(gen: pd.DataFrame, model: str, prompt_len: int, ceiling_gbps: float | None) -> pd.DataFrame:

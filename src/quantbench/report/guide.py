@@ -451,7 +451,10 @@ def _model_section(sig: Signature, model, out_dir: Path) -> list[str]:
     mem = sig.ok[sig.ok["model"] == model].groupby("format").agg(
         disk_MiB=("disk_bytes", "max"), weights_after_load_MiB=("weight_bytes_after_load", "max"),
         weights_after_first_forward_MiB=("weight_bytes_after_first_forward", "max"),
-        peak_MiB=("peak_memory_bytes", "max"), load_s=("load_s", "median"), kernel=("kernel", "first"))
+        peak_MiB=("peak_memory_bytes", "max"),
+        **({"peak_less_kv_pool_MiB": ("peak_memory_less_kv_pool_bytes", "max")}
+           if "peak_memory_less_kv_pool_bytes" in sig.ok else {}),
+        load_s=("load_s", "median"), kernel=("kernel", "first"))
     for col in [c for c in mem.columns if c.endswith("MiB")]:
         mem[col] = mem[col] / 2**20
     return lines + [f"![memory]({chart_memory(sig.ok, model, out_dir)})", "", "Memory and load (MiB, seconds):", "",
@@ -551,8 +554,8 @@ def _kernel_section(sig: Signature, out_dir: Path) -> list[str]:
                             aggfunc="median")
     ran = kok.groupby("kernel")["path"].agg(lambda paths: " | ".join(dict.fromkeys(paths))).reset_index()
     return lines + ["Achieved bandwidth, % of the measured ceiling, by M:", "", _md(table, ".1f"), "",
-                    "What each kernel ran (its recorded path; where a record is known not to be what ran, what "
-                    "ran):", "", ran.to_markdown(index=False), ""]
+                    ("What each kernel ran (its recorded path; where a record is known not to be what ran, what "
+                     "ran):"), "", ran.to_markdown(index=False), ""]
 
 
 def chart_serving(ok: pd.DataFrame, model, out_dir: Path) -> str:

@@ -181,7 +181,7 @@ class Server:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen([*self.command(), "--port", str(self.port)], stdout=log,
                                             stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                            preexec_fn=_term_with_parent)
+                                            preexec_fn=_term_with_parent)  # noqa: PLW1509 - a prctl call only
         self.watchdog = _watch_group(self.process.pid)
         _LIVE.add(self)
         deadline = start + self.config.start_budget_s
