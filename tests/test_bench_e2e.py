@@ -162,3 +162,46 @@ def test_a_run_past_its_deadline_ends_cleanly_with_its_json_history_and_the_case
     assert all(s["reason"].startswith("not reached: --qb-deadline 600 s passed") for s in states)
     assert f"{len(states)} case(s) not run, stated not-reached" in result.stdout
     assert len(list(root.glob("*/*.json"))) == 1 and "quantbench: history saved to" in result.stdout
+
+
+@pytest.mark.stack_independent  # the plugin's and the history's plumbing, not the libraries
+def test_a_killed_run_keeps_every_case_it_finished(tiny_checkpoints, tmp_path):
+    """pytest-benchmark writes its JSON when pytest ends: a runner's command limit (SIGKILL) lost everything a
+    command had measured (3ae1c25). Each case is journaled as it ends; the journal of a run that never ended is
+    listed by `quantbench history` and stored by `--add` as the run of its finished cases, marked interrupted with
+    the cases it did not reach. A run that ends removes its journal."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import REPO, run_cli
+    root, out = tmp_path / "history", tmp_path / "bench.json"
+    args = ["benchmarks/test_generation.py", "--qb-models", "tiny", "--qb-formats", "bf16", "--qb-batch", "1,2,4",
+            "--qb-prompt", "16", "--qb-new-tokens", "4", "--qb-rounds", "2", "-q"]
+    done = run_pytest(*args, f"--benchmark-json={out}")
+    assert done.returncode == 0 and out.is_file() and not list(tmp_path.glob("*.journal.jsonl")), done.stdout[-2000:]
+    # the same run, killed once its first case is journaled (its JSON in a scratch folder: the journal in the
+    # history folder's .journals/)
+    run = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args, f"--qb-history={root}"],
+                           cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    journals = []
+    while time.monotonic() < deadline and run.poll() is None:
+        journals = list(root.glob(".journals/*.journal.jsonl"))
+        if journals and '"kind": "case"' in journals[0].read_text():
+            break
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    assert journals, "no journal was written"
+    listed = run_cli("history", "--history", str(root))
+    assert "a run that never ended" in listed.stdout and "--add" in listed.stdout, listed.stdout
+    added = run_cli("history", "--history", str(root), "--add", str(journals[0]))
+    assert added.returncode == 0 and "stored as" in added.stdout, added.stdout + added.stderr
+    (stored,) = root.glob("*/*.json")
+    payload = json.loads(stored.read_text())
+    assert payload["benchmarks"] and all(b["extra_info"]["state"] == "ok" for b in payload["benchmarks"])
+    interrupted = payload["quantbench"]["interrupted"]
+    assert len(payload["benchmarks"]) + len(interrupted["not_reached"]) == 6  # 3 batches x prefill, decode
+    assert not journals[0].exists()  # stored: no longer listed as a run that never ended

@@ -107,6 +107,10 @@ bench() {  # bench NAME PYTEST-ARGS...: one pytest run, ended by its own --qb-de
     --qb-deadline "$(( limit > 90 ? limit - 45 : limit / 2 ))" \
     --qb-history "$HIST" --benchmark-json "$OUT/$name.json" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
+  if [ ! -s "$OUT/$name.json" ] && [ -f "$OUT/$name.json.journal.jsonl" ]; then
+    # killed before pytest-benchmark wrote its JSON: the cases it finished are in the journal
+    python3 -m quantbench.cli history --history "$HIST" --add "$OUT/$name.json.journal.jsonl" 2>&1 | tail -n 2
+  fi
   tail -n 25 "$OUT/$name.log"
   log "$name ($STACK): rc $rc, wall s $((SECONDS - t0))"
 }

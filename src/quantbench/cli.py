@@ -227,7 +227,10 @@ def _skipped(command: str):
 
 
 def cmd_history(args) -> int:
+    from pathlib import Path
+
     from . import history
+    from .history import journal
     store = history.open_store(args.history)
     try:
         for file in args.add:
@@ -235,6 +238,8 @@ def cmd_history(args) -> int:
             # validated, stored under its own signature, never twice
             where, stored_now = store.save(history.load_run(file), added=True)
             print(f"{file}: stored as {where}" if stored_now else f"{file}: already stored as {where}")
+            if journal.is_journal(file) and Path(file).parent.name == journal.JOURNALS:
+                Path(file).unlink(missing_ok=True)  # a history folder's unfinished run, now stored: not listed again
         if args.action == "import":
             return _import(store, args.folder)
         if args.action == "export":
@@ -246,6 +251,12 @@ def cmd_history(args) -> int:
 
 def _list(store) -> int:
     from . import history
+    from .history import journal
+    root = getattr(store, "root", None)
+    for left in sorted(root.glob(f"{journal.JOURNALS}/*{journal.SUFFIX}")) if root is not None else []:
+        cases = sum(1 for entry in journal.read(left) if entry.get("kind") in ("case", "state"))
+        print(f"{left}: a run that never ended ({cases} finished case(s)): store it with `quantbench history "
+              f"--history {store.label} --add {left}`")
     frame = history.frame_of(history.read_all(store, store.runs(), _skipped("history")))
     if frame.empty:
         print(f"no history under {store.label}")

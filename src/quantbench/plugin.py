@@ -168,6 +168,9 @@ class RunState:
     gate_result: tuple | None = None                    # (baseline paths, GateResult or QuantbenchError)
     budget: object = None                               # bench.budgets.Budget: per case, per engine start
     deadline: float | None = None                       # --qb-deadline, on time.monotonic()'s clock
+    journal: object = None                              # history.journal.Journal: each case as it ends
+    journaled: tuple = (0, 0)                           # benchmarks and states already in the journal
+    journal_left: Path | None = None                    # a journal kept because the run's JSON was not written
     not_reached: int = 0                                # cases the deadline stated without running
 
 
@@ -475,6 +478,7 @@ def pytest_collection_finish(session):
     config = session.config
     device = config.getoption("qb_plan")
     if not device:
+        _open_journal(session)
         return
     from .bench import plan
     state, defaults = run_state(config), _defaults(config)
@@ -491,6 +495,81 @@ def pytest_collection_finish(session):
         writer.line(f"plan {row.seconds:8.1f} s  {row.case}  ({row.why})")
     writer.line(f"quantbench plan ({device}): {plan.summary(rows)}")
     pytest.exit("quantbench plan printed; nothing was run", returncode=0)
+
+
+def _open_journal(session) -> None:
+    """The run's journal beside its --benchmark-json (history.journal): a header now, each case as it ends."""
+    from .history import journal
+    config, state = session.config, run_state(session.config)
+    bench_session = getattr(config, "_benchmarksession", None)
+    if bench_session is None or bench_session.disabled or not config.option.benchmark_json:
+        return
+    cases = [item.nodeid for item in session.items if _case_of(item)[0] is not None]
+    if not cases:
+        return
+    try:
+        state.journal = journal.Journal(_journal_location(config, state))
+        from datetime import datetime, timezone
+
+        import pytest_benchmark
+        from .history import redact
+        commit_info = config.hook.pytest_benchmark_generate_commit_info(config=config)
+        config.hook.pytest_benchmark_update_commit_info(config=config, commit_info=commit_info)
+        state.journal.append({"kind": "header", "datetime": datetime.now(timezone.utc).isoformat(),
+                              "version": pytest_benchmark.__version__,
+                              "machine_info": bench_session.get_machine_info(), "commit_info": commit_info,
+                              "args": [redact(arg) for arg in config.invocation_params.args], "cases": cases})
+    except OSError as exc:  # a journal that cannot be written costs the run nothing but the journal
+        state.journal = None
+        config.get_terminal_writer().line(f"quantbench: no journal ({exc}): a killed run keeps nothing", yellow=True)
+
+
+@pytest.hookimpl(hookwrapper=True, trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After each case's teardown: the timed entries and stated records it added, into the journal."""
+    yield
+    _journal_new_entries(item.config)
+
+
+def _journal_location(config, state) -> Path:
+    """Beside --benchmark-json; for a scratch JSON (--qb-history without --benchmark-json) in the history folder's
+    .journals/, where `quantbench history` finds it if the run never ends, never in an unannounced temp folder."""
+    from .history import FolderStore, journal
+    if state.scratch is not None and isinstance(state.store, FolderStore):
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        return state.store.root / journal.JOURNALS / f"{stamp}-{os.getpid()}{journal.SUFFIX}"
+    return journal.journal_path(config.option.benchmark_json)
+
+
+def _close_journal(config, state) -> None:
+    """The run's JSON written: its journal goes. Not written (pytest-benchmark's writer failed): the journal stays,
+    and the terminal says how to store what it holds."""
+    if state.journal is None:
+        return
+    _journal_new_entries(config)
+    written = Path(str(config.option.benchmark_json))
+    state.journal.close(remove=written.is_file() and written.stat().st_size > 0)
+    if state.journal.path.exists():
+        state.journal_left = state.journal.path
+    state.journal = None
+
+
+def _journal_new_entries(config) -> None:
+    state = config.stash.get(STATE, None)
+    if state is None or state.journal is None:
+        return
+    benches, records = config._benchmarksession.benchmarks, state.states.records
+    done_benches, done_records = state.journaled
+    try:
+        for bench in benches[done_benches:]:
+            if not bench.has_error:
+                state.journal.append({"kind": "case", "bench": bench.as_dict(include_data=True)})
+        for record in records[done_records:]:
+            state.journal.append({"kind": "state", "record": record})
+    except OSError as exc:
+        config.get_terminal_writer().line(f"quantbench: journal stopped ({exc})", yellow=True)
+        state.journal = None
+    state.journaled = (len(benches), len(records))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -616,6 +695,7 @@ def pytest_sessionfinish(session, exitstatus):
     """After pytest-benchmark's own saving (its hookwrapper): the run is written; store it, then gate it."""
     config, state = session.config, run_state(session.config)
     _write_run_without_measurements(config)
+    _close_journal(config, state)
     _store(config, state)
     _gate(config, state)
     if state.save_error:
@@ -636,6 +716,10 @@ def pytest_terminal_summary(terminalreporter, config):
     if table is not None and not table.empty:
         terminalreporter.section("quantbench: crossover M (quantized kernel stops beating torch-fp16)")
         terminalreporter.write_line(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    if state.journal_left:
+        terminalreporter.write_line(f"quantbench: the run's JSON was not written; its finished cases are in "
+                                    f"{state.journal_left}: store them with `quantbench history --add "
+                                    f"{state.journal_left}`", red=True)
     if state.not_reached:
         terminalreporter.write_line(f"quantbench: --qb-deadline {config.getoption('qb_deadline'):g} s reached: "
                                     f"{state.not_reached} case(s) not run, stated not-reached", yellow=True)

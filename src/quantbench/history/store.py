@@ -85,8 +85,12 @@ def save_run(root: Path, payload: dict, at_run_time: bool = False) -> Path:
 
 # ----------------------------------------------------------------------------- reading
 def load_run(path: Path) -> dict:
-    """Read and validate one history file; every failure is a BadHistory naming the file."""
+    """Read and validate one history file (or the journal of a run that did not end: its finished cases, marked
+    interrupted); every failure is a BadHistory naming the file."""
     path = Path(path)
+    from . import journal
+    if journal.is_journal(path) and path.is_file():
+        return check_payload(journal.payload(path), path)
     try:
         text = path.read_text()
     except FileNotFoundError:
