@@ -202,3 +202,34 @@ def test_a_call_outside_any_case_waits_without_a_deadline_in_the_child(tiny_chec
         assert opened.loaded.facts["isolation"].startswith("child process")
     finally:
         opened.decoder.close()
+
+
+@pytest.mark.stack_independent
+def test_a_cases_deadline_ends_with_its_rounds():
+    """3ae1c25 set a child-process case's deadline in begin_case and never cleared it: the case's facts, read after
+    its rounds (outside the state handler), ran under what the finished case had left, so a case that ended just
+    inside its budget raised a raw TooSlow as a test error and killed the worker its checkpoint's next cases
+    needed."""
+    import time
+
+    import torch
+
+    from quantbench.bench.isolation import RemoteDecoder
+    from quantbench.errors import TooSlow
+
+    class Worker:  # the child's side: a call past its deadline is stopped
+        steps, child_s = 0, 0.0
+
+        def call(self, method, *args, deadline, doing):
+            if time.monotonic() > deadline:
+                raise TooSlow(f"{doing}: past its deadline")
+            return {"asked": method}
+
+    decoder = RemoteDecoder(Worker(), torch.device("cpu"))
+    clock = CaseClock(budget_s=0.0, phase="decode", rounds=2, warmup=1, batch=1, kernel="K")
+    decoder.begin_case(clock)
+    time.sleep(0.01)
+    with pytest.raises(TooSlow, match="budget 0 s"):  # inside the case: its budget holds
+        decoder.round_facts(2, 0.1)
+    decoder.end_case(60.0)
+    assert decoder.round_facts(2, 0.1) == {"asked": "round_facts"}  # its facts: a deadline of their own

@@ -404,11 +404,16 @@ class RemoteDecoder:
         self.child_round_s: list[float] = []
 
     def begin_case(self, clock) -> None:
-        self.clock, self.child_round_s = clock, []
+        self.clock, self.child_round_s, self.after_case = clock, [], None
+
+    def end_case(self, facts_s: float) -> None:
+        """The case's rounds are over: its deadline ends with them. What is asked of the child afterwards (the
+        case's facts) has ``facts_s`` of its own, never what the finished case had left."""
+        self.clock, self.after_case = None, time.monotonic() + facts_s
 
     def remote(self, method: str, *args):
-        clock = self.clock
-        deadline = clock.deadline if clock is not None else time.monotonic() + FOREVER_S
+        clock, after = self.clock, getattr(self, "after_case", None)
+        deadline = clock.deadline if clock is not None else after or time.monotonic() + FOREVER_S
         try:
             return self.worker.call(method, *args, deadline=deadline,
                                     doing=clock.doing() if clock is not None else method)

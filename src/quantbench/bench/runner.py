@@ -50,17 +50,34 @@ def percentiles(values_s: list[float]) -> dict:
 def run_case(benchmark, case: Case, pool: ModelPool, options: RunOptions, states: StateRecorder,
              nodeid: str = "") -> dict:
     """Prepare the case (load, guard, compile at this shape), time it, describe the result."""
+    prepared = None
     try:
         prepared, ids, runtime_facts, clock = prepare(case, pool, options)
         step_times, peak = time_case(benchmark, case, prepared, ids, options, clock)
+        _end_case(prepared)
+        if benchmark.stats is None:  # --benchmark-disable: the case ran once as a smoke test, no numbers
+            return {}
+        try:  # the case's facts, read from a child process too: a stated end, never a raw error
+            info = describe(case, prepared, options, peak, step_times, benchmark.stats.stats.median,
+                            runtime_facts)
+        except Unsupported as exc:
+            raise Stated(exc.state, f"after its rounds, reading its facts: {exc}", kernel=clock.kernel) from None
     except Stated as exc:
         pool.case_ended(case, exc.state, exc.reason)
         record_and_end(states, case, exc, nodeid)
-    if benchmark.stats is None:  # --benchmark-disable: the case ran once as a smoke test, no numbers
-        return {}
-    info = describe(case, prepared, options, peak, step_times, benchmark.stats.stats.median, runtime_facts)
+    finally:
+        _end_case(prepared)
     benchmark.extra_info.update(info)
     return info
+
+
+FACTS_S = 60.0  # reading a finished case's facts from its child process
+
+
+def _end_case(prepared) -> None:
+    """A decoder in a child process: the case's deadline ends with its rounds (bench.isolation.RemoteDecoder)."""
+    if prepared is not None and hasattr(prepared.decoder, "end_case"):
+        prepared.decoder.end_case(FACTS_S)
 
 
 def prepare(case: Case, pool: ModelPool, options: RunOptions):
