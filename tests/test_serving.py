@@ -371,3 +371,12 @@ def test_a_servers_process_group_is_gone_within_seconds_after_its_pytest_is_kill
     for pid in alive:
         os.kill(pid, signal.SIGKILL)
     assert not alive, f"server processes {alive} outlived their killed parent"
+
+
+@pytest.mark.stack_independent
+def test_the_slo_knee_is_the_last_concurrency_before_the_first_miss():
+    """3ae1c25 took the highest concurrency that met the SLO: c1 met, c2 missed, c4 met by noise read a knee of 4."""
+    assert report_serving.slo_knee([(1, True), (2, False), (4, True)]) == 1
+    assert report_serving.slo_knee([(1, True), (2, True), (4, True)]) == 4
+    assert report_serving.slo_knee([(1, False), (2, True)]) == "none"
+    assert report_serving.slo_knee([(1, None)]) == "none"  # no SLO: no pass

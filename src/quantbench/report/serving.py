@@ -46,15 +46,26 @@ def point_table(ok: pd.DataFrame, model) -> pd.DataFrame:
     return rows.set_index("format")[columns].rename(columns=TABLE_COLUMNS)
 
 
+def slo_knee(points: list[tuple]) -> int | str:
+    """(concurrency, met the SLO) in increasing concurrency -> the last concurrency before the first miss ("none"
+    when the first point misses; a None, no SLO, is no pass)."""
+    knee: int | str = "none"
+    for concurrency, met in points:
+        if met is not True:
+            break
+        knee = int(concurrency)
+    return knee
+
+
 def knees(ok: pd.DataFrame, model) -> pd.DataFrame:
-    """Per format: the highest concurrency whose p99 TTFT and TPOT meet the SLO (None: not even the lowest
-    measured), and the best goodput over its load points (requests/s meeting every SLO)."""
+    """Per format: the knee, the last concurrency before the first that misses the SLO on its p99 TTFT and TPOT
+    ("none": not even the lowest measured; a higher point that met it again after a miss is the noise of that
+    point, not the format's capacity), and the best goodput over its load points (requests/s meeting every SLO)."""
     rows = ok[(ok["model"] == model)]
     out = []
     for fmt, group in rows.groupby("format", sort=False):
         by_c = group[group["concurrency"].notna()].sort_values("concurrency")
-        within = by_c[by_c["slo_met"] == True]  # noqa: E712 - a None (no SLO) is not a pass
-        knee = int(within["concurrency"].max()) if not within.empty else "none"
+        knee = slo_knee(list(zip(by_c["concurrency"], by_c["slo_met"])))
         best = group["request_goodput"].max() if "request_goodput" in group else None
         top = group.loc[group["request_goodput"].idxmax()] if best is not None and pd.notna(best) else None
         out.append({"format": fmt, "display_order": group["display_order"].min(),
