@@ -433,3 +433,19 @@ def test_the_gate_calls_a_2x_regression_at_every_default_round_count(key):
         decision = decide("c", "ttft_s", Sample(float(np.median(after)), after),
                           Sample(float(np.median(before)), before), threshold)
         assert decision.state == "regressed", (key, n, decision)
+
+
+@pytest.mark.stack_independent
+@pytest.mark.parametrize("text, words", [
+    ("[[overrides]]\npattern = 5\n", "[[overrides]] number 1: pattern and metric must be strings, got pattern 5"),
+    ("metrics = 5\n", "metrics must be a table, got 5"),
+    ("[slo]\ncpu = 5\n", "[slo.cpu] must be a table, got 5"),
+    ("overrides = 5\n", "overrides must be an array of tables ([[overrides]]), got 5"),
+    ("defaults = 3\n", "[defaults] must be a table, got 3")])
+def test_a_thresholds_file_with_a_scalar_where_a_table_belongs_is_one_line_naming_it(text, words):
+    """T21, T22, T22b (shared/research/bad-inputs.md): these loaded, then crashed the gate with a TypeError or an
+    AttributeError, or said only "'int' object is not iterable"."""
+    with pytest.raises(QuantbenchError) as err:
+        gate.parse_thresholds(text, "th.toml")
+    line = err.value.line()
+    assert line.startswith("th.toml: invalid thresholds file (") and words in line and "Fix:" in line, line

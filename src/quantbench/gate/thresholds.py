@@ -57,11 +57,19 @@ THRESHOLD_FIELDS = frozenset(("direction", "max_regression", "alpha", "min_round
 SLO_FIELDS = frozenset(("ttft_ms", "tpot_ms", "e2el_ms"))
 
 
+def _table(value, where: str) -> dict:
+    """A TOML table where the file must hold one (a scalar there would crash the gate later, not load)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be a table, got {value!r}")
+    return value
+
+
 def _slo(data: dict) -> dict[str, dict[str, float]]:
     slo = {}
-    for device, fields in data.items():
+    for device, fields in _table(data, "[slo]").items():
         if device not in DEVICE_KINDS:
             raise ValueError(f"[slo.{device}]: the device kind must be one of {DEVICE_KINDS}")
+        _table(fields, f"[slo.{device}]")
         _known_keys(fields, SLO_FIELDS, f"[slo.{device}]")
         for key, value in fields.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -83,15 +91,20 @@ def parse_thresholds(text: str, source: str = "<thresholds>") -> Thresholds:
         data = tomllib.loads(text)
         # A misspelt table or key would otherwise be ignored and the gate run at the defaults.
         _known_keys(data, {"defaults", "metrics", "overrides", "slo"}, "the top level")
-        defaults = data.get("defaults", {})
+        defaults = _table(data.get("defaults", {}), "[defaults]")
         _known_keys(defaults, THRESHOLD_FIELDS, "[defaults]")
         metrics = {}
-        for name, fields in data.get("metrics", {}).items():
-            _known_keys(fields, THRESHOLD_FIELDS, f"[metrics.{name}]")
+        for name, fields in _table(data.get("metrics", {}), "metrics").items():
+            _known_keys(_table(fields, f"[metrics.{name}]"), THRESHOLD_FIELDS, f"[metrics.{name}]")
             metrics[name] = Threshold(**{**defaults, **fields})
         overrides = []
+        if not isinstance(data.get("overrides", []), list):
+            raise ValueError(f"overrides must be an array of tables ([[overrides]]), got {data['overrides']!r}")
         for number, item in enumerate(data.get("overrides", []), 1):
-            item = dict(item)
+            item = dict(_table(item, f"[[overrides]] number {number}"))
+            if not isinstance(item.get("pattern", "*"), str) or not isinstance(item.get("metric", ""), str):
+                raise ValueError(f"[[overrides]] number {number}: pattern and metric must be strings, got "
+                                 f"pattern {item.get('pattern', '*')!r}, metric {item.get('metric')!r}")
             # direction belongs to the metric: an override that flipped it would read slower as better
             _known_keys(item, (THRESHOLD_FIELDS | {"pattern", "metric", "device"}) - {"direction"},
                         f"[[overrides]] number {number}")
