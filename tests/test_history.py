@@ -645,3 +645,22 @@ def test_latest_skips_the_other_shards_of_this_run_and_counts_a_group_once(tmp_p
     mine = store.save(me)[0]
     assert gate.resolve_baselines("latest", store, me, mine, runs=1) == night1  # not n2's other shard
     assert night2_other not in gate.resolve_baselines("latest", store, me, mine, runs=3)
+
+
+@pytest.mark.stack_independent
+def test_a_gate_that_compared_nothing_fails_unless_told_it_may(tmp_path):
+    """T28: a baseline from another machine printed NOT COMPARED and exited 0. T29b: --if-no-baseline pass with a
+    misspelt --history passed without saying the folder is not there."""
+    import json
+
+    from .conftest import run_cli
+    current, other = tmp_path / "cur.json", tmp_path / "other.json"
+    current.write_text(json.dumps(payload()))
+    other.write_text(json.dumps(payload(gpu="A100")))
+    out = run_cli("gate", "--current", str(current), "--baseline", str(other))
+    assert out.returncode == 1 and "NOT COMPARED" in out.stdout and "--allow-incomparable" in out.stdout, out.stdout
+    assert run_cli("gate", "--current", str(current), "--baseline", str(other), "--if-no-baseline",
+                   "pass").returncode == 0
+    typo = run_cli("gate", "--current", str(current), "--baseline", "latest", "--history", str(tmp_path / "hsitory"),
+                   "--if-no-baseline", "pass")
+    assert typo.returncode == 2 and "no such history folder" in typo.stdout + typo.stderr, typo.stdout + typo.stderr

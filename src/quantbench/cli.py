@@ -135,7 +135,11 @@ def _gate_one(args, store, fail_on: tuple, current_where: str, current: dict, cu
     except NoBaseline as exc:
         if args.if_no_baseline != "pass":
             raise
-        print(f"quantbench gate: nothing to compare with, passed: {exc.line()}")
+        root = getattr(store, "root", None)
+        if root is not None and not root.is_dir():  # a misspelt --history: never a pass
+            raise QuantbenchError(root, "no such history folder (--if-no-baseline pass covers a first run, not a "
+                                  "folder that is not there)", "check --history") from None
+        print(f"quantbench gate: nothing to compare with, passed (--if-no-baseline pass): {exc.line()}")
         return 0, ""
     baseline_runs = history.collapse(history.read_all(store, baseline_refs))
     baselines = [payload for _, payload in baseline_runs]
@@ -169,6 +173,12 @@ def _gate_one(args, store, fail_on: tuple, current_where: str, current: dict, cu
     verdict = "FAILED" if result.exit_code else "passed" if compared else "NOT COMPARED (incomparable)"
     print(f"quantbench gate: {verdict} {result.counts()}")
     heading = f"#### {history.signature(current)}\n\n" if args.group else ""  # one section per signature
+    if not compared and not result.exit_code and args.if_no_baseline != "pass":
+        # a gate that compared nothing is no pass a CI script can trust, unless the user said it may be
+        print("quantbench gate: failed: the baseline was measured on another machine or stack, so nothing was "
+              "compared. Fix: pass --allow-incomparable to compare them anyway (labelled), or --if-no-baseline "
+              "pass to accept a gate that compared nothing")
+        return 1, heading + result.markdown()
     return result.exit_code, heading + result.markdown()
 
 
