@@ -205,3 +205,16 @@ def test_a_killed_run_keeps_every_case_it_finished(tiny_checkpoints, tmp_path):
     interrupted = payload["quantbench"]["interrupted"]
     assert len(payload["benchmarks"]) + len(interrupted["not_reached"]) == 6  # 3 batches x prefill, decode
     assert not journals[0].exists()  # stored: no longer listed as a run that never ended
+
+
+@pytest.mark.stack_independent  # the plugin's and the history's plumbing, not the libraries
+def test_a_batch_the_host_cannot_hold_is_an_oom_state(tiny_checkpoints, tmp_path):
+    """T07: --qb-batch 1000000000 on a CPU was a raw torch allocator error per case, nothing recorded."""
+    out = tmp_path / "bench.json"
+    done = run_pytest("benchmarks/test_generation.py", "--qb-models", "tiny", "--qb-formats", "bf16", "--qb-batch",
+                      "1000000000", "--qb-prompt", "16", "--qb-new-tokens", "4", "--qb-rounds", "2",
+                      f"--benchmark-json={out}", "-q")
+    assert done.returncode == 0, done.stdout[-3000:]
+    states = json.loads(out.read_text())["quantbench"]["states"]
+    assert {s["state"] for s in states} == {"oom"} and len(states) == 2
+    assert all("the host could not allocate what tiny-bf16-transformers-b1000000000" in s["reason"] for s in states)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 
 from ..environment import stack_versions
-from ..errors import BadCheckpoint, QuantbenchError, Unsupported
+from ..errors import BadCheckpoint, QuantbenchError, Unsupported, first_line
 from ..formats import get_format
 from ..history import record
 from ..measure import PeakMemory, step_timer, synchronize
@@ -52,8 +53,9 @@ def run_case(benchmark, case: Case, pool: ModelPool, options: RunOptions, states
     """Prepare the case (load, guard, compile at this shape), time it, describe the result."""
     prepared = None
     try:
-        prepared, ids, runtime_facts, clock = prepare(case, pool, options)
-        step_times, peak = time_case(benchmark, case, prepared, ids, options, clock)
+        with host_oom_is_a_state(case):
+            prepared, ids, runtime_facts, clock = prepare(case, pool, options)
+            step_times, peak = time_case(benchmark, case, prepared, ids, options, clock)
         _end_case(prepared)
         if benchmark.stats is None:  # --benchmark-disable: the case ran once as a smoke test, no numbers
             return {}
@@ -72,6 +74,19 @@ def run_case(benchmark, case: Case, pool: ModelPool, options: RunOptions, states
 
 
 FACTS_S = 60.0  # reading a finished case's facts from its child process
+# torch's CPU allocator's words when the host cannot hold what a case asks for (--qb-batch 1000000000 on a CPU)
+_HOST_OOM = "can't allocate memory"
+
+
+@contextlib.contextmanager
+def host_oom_is_a_state(case: Case):
+    """A host allocation that fails is the case's ``oom`` state, as CUDA's out-of-memory is, never a traceback."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if _HOST_OOM not in str(exc):
+            raise
+        raise Stated("oom", f"the host could not allocate what {case.id} needs: {first_line(exc, 200)}") from None
 
 
 def _end_case(prepared) -> None:
