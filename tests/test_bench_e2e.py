@@ -218,3 +218,16 @@ def test_a_batch_the_host_cannot_hold_is_an_oom_state(tiny_checkpoints, tmp_path
     states = json.loads(out.read_text())["quantbench"]["states"]
     assert {s["state"] for s in states} == {"oom"} and len(states) == 2
     assert all("the host could not allocate what tiny-bf16-transformers-b1000000000" in s["reason"] for s in states)
+
+
+@pytest.mark.stack_independent  # the plugin's and the history's plumbing, not the libraries
+def test_a_prompt_longer_than_the_models_positions_is_invalid_input(tiny_checkpoints, tmp_path):
+    """T08: --qb-prompt 5000 on a model of 4096 positions was measured and stored as valid."""
+    out = tmp_path / "bench.json"
+    done = run_pytest("benchmarks/test_generation.py", "--qb-models", "tiny", "--qb-formats", "bf16", "--qb-batch",
+                      "1", "--qb-prompt", "5000", "--qb-new-tokens", "4", "--qb-rounds", "2", "-k", "prefill",
+                      f"--benchmark-json={out}", "-q")
+    assert done.returncode == 1, done.stdout[-3000:]
+    (state,) = json.loads(out.read_text())["quantbench"]["states"]
+    assert state["state"] == "invalid-input" and "need 5004 positions; tiny has 4096" in state["reason"]
+    assert "Fix: lower --qb-prompt" in state["reason"]

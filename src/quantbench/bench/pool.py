@@ -52,6 +52,18 @@ class ModelSource:
         import json
         return int(json.loads((Path(self.path) / "config.json").read_text())["vocab_size"])
 
+    def max_positions(self) -> int | None:
+        """The positions the model was built for (max_position_embeddings), or None where its config names none."""
+        if self.spec:
+            return load_spec(self.spec).max_position_embeddings
+        import json
+        try:
+            config = json.loads((Path(self.path) / "config.json").read_text())
+        except (OSError, ValueError):
+            return None  # a broken config is the checkpoint's own error, stated when it loads
+        value = config.get("max_position_embeddings") if isinstance(config, dict) else None
+        return int(value) if isinstance(value, int) else None
+
     def checkpoint(self, format_name: str, device: torch.device) -> Path:
         if self.path is not None:
             detect_checkpoint(self.path)

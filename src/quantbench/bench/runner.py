@@ -103,6 +103,11 @@ def prepare(case: Case, pool: ModelPool, options: RunOptions):
     reason = get_runtime(case.runtime).why_not_phase(get_format(case.format), case.phase)
     if reason:
         raise Stated("unsupported", reason)
+    positions = case.source.max_positions()
+    if positions and case.prompt_len + case.new_tokens > positions:  # T08: measured past what the model knows
+        raise Stated("invalid-input", f"{case.id}: a {case.prompt_len}-token prompt and {case.new_tokens} new tokens "
+                     f"need {case.prompt_len + case.new_tokens} positions; {case.source.label} has "
+                     f"{positions} (max_position_embeddings). Fix: lower --qb-prompt or --qb-new-tokens", fail=True)
     slower = pool.slower_case(case)
     if slower is not None:
         raise Stated("too-slow", f"not run: {slower.id} passed its time budget at a shape no larger")
