@@ -231,3 +231,58 @@ def test_a_prompt_longer_than_the_models_positions_is_invalid_input(tiny_checkpo
     (state,) = json.loads(out.read_text())["quantbench"]["states"]
     assert state["state"] == "invalid-input" and "need 5004 positions; tiny has 4096" in state["reason"]
     assert "Fix: lower --qb-prompt" in state["reason"]
+
+
+@pytest.mark.stack_independent  # the plugin's and the history's plumbing, not the libraries
+def test_ctrl_c_keeps_the_finished_cases_and_marks_the_run_interrupted(tiny_checkpoints, tmp_path):
+    """T40: Ctrl-C after 3 of 8 cases gave a 90-line traceback inside pytest-benchmark ("min() arg is an empty
+    sequence": the case cut inside its rounds), the measured cases were discarded and the run was not marked
+    interrupted. Now the cut case is left out, the JSON (written atomically) and the history keep the rest."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import REPO
+    root, out = tmp_path / "history", tmp_path / "bench.json"
+    run = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "benchmarks/test_generation.py",
+                            "--qb-models", "tiny", "--qb-formats", "bf16", "--qb-batch", "1,2,4,8",
+                            "--qb-prompt", "16", "--qb-new-tokens", "16", "--qb-rounds", "20",
+                            f"--qb-history={root}", f"--benchmark-json={out}", "-q"],
+                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    journal = tmp_path / "bench.json.journal.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and run.poll() is None:
+        if journal.is_file() and journal.read_text().count('"kind": "case"') >= 2:
+            break
+        time.sleep(0.02)
+    run.send_signal(signal.SIGINT)
+    output = run.communicate(timeout=300)[0]
+    assert "min() arg is an empty sequence" not in output and "Traceback" not in output, output[-3000:]
+    written = json.loads(out.read_text())
+    section = written["quantbench"]["interrupted"]
+    assert section["reason"].startswith("interrupted by Ctrl-C")
+    assert len(written["benchmarks"]) >= 2 and all(b["stats"]["rounds"] == 20 for b in written["benchmarks"])
+    assert len(written["benchmarks"]) + len(section["cut_off"]) + len(section["not_reached"]) == 8
+    assert len(list(root.glob("*/*.json"))) == 1 and not journal.exists()
+    assert not list(tmp_path.glob(".bench.json.*.tmp"))  # the atomic write left no temp file
+
+
+@pytest.mark.stack_independent
+def test_a_benchmark_json_that_cannot_be_written_is_one_line_and_no_half_file(tmp_path):
+    """T36: pytest-benchmark's save_json on a full disk raised ENOSPC mid-write and left 8192 bytes of JSON. The
+    write goes to a temp file beside it and is renamed whole; a failed write is a warning naming the path."""
+    from types import SimpleNamespace
+
+    from quantbench.bench.saving import atomic_save_json
+    said = []
+    logger = SimpleNamespace(warning=said.append, info=lambda *a, **k: None)
+    good = SimpleNamespace(json=tmp_path / "run.json", logger=logger)
+    atomic_save_json(good, {"benchmarks": [1, 2]})
+    assert json.loads((tmp_path / "run.json").read_text()) == {"benchmarks": [1, 2]} and not said
+    (tmp_path / "file").write_text("")
+    bad = SimpleNamespace(json=tmp_path / "file" / "run.json", logger=logger)  # its folder is a file: ENOTDIR
+    atomic_save_json(bad, {"benchmarks": []})
+    (line,) = said
+    assert line.startswith(f"quantbench: --benchmark-json {tmp_path / 'file' / 'run.json'} NOT written (")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "run.json"]  # no temp file left

@@ -171,6 +171,7 @@ class RunState:
     journal: object = None                              # history.journal.Journal: each case as it ends
     journaled: tuple = (0, 0)                           # benchmarks and states already in the journal
     journal_left: Path | None = None                    # a journal kept because the run's JSON was not written
+    case_ids: list = field(default_factory=list)        # node ids of the run's quantbench cases, as collected
     not_reached: int = 0                                # cases the deadline stated without running
 
 
@@ -186,6 +187,9 @@ def pytest_configure(config):
     from .bench.states import StateRecorder
     from .errors import QuantbenchError
     state = config.stash[STATE] = RunState(states=StateRecorder())
+    from .bench.saving import SafeSaving
+    if not config.pluginmanager.has_plugin("quantbench-safe-saving"):
+        config.pluginmanager.register(SafeSaving(config), "quantbench-safe-saving")
     if config.getoption("qb_deadline"):
         state.deadline = time.monotonic() + config.getoption("qb_deadline")
     try:
@@ -504,7 +508,7 @@ def _open_journal(session) -> None:
     bench_session = getattr(config, "_benchmarksession", None)
     if bench_session is None or bench_session.disabled or not config.option.benchmark_json:
         return
-    cases = [item.nodeid for item in session.items if _case_of(item)[0] is not None]
+    cases = state.case_ids = [item.nodeid for item in session.items if _case_of(item)[0] is not None]
     if not cases:
         return
     try:
@@ -612,6 +616,8 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     for bench in output_json.get("benchmarks", []):
         if not bench.get("extra_info"):  # cut off inside its rounds: its partial times are no result
             bench["extra_info"] = {"state": "interrupted", "reason": history.INTERRUPTED_REASON}
+    from .bench.saving import interruption
+    stopped = interruption(config, state.case_ids, output_json.get("benchmarks", []), state.states.records)
     end = environment.gpu_telemetry()
     output_json["quantbench"] = {
         "schema_version": SCHEMA_VERSION,
@@ -620,6 +626,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         "throttled": any(t.get("throttled") for t in state.telemetry_start + end),
         "args": [history.redact(arg) for arg in config.invocation_params.args],  # no password in a result
         "peaks": state.peaks,
+        **({"interrupted": stopped} if stopped else {}),
     }
     from .report.crossover import crossover, kernel_frame
     kernels_df = kernel_frame(output_json.get("benchmarks", []))

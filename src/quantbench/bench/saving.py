@@ -1,0 +1,75 @@
+"""What pytest-benchmark writes, made safe to lose a process in the middle of: its --benchmark-json written
+atomically (a temp file beside it, then a rename: a full disk or a kill leaves the old file or none, never half of
+one), and a case cut off inside its rounds (Ctrl-C) left out of its JSON instead of crashing the writer
+(pytest-benchmark's statistics take min() of the rounds: "min() arg is an empty sequence", and the whole run was
+lost). Both are registered on pytest-benchmark's own session object, nothing of it copied."""
+
+from __future__ import annotations
+
+import os
+import types
+from pathlib import Path
+
+import pytest
+
+
+def atomic_save_json(session, output_json) -> None:
+    """pytest-benchmark's ``save_json``, atomically; a write that fails says so in one line (the run's finished
+    cases stay in its journal) instead of a traceback."""
+    from pytest_benchmark.utils import safe_dumps
+    path = Path(str(session.json))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as out:
+            out.write(safe_dumps(output_json, ensure_ascii=True, indent=4).encode())
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        session.logger.warning(f"quantbench: --benchmark-json {path} NOT written ({exc.strerror or exc}): the "
+                               "cases this run finished are in its journal (see below)")
+        return
+    session.logger.info(f"Wrote benchmark data in: {path}", purple=True)
+
+
+class SafeSaving:
+    """A pytest plugin object: installs the atomic writer when the session starts, notes a Ctrl-C, and before
+    pytest-benchmark saves (its own sessionfinish wrapper runs after this one's first half) drops the cases that
+    have no round."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def pytest_keyboard_interrupt(self, excinfo):
+        self.config.stash[STOPPED] = "interrupted by Ctrl-C (KeyboardInterrupt): these are the cases it finished"
+
+    def pytest_sessionstart(self, session):
+        bench = getattr(session.config, "_benchmarksession", None)
+        if bench is not None and bench.json:
+            bench.save_json = types.MethodType(atomic_save_json, bench)
+
+    @pytest.hookimpl(hookwrapper=True, tryfirst=True)
+    def pytest_sessionfinish(self, session, exitstatus):
+        bench = getattr(session.config, "_benchmarksession", None)
+        if bench is not None:
+            cut = [b for b in bench.benchmarks if not getattr(getattr(b, "stats", None), "data", None)]
+            if cut:
+                bench.benchmarks[:] = [b for b in bench.benchmarks if b not in cut]
+                session.config.stash.setdefault(CUT_OFF, []).extend(b.fullname for b in cut)
+        yield
+
+
+CUT_OFF = pytest.StashKey[list]()
+STOPPED = pytest.StashKey[str]()
+
+
+def interruption(config, case_ids: list[str], benchmarks: list[dict], states: list[dict]) -> dict | None:
+    """The run's ``interrupted`` section when it stopped early: why, the case cut off inside its rounds, and the
+    cases it never reached; None for a run that ended."""
+    reason = config.stash.get(STOPPED, None)
+    if reason is None:
+        return None
+    cut = config.stash.get(CUT_OFF, [])
+    ended = {b.get("fullname") for b in benchmarks} | {s.get("nodeid") for s in states} | set(cut)
+    return {"reason": reason, "cut_off": cut, "not_reached": [c for c in case_ids if c not in ended]}
