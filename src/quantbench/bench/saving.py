@@ -26,7 +26,10 @@ def atomic_save_json(session, output_json) -> None:
             os.fsync(out.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # its folder is not there or not a folder: no temp file either
         session.logger.warning(f"quantbench: --benchmark-json {path} NOT written ({exc.strerror or exc}): the "
                                "cases this run finished are in its journal (see below)")
         return
