@@ -48,6 +48,42 @@ def test_truncated_safetensors(awq_copy):
         detect_checkpoint(awq_copy)
 
 
+def test_a_safetensors_header_whose_shapes_disagree_with_its_offsets_is_named(awq_copy):
+    """T17: shapes doubled, offsets and size consistent: 326 lines of traceback from inside transformers."""
+    import struct
+    shard = next(awq_copy.glob("*.safetensors"))
+    data = shard.read_bytes()
+    length = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + length])
+    name = next(k for k, v in header.items() if k != "__metadata__" and len(v["shape"]) == 2)
+    header[name]["shape"] = [2 * d for d in header[name]["shape"]]
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    shard.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + length:])
+    with pytest.raises(BadCheckpoint, match=rf"model\.safetensors: tensor '{name}': shape .* needs \d+ bytes, its "
+                                            r"offsets hold \d+\. Fix: re-save the checkpoint"):
+        detect_checkpoint(awq_copy)
+
+
+@pytest.mark.parametrize("config, words", [([], "config.json holds a JSON list, not an object"),
+                                           ({"quantization_config": "awq"}, "quantization_config is a str")])
+def test_a_config_json_of_the_wrong_shape_is_one_line_naming_it(awq_copy, config, words):
+    """T18: a config.json holding [] said "'list' object has no attribute 'get'"."""
+    (awq_copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BadCheckpoint) as err:
+        detect_checkpoint(awq_copy)
+    assert err.value.line().startswith(str(awq_copy / "config.json")) and words in err.value.line()
+
+
+def test_a_format_with_an_unknown_runtime_suffix_blames_the_runtime():
+    """T03: bf16@nosuch said "unknown format 'bf16@nosuch'" and listed no runtime."""
+    from quantbench.bench.selection import parse_pairs
+    with pytest.raises(QuantbenchError) as err:
+        parse_pairs("bf16@nosuch")
+    line = err.value.line()
+    assert "unknown runtime suffix '@nosuch' (the format 'bf16' is known)" in line and "@vllm" in line, line
+
+
 def test_unsupported_group_size(awq_copy):
     _edit_config(awq_copy, lambda c: c["quantization_config"].update(group_size=96))
     with pytest.raises(BadCheckpoint, match=r"unsupported AWQ group_size 96\. Fix: AutoAWQ kernels take group_size"):

@@ -26,6 +26,11 @@ def parse_pairs(formats: str, runtimes: str = "transformers") -> list[tuple[str,
         if not token:
             continue
         base, runtime = split_format_suffix(token)
+        if runtime is None and "@" in token and token.split("@", 1)[0] in FORMATS:  # T03: the runtime is unknown
+            suffixes = ", ".join(r.format_suffix for r in RUNTIMES.values() if (r.format_suffix or "").startswith("@"))
+            raise QuantbenchError(None, f"--qb-formats {token!r}: unknown runtime suffix "
+                                  f"'@{token.split('@', 1)[1]}' (the format {token.split('@', 1)[0]!r} is known)",
+                                  f"use one of: {suffixes}, or list the runtimes with --qb-runtimes")
         names = list(FORMATS) if token == "all" else [_format(base)]
         for pair in ((name, r) for name in names for r in ([runtime] if runtime else chosen)):
             if pair not in pairs:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import struct
@@ -190,6 +191,11 @@ def formats_for_kind(kind: str) -> tuple[str, ...]:
     return tuple(name for name, fmt in FORMATS.items() if fmt.checkpoint == kind)
 
 
+# Bytes per element of safetensors' dtypes (the sub-byte and exotic ones are not checked)
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
+                "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1}
+
+
 def validate_safetensors(path: Path) -> None:
     """Header and size checks: a truncated file is named here, not deep inside a loader."""
     size = path.stat().st_size
@@ -205,7 +211,18 @@ def validate_safetensors(path: Path) -> None:
             header = json.loads(fh.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise BadCheckpoint(path, "corrupt safetensors header", fix) from None
-    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"} if isinstance(header, dict) else None
+    if tensors is None or not all(isinstance(v, dict) and len(v.get("data_offsets") or ()) == 2
+                                  for v in tensors.values()):
+        raise BadCheckpoint(path, "corrupt safetensors header (a tensor entry without its data offsets)", fix)
+    for name, entry in tensors.items():  # T17: shapes that disagree with the bytes their offsets hold
+        width = _DTYPE_BYTES.get(entry.get("dtype"))
+        begin, stop = (int(x) for x in entry["data_offsets"])
+        if width is not None and math.prod(entry.get("shape") or []) * width != stop - begin:
+            raise BadCheckpoint(path, f"tensor {name!r}: shape {entry.get('shape')} of {entry.get('dtype')} needs "
+                                f"{math.prod(entry.get('shape') or []) * width} bytes, its offsets hold "
+                                f"{stop - begin}", "re-save the checkpoint; its header does not match its data")
+    end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
     if 8 + header_len + end > size:
         raise BadCheckpoint(path, f"truncated safetensors file ({size} bytes, header says "
                             f"{8 + header_len + end})", fix)
@@ -225,6 +242,9 @@ def detect_checkpoint(path: str | Path) -> DetectedCheckpoint:
     except json.JSONDecodeError as exc:
         raise BadCheckpoint(config_path, f"config.json is not valid JSON ({exc.msg}, line {exc.lineno})",
                             "repair or regenerate config.json") from None
+    if not isinstance(config, dict):  # T18: a JSON list or string
+        raise BadCheckpoint(config_path, f"config.json holds a JSON {type(config).__name__}, not an object of the "
+                            "model's settings", "regenerate it with the model's save_pretrained()")
     shards = sorted(path.glob("*.safetensors"))
     if not shards:
         raise BadCheckpoint(path, "no *.safetensors weights (quantbench loads safetensors only)",
@@ -232,6 +252,9 @@ def detect_checkpoint(path: str | Path) -> DetectedCheckpoint:
     for shard in shards:
         validate_safetensors(shard)
     qc = config.get("quantization_config")
+    if qc and not isinstance(qc, dict):
+        raise BadCheckpoint(config_path, f"quantization_config is a {type(qc).__name__}, not an object",
+                            "regenerate config.json with the quantizer that wrote the checkpoint")
     if not qc:
         return DetectedCheckpoint(path, "dense", formats_for_kind("dense"), None)
     method = str(qc.get("quant_method", "")).lower()
