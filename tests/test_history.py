@@ -664,3 +664,23 @@ def test_a_gate_that_compared_nothing_fails_unless_told_it_may(tmp_path):
     typo = run_cli("gate", "--current", str(current), "--baseline", "latest", "--history", str(tmp_path / "hsitory"),
                    "--if-no-baseline", "pass")
     assert typo.returncode == 2 and "no such history folder" in typo.stdout + typo.stderr, typo.stdout + typo.stderr
+
+
+@pytest.mark.stack_independent
+def test_history_reports_and_removes_the_temp_files_of_killed_writers(tmp_path):
+    """T35: kill -9 while storing left hidden .<run>.json.*.tmp files that nothing reported or cleaned."""
+    import os
+    import time
+
+    from .conftest import run_cli
+    stored = history.save_run(tmp_path, payload())
+    old = stored.parent / f".{stored.name}.abc123.tmp"
+    old.write_text("")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    young = stored.parent / f".{stored.name}.def456.tmp"
+    young.write_text("{")
+    out = run_cli("history", "--history", str(tmp_path))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"{old}: removed, the temp file of a history writer killed before it renamed it" in out.stdout
+    assert f"{young}: a history writer's temp file" in out.stdout and "left in place" in out.stdout
+    assert not old.exists() and young.exists() and stored.exists()

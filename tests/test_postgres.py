@@ -223,6 +223,8 @@ def test_a_benchmark_run_stores_into_the_database_or_keeps_its_json(postgres, pg
     assert result.returncode == 1 and "1 passed" in result.stdout, result.stdout[-2000:]
     assert "history NOT saved" in result.stdout and "cannot reach the database" in result.stdout
     assert "Traceback" not in result.stdout and "secret" not in result.stdout + out.read_text()
+    # the retry command works as printed: no literal *** password in it (bad-inputs.md), the URL by the environment
+    assert "--history env:QUANTBENCH_HISTORY (set it to your history URL) --add FILE" in result.stdout
     run = history.load_run(out)
     assert any("postgresql://qb:***@" in arg for arg in history.section(run)["args"])
     for said in ("stored as", "already stored as"):

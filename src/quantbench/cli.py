@@ -263,6 +263,7 @@ def _list(store) -> int:
     from . import history
     from .history import journal
     root = getattr(store, "root", None)
+    _clean_orphans(root)
     for left in sorted(root.glob(f"{journal.JOURNALS}/*{journal.SUFFIX}")) if root is not None else []:
         cases = sum(1 for entry in journal.read(left) if entry.get("kind") in ("case", "state"))
         print(f"{left}: a run that never ended ({cases} finished case(s)): store it with `quantbench history "
@@ -275,6 +276,27 @@ def _list(store) -> int:
         cases=("name", "count"), commit=("commit", "first"), datetime=("datetime", "first")).reset_index()
     print(table.to_string(index=False))
     return 0
+
+
+ORPHAN_AGE_S = 600  # a temp file younger than this may be a writer's at work right now: reported, not removed
+
+
+def _clean_orphans(root) -> None:
+    """T35: the hidden temp files of history writers that were killed between writing and renaming (a stored run
+    is written to .<run>.json.*.tmp, then renamed whole): reported, and removed once no writer can still own
+    them. No run is lost with them: the one a temp file held is in its run's journal or --benchmark-json."""
+    import time
+    if root is None or not root.is_dir():
+        return
+    now = time.time()
+    for tmp in sorted(root.glob("*/.*.tmp")):
+        age = now - tmp.stat().st_mtime
+        if age >= ORPHAN_AGE_S:
+            tmp.unlink(missing_ok=True)
+            print(f"{tmp}: removed, the temp file of a history writer killed before it renamed it "
+                  f"({age / 60:.0f} min old)")
+        else:
+            print(f"{tmp}: a history writer's temp file ({age:.0f} s old): left in place while a writer may own it")
 
 
 def _import(store, folder) -> int:

@@ -736,9 +736,12 @@ def pytest_terminal_summary(terminalreporter, config):
     failed = state.save_error
     if failed:
         from .history import redact
+        where = config.getoption("qb_history")
+        # a retry command must work as printed: a URL's password is never printed, so it goes by the environment
+        target = ("env:QUANTBENCH_HISTORY (set it to your history URL)" if redact(where) != where else where)
         terminalreporter.write_line(f"quantbench: history NOT saved ({failed}); this run is in "
                                     f"{config.option.benchmark_json}: store it with `quantbench history --history "
-                                    f"{redact(config.getoption('qb_history'))} --add FILE` once fixed", red=True)
+                                    f"{target} --add FILE` once fixed", red=True)
     if state.gate_result is None:
         return
     path, result = state.gate_result
