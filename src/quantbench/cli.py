@@ -133,12 +133,12 @@ def _gate_one(args, store, fail_on: tuple, current_where: str, current: dict, cu
     try:
         baseline_refs = gate.resolve_baselines(args.baseline, store, current, current_ref, args.baseline_runs)
     except NoBaseline as exc:
-        if args.if_no_baseline != "pass":
-            raise
         root = getattr(store, "root", None)
-        if root is not None and not root.is_dir():  # a misspelt --history: never a pass
+        if root is not None and not root.is_dir():  # T29, T29b: a misspelt --history is never "no earlier run"
             raise QuantbenchError(root, "no such history folder (--if-no-baseline pass covers a first run, not a "
                                   "folder that is not there)", "check --history") from None
+        if args.if_no_baseline != "pass":
+            raise
         print(f"quantbench gate: nothing to compare with, passed (--if-no-baseline pass): {exc.line()}")
         return 0, ""
     baseline_runs = history.collapse(history.read_all(store, baseline_refs))
