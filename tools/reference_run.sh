@@ -94,9 +94,15 @@ bench() {  # bench NAME PYTEST-ARGS...: one pytest run, ended by its own --qb-de
     name="$name-s${SHARD%/*}"
     set -- "$@" --qb-shard "$SHARD" --qb-group "reference-$STACK-${name%-s*}"
   fi
-  if [ "$PLAN" = 1 ]; then  # the stage's cases and predicted seconds, nothing run
-    python3 -m pytest -p no:cacheprovider -q --qb-plan cuda "$@" > "$OUT/plan-$name.txt" 2>&1
-    echo "plan $name: $(grep '^quantbench plan' "$OUT/plan-$name.txt" || tail -n 3 "$OUT/plan-$name.txt")"
+  if [ "$PLAN" = 1 ]; then  # the stage's cases and predicted seconds, each of its shards a slot, nothing run
+    python3 -m pytest -p no:cacheprovider -q --qb-plan cuda --qb-plan-slots "${PLAN_SLOTS:-1}" "$@" \
+      > "$OUT/plan-$name.txt" 2>&1
+    local line shard
+    grep '^quantbench plan' "$OUT/plan-$name.txt" | while read -r line; do
+      shard=$(echo "$line" | sed -n 's/^quantbench plan (cuda) shard \([0-9]*\)\/.*/\1/p')
+      echo "plan $name${shard:+-s$shard}: ${line#*: }"
+    done
+    grep -q '^quantbench plan' "$OUT/plan-$name.txt" || echo "plan $name: FAILED: $(tail -n 3 "$OUT/plan-$name.txt")"
     return
   fi
   limit=$(remaining)  # QB_DEADLINE: epoch seconds by which every stage must have written its JSON
@@ -285,10 +291,13 @@ stages=("$@")
 ALL_STAGES=(setup build gptq peaks sweep compile hf formats prompts kernels vllm serve repeat report)
 [ ${#stages[@]} -eq 0 ] && stages=(setup build gptq peaks sweep compile hf formats prompts kernels repeat report)
 [ "${stages[*]}" = plan ] && stages=(plan "${ALL_STAGES[@]}")
+[ "${stages[0]}" = plan ] && PLAN=1
 expanded=()
 for stage in "${stages[@]}"; do  # a sharded stage named whole is each of its shards in turn
   slots=${SLOTS[$stage]:-1}
-  if [ "$slots" -gt 1 ] && [ -z "${QB_NO_SHARDS:-}" ]; then  # QB_NO_SHARDS=1: each stage whole, in one run
+  if [ "$PLAN" = 1 ] || [ "$stage" = plan ]; then  # planned whole: one collection deals every shard
+    expanded+=("$stage")
+  elif [ "$slots" -gt 1 ] && [ -z "${QB_NO_SHARDS:-}" ]; then  # QB_NO_SHARDS=1: each stage whole, in one run
     for i in $(seq 1 "$slots"); do expanded+=("$stage:$i"); done
   else
     expanded+=("$stage")
@@ -301,8 +310,11 @@ for stage in "${expanded[@]}"; do
     stage=${stage%%:*}
   fi
   if [ "$PLAN" = 1 ]; then
+    PLAN_SLOTS=${SLOTS[$stage]:-1}
+    [ -n "${QB_NO_SHARDS:-}" ] && PLAN_SLOTS=1
     case $stage in
-      setup|build|gptq|peaks|report|plan) echo "plan $stage: runs its own commands, no pytest cases (bounded by $LIMIT s)";;
+      plan) ;;
+      setup|build|gptq|peaks|report) echo "plan $stage: runs its own commands, no pytest cases (bounded by $LIMIT s)";;
       *) "stage_$stage";;
     esac
     continue

@@ -87,6 +87,8 @@ def pytest_addoption(parser):
                     help="run nothing: print each collected case's predicted seconds on DEVICE (the committed H100 "
                          "run's figures, quantbench.bench.plan) and the total against a 540 s slot; works on a "
                          "machine without that device (tools/reference_run.sh plan)")
+    group.addoption("--qb-plan-slots", type=_positive_int, default=1, metavar="N",
+                    help="with --qb-plan: plan the cases as --qb-shard I/N would deal them, each shard a slot")
     group.addoption("--qb-serve-concurrency", default=None, metavar="N,N",
                     help="serving suite: the client's max concurrency at each load point (CPU default 1,2,4; "
                          "GPU 1,16,64; 'full': 1,2,4,...,256)")
@@ -485,19 +487,26 @@ def pytest_collection_finish(session):
         _open_journal(session)
         return
     from .bench import plan
+    from .bench.shards import deal, unit_of
     state, defaults = run_state(config), _defaults(config)
-    cases = {name: [] for name in ("generation", "serving", "kernels")}
-    for item in session.items:
-        case, kernel = _case_of(item)
-        if case is not None:
-            cases["kernels" if kernel else "serving" if hasattr(case, "num_prompts") else "generation"].append(case)
-    rows = plan.plan(cases["generation"], cases["serving"], cases["kernels"], plan.COSTS[device],
-                     config.getoption("qb_rounds") or defaults["rounds"], defaults["warmup"],
-                     state.serving.rounds, state.serving.warmup_rounds)
+    items = [item for item in session.items if _case_of(item)[0] is not None]
+    slots = config.getoption("qb_plan_slots")
+    # the deal --qb-shard I/N makes of the same cases: each shard planned as the slot it will run in
+    shard_of = deal([unit_of(item) for item in items], slots)
     writer = config.get_terminal_writer()
-    for row in rows:
-        writer.line(f"plan {row.seconds:8.1f} s  {row.case}  ({row.why})")
-    writer.line(f"quantbench plan ({device}): {plan.summary(rows)}")
+    for shard in range(1, slots + 1):
+        cases = {name: [] for name in ("generation", "serving", "kernels")}
+        for item, dealt in zip(items, shard_of):
+            case, kernel = _case_of(item)
+            if dealt == shard:
+                cases["kernels" if kernel else "serving" if hasattr(case, "num_prompts") else "generation"].append(case)
+        rows = plan.plan(cases["generation"], cases["serving"], cases["kernels"], plan.COSTS[device],
+                         config.getoption("qb_rounds") or defaults["rounds"], defaults["warmup"],
+                         state.serving.rounds, state.serving.warmup_rounds)
+        for row in rows:
+            writer.line(f"plan {row.seconds:8.1f} s  {row.case}  ({row.why})")
+        which = f" shard {shard}/{slots}" if slots > 1 else ""
+        writer.line(f"quantbench plan ({device}){which}: {plan.summary(rows)}")
     pytest.exit("quantbench plan printed; nothing was run", returncode=0)
 
 

@@ -23,7 +23,7 @@ class Shard:
 
     def select(self, items: list) -> tuple[list, list]:
         """Collected items -> (this shard's, the others'), in collection order; fills ``plan``."""
-        assigned = deal([_unit(item) for item in items], self.count)
+        assigned = deal([unit_of(item) for item in items], self.count)
         self.plan = {str(i): [] for i in range(1, self.count + 1)}
         for item, shard in zip(items, assigned):
             self.plan[str(shard)].append(item.nodeid)
@@ -54,7 +54,7 @@ def deal(units: list[str], count: int) -> list[int]:
     return [shard_of[unit] for unit in units]
 
 
-def _unit(item) -> str:
+def unit_of(item) -> str:
     """The cases that must stay together: one loaded model, or one kernel on one model's shapes."""
     params = getattr(getattr(item, "callspec", None), "params", {})
     case = params.get("qb_case") or params.get("qb_serving_case")  # one server serves a checkpoint's load points
