@@ -203,7 +203,9 @@ def test_gptqmodels_exllamav2_gets_the_scratch_space_its_post_init_takes(monkeyp
         made.append(temp_dq.numel() * temp_dq.element_size())
         return "q_handle"
 
-    monkeypatch.setattr(ExllamaV2Linear, "validate_once", classmethod(lambda cls: (True, None)))  # CUDA ext loaded?
+    ok = classmethod(lambda cls: (True, None))  # its check that the CUDA extension loaded (and gptqmodel's cache of it)
+    monkeypatch.setattr(ExllamaV2Linear, "validate_once", ok)
+    monkeypatch.setattr(ExllamaV2Linear, "cached_validate_once", ok)
     monkeypatch.setattr(ExllamaV2Linear, "ext_make_q_matrix", make_q_matrix)
     monkeypatch.setattr(ExllamaV2Linear, "ext_gemm_half_q_half",
                         lambda self, x, handle, width, force: torch.zeros(*x.shape[:-1], width, dtype=torch.float16))

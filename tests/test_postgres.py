@@ -248,7 +248,13 @@ def test_a_nightly_sharded_two_ways_is_one_run_and_a_missing_shard_is_named(pg_u
     assert len(names) == 4 and sum("_gn2-" in n for n in names) == 2
     plans = [history.section(store.load(r))["shard"]["cases"] for r in store.runs()]
     assert all(len(p["1"]) == len(p["2"]) == 1 for p in plans)  # one model per shard, every shard knows both
-    gated = run_cli("gate", "--group", "n2", "--baseline", "latest", "--history", pg_url, "--baseline-runs", "1")
+    # What is tested is which runs make a night, not noise: two pytest processes side by side on 2 cores read
+    # one case at 0.51x of the other in CI (3 rounds can only be gated on the ratio), so the ratio is wide open.
+    lenient = tmp_path / "lenient.toml"
+    lenient.write_text(THRESHOLDS.read_text() + "\n[[overrides]]\npattern = \"*\"\nmax_regression = 0.95\n")
+    gate_args = ("gate", "--group", "n2", "--baseline", "latest", "--history", pg_url, "--baseline-runs", "1",
+                 "--thresholds", str(lenient))
+    gated = run_cli(*gate_args)
     assert gated.returncode == 0, gated.stdout + gated.stderr
     assert "group n2: all 2 shards stored, gated as one run" in gated.stdout and "group n1:" in gated.stdout
     assert "missing" not in gated.stdout.split("quantbench gate: passed")[-1]
@@ -257,7 +263,7 @@ def test_a_nightly_sharded_two_ways_is_one_run_and_a_missing_shard_is_named(pg_u
     assert "tiny" in text and "fp16" in text and "bf16" in text and "missing" not in text
     store.connection().execute("DELETE FROM quantbench_runs WHERE name LIKE %s", ("%_gn2-2of2.json",))
     store.close()
-    gated = run_cli("gate", "--group", "n2", "--baseline", "latest", "--history", pg_url, "--baseline-runs", "1")
+    gated = run_cli(*gate_args)
     assert gated.returncode == 0, gated.stdout + gated.stderr  # missing is stated, not a regression
     assert "shard(s) 2 of 2 not stored" in gated.stdout
     assert "tiny-fp16-transformers-b1-p16-decode" in gated.stdout and "shard 2/2 of group n2 was not stored" in \

@@ -7,6 +7,8 @@ lost). Both are registered on pytest-benchmark's own session object, nothing of 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import types
 from pathlib import Path
 
@@ -51,6 +53,24 @@ class SafeSaving:
         bench = getattr(session.config, "_benchmarksession", None)
         if bench is not None and bench.json:
             bench.save_json = types.MethodType(atomic_save_json, bench)
+        if threading.current_thread() is threading.main_thread():
+            self.previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def pytest_unconfigure(self, config):
+        if getattr(self, "previous_sigint", None) is not None:
+            signal.signal(signal.SIGINT, self.previous_sigint)
+
+    def _on_sigint(self, signum, frame):
+        """Ctrl-C noted first, then Python's own KeyboardInterrupt. Raised inside a finalizer (a __del__ or a
+        weakref callback that a torch op's garbage collection ran), Python prints and swallows it and the run
+        would go on as if nothing was pressed: the next case then does not start (pytest_runtest_protocol)."""
+        self.config.stash[STOPPED] = "interrupted by Ctrl-C (KeyboardInterrupt): these are the cases it finished"
+        signal.default_int_handler(signum, frame)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item, nextitem):
+        if STOPPED in self.config.stash:
+            raise KeyboardInterrupt  # a Ctrl-C that a finalizer swallowed: stop here, as pytest does on one
 
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_sessionfinish(self, session, exitstatus):
