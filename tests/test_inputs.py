@@ -130,6 +130,7 @@ def test_a_bad_model_dir_fails_its_case_and_the_run_goes_on(awq_copy, tmp_path):
                         "--qb-rounds", "1", "--benchmark-disable", "-q")
     assert "unsupported AWQ group_size 96" in result.stdout
     assert "1 failed, 2 passed" in result.stdout, result.stdout[-2000:]
+    assert "During handling of the above exception" not in result.stdout, result.stdout[-2000:]  # T10-T16: twice
 
 
 def test_the_hub_libraries_run_offline_so_a_hub_id_fails_at_once(tmp_path):
@@ -145,3 +146,25 @@ def test_the_hub_libraries_run_offline_so_a_hub_id_fails_at_once(tmp_path):
         AutoConfig.from_pretrained("Qwen/Qwen2.5-3B", cache_dir=tmp_path)  # a hub id, never fetched
     assert time.perf_counter() - start < 10
     assert "offline" in str(raised.value).lower() or "couldn't connect" in str(raised.value).lower(), raised.value
+
+
+def test_a_checkpoint_that_names_its_own_code_is_said_and_its_code_never_runs(tiny_checkpoints, tmp_path):
+    """T15: a config.json with auto_map to the checkpoint's own modeling file and trust_remote_code: true was timed
+    as stock Llama without a word (safe: the file never ran). Now the run says so at its start and keeps the note."""
+    user_dir = tmp_path / "automap"
+    shutil.copytree(tiny_checkpoints["dense"], user_dir)
+    marker = tmp_path / "evil-ran"
+    (user_dir / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    _edit_config(user_dir, lambda c: c.update(auto_map={"AutoModelForCausalLM": "evil.EvilForCausalLM"},
+                                              trust_remote_code=True))
+    inspected = run_cli("inspect", str(user_dir))
+    assert inspected.returncode == 0 and "auto_map names the checkpoint's own code (evil.EvilForCausalLM)" in \
+        inspected.stderr, inspected.stderr
+    out = tmp_path / "bench.json"
+    result = run_pytest("benchmarks/test_generation.py", "--model-dir", str(user_dir), "--qb-formats", "bf16",
+                        "--qb-batch", "1", "--qb-prompt", "8", "--qb-new-tokens", "2", "--qb-rounds", "1", "-k",
+                        "decode", f"--benchmark-json={out}", "-q")
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert "NOTE: " in result.stdout and "times transformers' stock LlamaForCausalLM instead. Fix:" in result.stdout
+    assert "evil.EvilForCausalLM" in json.loads(out.read_text())["quantbench"]["notes"][0]
+    assert not marker.exists()  # the checkpoint's code never ran

@@ -63,6 +63,8 @@ def cmd_inspect(args) -> int:
             found = detect_checkpoint(path)
             print(json.dumps({"path": str(found.path), "kind": found.kind, "formats": list(found.formats),
                               "quant_method": found.quant_method}))
+            if found.own_code:
+                print(f"quantbench: note: {found.own_code}", file=sys.stderr)
         except QuantbenchError as exc:
             print(f"quantbench: error: {exc.line()}", file=sys.stderr)
             status = 2

@@ -166,6 +166,7 @@ class RunState:
     save_error: str | None = None
     store: object = None                                # history.FolderStore / PostgresStore for --qb-history
     store_warning: str | None = None                    # the store could not be used when the run started
+    notes: list[str] = field(default_factory=list)      # said at the start and kept in the run (own code ignored)
     shard: object = None                                # bench.shards.Shard for --qb-shard
     gate_result: tuple | None = None                    # (baseline paths, GateResult or QuantbenchError)
     budget: object = None                               # bench.budgets.Budget: per case, per engine start
@@ -228,11 +229,27 @@ def _read_matrix(config, state: RunState) -> None:
     state.batches = parse_int_list(config.getoption("qb_batch") or defaults["batch"], "--qb-batch")
     state.prompts = parse_int_list(config.getoption("qb_prompt") or defaults["prompt"], "--qb-prompt")
     state.sources = _sources(config)
+    state.notes = _own_code_notes(state.sources)
     state.kernel_cases = _kernel_cases(config)
     from .bench.budgets import load_budgets
     state.budget = load_budgets(_device(config).type, case_s=config.getoption("qb_case_budget"),
                                 engine_start_s=config.getoption("qb_start_budget"))
     state.serving = _serving_plan(config, state)
+
+
+def _own_code_notes(sources) -> list[str]:
+    """A --model-dir whose config.json names its own modeling code (T15): said, not timed silently as stock."""
+    from .errors import QuantbenchError
+    from .formats.checkpoints import detect_checkpoint
+    notes = []
+    for source in sources:
+        try:
+            notice = source.path and detect_checkpoint(source.path).own_code
+        except QuantbenchError:
+            continue  # its cases state what is wrong with it
+        if notice:
+            notes.append(notice)
+    return notes
 
 
 def _serving_plan(config, state: RunState):
@@ -635,6 +652,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         "throttled": any(t.get("throttled") for t in state.telemetry_start + end),
         "args": [history.redact(arg) for arg in config.invocation_params.args],  # no password in a result
         "peaks": state.peaks,
+        **({"notes": state.notes} if state.notes else {}),
         **({"interrupted": stopped} if stopped else {}),
     }
     from .report.crossover import crossover, kernel_frame
@@ -732,6 +750,8 @@ def pytest_terminal_summary(terminalreporter, config):
     if table is not None and not table.empty:
         terminalreporter.section("quantbench: crossover M (quantized kernel stops beating torch-fp16)")
         terminalreporter.write_line(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    for note in state.notes:
+        terminalreporter.write_line(f"quantbench: NOTE: {note}", yellow=True)
     if state.journal_left:
         terminalreporter.write_line(f"quantbench: the run's JSON was not written; its finished cases are in "
                                     f"{state.journal_left}: store them with `quantbench history --add "

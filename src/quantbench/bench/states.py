@@ -47,8 +47,8 @@ def record_and_end(states: StateRecorder, case, exc: Stated, nodeid: str, kernel
         states.add_kernel(case, exc.state, exc.reason, nodeid)
     else:
         states.add(case, exc.state, exc.reason, nodeid, kernel=exc.kernel)
-    if exc.fail:
-        pytest.fail(exc.reason, pytrace=False)
+    if exc.fail:  # raised from None: pytest printed the reason twice, around "During handling of the above ..."
+        raise pytest.fail.Exception(exc.reason, pytrace=False) from None
     pytest.skip(f"{exc.state}: {exc.reason}")
 
 

@@ -183,12 +183,28 @@ class DetectedCheckpoint:
     kind: str                  # checkpoint kind, as the builders name them
     formats: tuple[str, ...]   # formats that can run it
     quant_method: str | None
+    own_code: str | None = None  # what config.json's auto_map names, never run (see own_code_notice)
 
 
 def formats_for_kind(kind: str) -> tuple[str, ...]:
     """The registered formats that run a checkpoint kind, in registry order."""
     from .base import FORMATS
     return tuple(name for name, fmt in FORMATS.items() if fmt.checkpoint == kind)
+
+
+def own_code_notice(config_path: Path, config: dict) -> str | None:
+    """T15: a config.json whose auto_map names the checkpoint's own modeling code (with or without
+    trust_remote_code). quantbench never runs a checkpoint's code: transformers' own class for its model_type is
+    what is loaded and timed, which is another model where the custom code differs. Said, never silent."""
+    auto_map = config.get("auto_map")
+    if not auto_map:
+        return None
+    named = auto_map.get("AutoModelForCausalLM", next(iter(auto_map.values()), None)) if isinstance(auto_map,
+                                                                                                      dict) else None
+    stock = ", ".join(config.get("architectures") or []) or f"the class of model_type {config.get('model_type')!r}"
+    return (f"{config_path}: auto_map names the checkpoint's own code ({named}); quantbench never runs a "
+            f"checkpoint's code and times transformers' stock {stock} instead. Fix: benchmark an architecture "
+            "transformers ships, or drop auto_map where the stock class is the same model")
 
 
 # Bytes per element of safetensors' dtypes (the sub-byte and exotic ones are not checked)
@@ -251,16 +267,17 @@ def detect_checkpoint(path: str | Path) -> DetectedCheckpoint:
                             "convert the weights with save_pretrained(safe_serialization=True)")
     for shard in shards:
         validate_safetensors(shard)
+    own_code = own_code_notice(config_path, config)
     qc = config.get("quantization_config")
     if qc and not isinstance(qc, dict):
         raise BadCheckpoint(config_path, f"quantization_config is a {type(qc).__name__}, not an object",
                             "regenerate config.json with the quantizer that wrote the checkpoint")
     if not qc:
-        return DetectedCheckpoint(path, "dense", formats_for_kind("dense"), None)
+        return DetectedCheckpoint(path, "dense", formats_for_kind("dense"), None, own_code)
     method = str(qc.get("quant_method", "")).lower()
     from .base import DETECTORS
     if method not in DETECTORS:
         raise BadCheckpoint(config_path, f"unknown quant_method {qc.get('quant_method')!r}",
                             f"quantbench detects {' and '.join(map(repr, DETECTORS))} (or none for dense)")
     kind = DETECTORS[method](config_path, qc)
-    return DetectedCheckpoint(path, kind, formats_for_kind(kind), method)
+    return DetectedCheckpoint(path, kind, formats_for_kind(kind), method, own_code)
