@@ -453,8 +453,16 @@ def _count(least: int):
     return count
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse echoes a bad value back ("invalid choice: 'postgresql://u:pw@...'"): never its password."""
+
+    def error(self, message):
+        from .errors import redact
+        super().error(redact(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="quantbench", description=__doc__)
+    parser = _Parser(prog="quantbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_fixtures, _add_gate, _add_results):
         add(sub)

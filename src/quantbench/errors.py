@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
+# Any scheme a user might write (SQLAlchemy's postgresql+psycopg://, mysql://, ...), and a URL a Path() folded to
+# one slash (postgresql+psycopg:/u:pw@...): a password never survives
+_PASSWORD_IN_URL = re.compile(r"([A-Za-z][\w.+-]*:/+[^:/@\s]*:)[^@\s]*@")
+_PASSWORD_PARAM = re.compile(r"(password=)[^&\s]*")
+
+
+def redact(text: str) -> str:
+    """A text (an argument list, a URL, an error line) with any password in a URL replaced by ***."""
+    return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***@", str(text)))
+
 
 class QuantbenchError(Exception):
     """A user-facing problem: ``path: what is wrong. Fix: what to do``."""
@@ -15,7 +27,7 @@ class QuantbenchError(Exception):
     def line(self) -> str:
         where = f"{self.path}: " if self.path else ""
         fix = f" Fix: {self.fix}" if self.fix else ""
-        return f"{where}{self.problem}.{fix}"
+        return redact(f"{where}{self.problem}.{fix}")  # a URL given where a file belongs keeps no password
 
 
 class BadCheckpoint(QuantbenchError):

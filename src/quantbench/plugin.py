@@ -303,8 +303,8 @@ def _open_history(config, state: RunState) -> None:
     root = config.getoption("qb_history")
     if not root:
         return
-    state.store = history.open_store(root)
-    try:
+    try:  # a URL it cannot store in (mysql://...) was an INTERNALERROR traceback (found by tests/test_bad_inputs.py)
+        state.store = history.open_store(root)
         state.store.check()
     except HistoryUnavailable as exc:
         state.store_warning = exc.line()

@@ -48,9 +48,10 @@ def parse_int_list(text: str, what: str) -> list[int]:
     try:
         values = [int(t) for t in str(text).split(",") if t.strip()]
     except ValueError:
-        raise ValueError(f"{what} must be a comma-separated list of integers, got {text!r}") from None
+        raise ValueError(f"{what} must be a comma-separated list of integers, got {text!r}. Fix: pass e.g. "
+                         f"{what} 1,4,16") from None
     if not values or any(v <= 0 for v in values):
-        raise ValueError(f"{what} must be positive integers, got {text!r}")
+        raise ValueError(f"{what} must be positive integers, got {text!r}. Fix: pass e.g. {what} 1,4,16")
     return values
 
 

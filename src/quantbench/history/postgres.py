@@ -16,7 +16,7 @@ import os
 import re
 from typing import NamedTuple
 
-from ..errors import BadHistory, HistoryUnavailable
+from ..errors import BadHistory, HistoryUnavailable, redact  # noqa: F401 - redact: history.redact
 from . import record
 from .merge import run_ids
 from .store import check_payload, run_filename, signature
@@ -56,16 +56,6 @@ MIGRATIONS = {
                    b->'extra_info' AS extra_info
             FROM quantbench_runs r CROSS JOIN LATERAL jsonb_array_elements(r.payload->'benchmarks') b"""],
 }
-# Any scheme a user might write (SQLAlchemy's postgresql+psycopg://, mysql://, ...): a password never survives
-_PASSWORD_IN_URL = re.compile(r"([A-Za-z][\w.+-]*://[^:/@\s]*:)[^@\s]*@")
-_PASSWORD_PARAM = re.compile(r"(password=)[^&\s]*")
-
-
-def redact(text: str) -> str:
-    """A text (an argument list, a URL) with any password in a database URL replaced by ***."""
-    return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***@", str(text)))
-
-
 def libpq_url(url: str) -> str:
     """A PostgreSQL URL as libpq reads it: SQLAlchemy's driver suffix (postgresql+psycopg://) dropped."""
     return re.sub(r"^postgres(?:ql)?\+[\w]+://", "postgresql://", url)

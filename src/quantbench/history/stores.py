@@ -157,6 +157,8 @@ class FolderStore:
 
     def check(self) -> None:
         """Found out before a run, not after an hour of benchmarks when the run is stored."""
+        if self.root.exists() and not self.root.is_dir():  # T34 said "cannot create it (File exists)"
+            raise BadHistory(self.root, "a file, not a folder", "pass a folder (it is created if missing)")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

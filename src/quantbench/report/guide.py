@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .. import gate, history
+from ..errors import BadHistory
 from ..history import (
     ceilings,
     record,
@@ -358,6 +359,7 @@ class Signature:
         gen = gen_all[gen_all["file"] == gen_files[-1]] if gen_files else gen_all[:0]
         kern = kern_all[kern_all["file"] == kern_files[-1]] if kern_files else kern_all[:0]
         latest = payloads[gen_files[-1] if gen_files else kern_files[-1] if kern_files else paths[-1]]
+        _check_generation_records(gen[gen["state"] == "ok"])
         ok = findings.unknown_weights(gen[gen["state"] == "ok"].copy())
         for column in ("batch", "prompt_len", "new_tokens"):  # NaN in kernel rows made them float
             if column in ok and not ok.empty:
@@ -374,6 +376,21 @@ class Signature:
 
     def prompts(self, model) -> list:
         return sorted(self.ok[self.ok["model"] == model]["prompt_len"].unique())
+
+
+GENERATION_FIELDS = ("model", "format", "phase", "batch", "prompt_len", "new_tokens")
+
+
+def _check_generation_records(ok: pd.DataFrame) -> None:
+    """A measured generation case without the fields the guide groups by (a hand-made JSON, another tool's, a
+    run edited by hand) is its file named, not a KeyError inside pandas (found by tests/test_bad_inputs.py)."""
+    for field_name in GENERATION_FIELDS:
+        lacking = ok if field_name not in ok else ok[ok[field_name].isna()]
+        if not lacking.empty:
+            row = lacking.iloc[0]
+            raise BadHistory(row["file"], f"case {row['name']} has no {field_name!r}: not a quantbench generation "
+                             "record", "render runs stored by `pytest benchmarks/ --qb-history`, not a JSON made "
+                             "by hand or by another tool")
 
 
 def _timed_files(rows: pd.DataFrame) -> list[str]:
