@@ -449,3 +449,41 @@ def test_a_thresholds_file_with_a_scalar_where_a_table_belongs_is_one_line_namin
         gate.parse_thresholds(text, "th.toml")
     line = err.value.line()
     assert line.startswith("th.toml: invalid thresholds file (") and words in line and "Fix:" in line, line
+
+
+@pytest.mark.stack_independent
+def test_an_unchanged_case_carries_the_smallest_regression_it_could_have_shown():
+    """Issue 32: a pass never hides a blind spot. The figure is a known answer of the decision itself: the current
+    rounds moved just past it are called regressed, moved just short of it (and past the threshold) are not."""
+    import random
+
+    from quantbench.gate.decisions import Sample, Threshold, decide
+    from quantbench.gate.result import GateResult
+    rng = random.Random(3)
+    threshold = Threshold(max_regression=0.05)
+    for spread, rounds in ((0.04, 10), (0.15, 10), (0.15, 5)):
+        base = tuple(100 * (1 + rng.gauss(0, spread)) for _ in range(rounds))
+        cur = tuple(100 * (1 + rng.gauss(0, spread)) for _ in range(rounds))
+        same = decide("c", "decode_tokens_per_s", Sample(median(cur), cur), Sample(median(base), base), threshold)
+        assert same.state == "unchanged" and same.detectable is not None and same.detectable >= 0.05
+
+        def moved(change):
+            values = tuple(median(base) * (1 - change) * v / median(cur) for v in cur)
+            return decide("c", "decode_tokens_per_s", Sample(median(values), values), Sample(median(base), base),
+                          threshold)
+        if same.detectable < 0.999:
+            assert moved(same.detectable + 0.002).state == "regressed", (spread, rounds, same.detectable)
+        if same.detectable > 0.052:
+            assert moved(same.detectable - 0.002).state == "unchanged", (spread, rounds, same.detectable)
+        print(f"spread {spread:.0%}, {rounds} vs {rounds} rounds: could have shown {same.detectable:.1%}")
+    # wider spread, fewer rounds: a larger blind spot; 3 vs 3 rounds decide on the ratio: the threshold itself
+    few = decide("c", "decode_tokens_per_s", Sample(100.0, (99.0, 100.0, 101.0)), Sample(100.0, (99.0, 100.0, 101.0)),
+                 threshold)
+    assert few.detectable == 0.05 and "decided on the ratio alone" in few.note
+    summary = GateResult([same, few], 0, "").markdown()
+    assert "Blind spots of the 2 unchanged decisions" in summary and "could_show" not in summary
+
+
+def median(values):
+    import statistics
+    return statistics.median(values)

@@ -171,6 +171,8 @@ def _gate_one(args, store, fail_on: tuple, current_where: str, current: dict, cu
             print("REGRESSED " + decision.message())
     if result.machine_note:
         print(f"quantbench gate: {result.machine_note}")
+    if blind := result.blind_spots():
+        print(f"quantbench gate: {blind}")
     compared = any(d.state != "incomparable" for d in result.decisions)
     verdict = "FAILED" if result.exit_code else "passed" if compared else "NOT COMPARED (incomparable)"
     print(f"quantbench gate: {verdict} {result.counts()}")

@@ -782,5 +782,7 @@ def pytest_terminal_summary(terminalreporter, config):
     bad = [d for d in result.decisions if d.state == "regressed"]
     for d in bad:
         terminalreporter.write_line("REGRESSED " + d.message(), red=True)
+    if blind := result.blind_spots():
+        terminalreporter.write_line(f"quantbench gate: {blind}")
     terminalreporter.write_line("quantbench gate: " + ("FAILED" if result.exit_code else "passed") + " "
                                 + str(result.counts()), red=bool(result.exit_code), green=not result.exit_code)

@@ -81,14 +81,25 @@ class Decision:
     current: float | None = None
     threshold: float | None = None
     note: str = ""
+    detectable: float | None = None  # unchanged: the smallest change (fraction, bad direction) it could have shown
 
     def message(self) -> str:
         if self.ratio is None:
             return f"{self.case} [{self.metric}]: {self.state}" + (f" ({self.note})" if self.note else "")
         p = f", p={self.p_value:.3g}" if self.p_value is not None else ""
+        blind = f"; could have shown {describe_detectable(self.detectable)}" if self.detectable is not None else ""
         return (f"{self.case} [{self.metric}]: {self.state}, ratio {self.ratio:.3f} "
                 f"(current {self.current:.4g} vs baseline {self.baseline:.4g}, threshold "
-                f"{self.threshold:.0%}{p})" + (f"; {self.note}" if self.note else ""))
+                f"{self.threshold:.0%}{p})" + (f"; {self.note}" if self.note else "") + blind)
+
+
+def describe_detectable(fraction: float | None) -> str:
+    """'a 12% regression or more'; 'no regression at all (within noise up to 100x)' where none could show."""
+    if fraction is None:
+        return "unknown"
+    if math.isinf(fraction):
+        return "no regression at all (its spread hides any change these rounds allow)"
+    return f"a {fraction:.0%} regression or more"
 
 
 def _change(current: float, baseline: float, direction: str) -> float:
@@ -148,8 +159,43 @@ def decide(case: str, metric: str, current: Sample | None, baseline: Sample | No
         state = "unchanged"
         if abs(change) >= threshold.max_regression:
             note = "; ".join(filter(None, [note, "past the threshold but within noise (not significant)"]))
+    detectable = detectable_change(current, baseline, threshold, paired) if state == "unchanged" else None
     return Decision(case, metric, state, ratio, p_value, baseline.value, current.value,
-                    threshold.max_regression, note)
+                    threshold.max_regression, note, detectable)
+
+
+def detectable_change(current: Sample, baseline: Sample, threshold: Threshold, paired: bool = False) -> float:
+    """The smallest regression (a fraction, in the metric's bad direction) this case would have been called
+    regressed at, by the same test, rounds and spreads as its decision: the current values (runs or rounds) are
+    moved as they are, spread included, until their median sits that far past the baseline's. The threshold
+    where the decision rests on the ratio alone (too few rounds to test), infinity where no move separates them
+    (a baseline spread no shift of these few values can clear). Pure: bisection on the test's own p-value."""
+    units = "runs" if run_level_test(current.runs, baseline.runs, threshold, paired) is not None else "rounds"
+    mine, theirs = (current.runs, baseline.runs) if units == "runs" else (current.rounds, baseline.rounds)
+    n, m = len(mine), len(theirs)
+    if units == "rounds" and not (min(n, m) >= threshold.min_rounds and runs_can_decide(n, m, threshold.alpha)):
+        return threshold.max_regression
+    worse = _alternative(-1.0, threshold.direction)
+    centre, target = median(mine), median(theirs)
+
+    def p_at(change: float) -> float:
+        factor = 1 - change if threshold.direction == "higher" else 1 + change
+        moved = [target * factor * v / centre for v in mine]
+        if units == "runs":
+            return run_level_test(moved, theirs, threshold, paired)[1]
+        return _mann_whitney(moved, theirs, worse)
+
+    low, high = threshold.max_regression, (0.999 if threshold.direction == "higher" else 99.0)
+    if not (centre > 0 and target > 0):
+        return math.inf
+    if p_at(low) < threshold.alpha:
+        return low
+    if p_at(high) >= threshold.alpha:
+        return math.inf
+    for _ in range(20):  # to 1e-6 of the range: far finer than any spread
+        middle = (low + high) / 2
+        low, high = (low, middle) if p_at(middle) < threshold.alpha else (middle, high)
+    return high
 
 
 def run_level_test(current_runs, baseline_runs, threshold: Threshold,

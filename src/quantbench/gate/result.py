@@ -17,6 +17,12 @@ MARKDOWN_MAX_CHARS = 60_000
 _CUT = "\n... and {n} more rows, not listed here to fit a PR comment: the gate's table in the job log has them all."
 
 
+def _could_show(fraction: float | None) -> str:
+    if fraction is None:
+        return ""
+    return "none" if fraction == float("inf") else f">={fraction:.0%}"
+
+
 @dataclass
 class GateResult:
     decisions: list[rules.Decision]
@@ -27,9 +33,27 @@ class GateResult:
         rows = [{"state": d.state, "case": d.case, "metric": d.metric,
                  "ratio": round(d.ratio, 4) if d.ratio is not None else None,
                  "p_value": round(d.p_value, 4) if d.p_value is not None else None,
-                 "baseline": d.baseline, "current": d.current, "note": d.note} for d in self.decisions]
+                 "baseline": d.baseline, "current": d.current, "note": d.note,
+                 "could_show": _could_show(d.detectable)} for d in self.decisions]
         return pd.DataFrame(rows, columns=["state", "case", "metric", "ratio", "p_value", "baseline", "current",
-                                           "note"])
+                                           "note", "could_show"])
+
+    def blind_spots(self) -> str | None:
+        """One line on what the unchanged cases could not have seen: the smallest regression each could have
+        been called at (its rounds and spread), as a median and the worst case; None where nothing is unchanged."""
+        unchanged = [d for d in self.decisions if d.state == "unchanged" and d.detectable is not None]
+        if not unchanged:
+            return None
+        finite = sorted((d.detectable, d.case, d.metric) for d in unchanged if d.detectable != float("inf"))
+        blind = len(unchanged) - len(finite)
+        parts = []
+        if finite:
+            worst = finite[-1]
+            parts.append(f"the smallest regression each could have shown is {finite[len(finite) // 2][0]:.0%} "
+                         f"(median), {worst[0]:.0%} at worst ({worst[1]} [{worst[2]}])")
+        if blind:
+            parts.append(f"{blind} could show none at their rounds and spread")
+        return f"Blind spots of the {len(unchanged)} unchanged decisions: " + "; ".join(parts) + "."
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -45,9 +69,12 @@ class GateResult:
         lines.append(", ".join(f"**{n}** {s}" for s, n in sorted(self.counts().items())))
         if self.machine_note:
             lines += ["", f"> {self.machine_note}"]
+        if blind := self.blind_spots():  # a pass never hides what it could not have seen
+            lines += ["", blind]
         frame = self.frame()
         same_state = frame["note"].str.endswith(rules.STATED_IN_BOTH, na=False)
-        notable = _one_row_per_kernel_change(frame[(frame["state"] != "unchanged") & ~same_state])
+        notable = _one_row_per_kernel_change(frame[(frame["state"] != "unchanged") & ~same_state]
+                                             .drop(columns=["could_show"]))  # said for unchanged rows only
         tail = []
         if same_state.any():
             counts = frame[same_state]["state"].value_counts()

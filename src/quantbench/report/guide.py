@@ -648,7 +648,10 @@ def _history_section(sig: Signature, thresholds: gate.Thresholds, out_dir: Path)
     history_chart = chart_history(sig.gen_all, regressions, out_dir)
     if not history_chart:
         return []
-    return ["## History", "", f"![history]({history_chart})", "", *_history_table(changes)]
+    runs = [sig.payloads[p] for p in sig.paths if p in timed_files]
+    blind = gate.run_gate(runs[-1], [runs[-2]], thresholds).blind_spots() if len(runs) > 1 else None
+    return ["## History", "", f"![history]({history_chart})", "", *_history_table(changes),
+            *([f"The newest run against the one before. {blind}", ""] if blind else [])]
 
 
 def render_all(store, out_root: Path, thresholds: gate.Thresholds, warn=None) -> list[Path]:
