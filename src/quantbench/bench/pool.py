@@ -106,6 +106,7 @@ class ModelPool:
         self.current: Prepared | None = None
         self.failures: dict[tuple, BaseException] = {}
         self.too_slow: dict[tuple, list] = {}   # (source, format, runtime, phase) -> cases that passed the budget
+        self.kernels: dict[tuple, object] = {}  # (source, format, runtime, rows, phase) -> KernelFields
 
     def get(self, source: ModelSource, format_name: str, runtime_name: str = DEFAULT) -> Prepared:
         key = (source, format_name, runtime_name)
@@ -142,6 +143,26 @@ class ModelPool:
             self.too_slow.setdefault((*key, case.phase), []).append(case)
         if state in ("oom", "crashed", "too-slow") and self.key == key:
             self.release()
+
+    def kernel_fields(self, case, prepared: Prepared):
+        """The kernel fields at the case's own shape (bench.kernel_fields), observed once per shape outside the
+        timed rounds; stated not observed where the model is not an in-process eager module."""
+        from . import kernel_fields
+        rows = kernel_fields.case_rows(case.batch, case.prompt_len, case.phase)
+        key = (case.source, case.format, case.runtime, rows, case.phase)
+        if key not in self.kernels:
+            kernel, model = prepared.loaded.facts.get("kernel"), prepared.loaded.model
+            what = f"{'prefill' if case.phase == 'prefill' else 'decode step'}, batch {case.batch}"
+            if not isinstance(model, torch.nn.Module) or self.isolated(get_runtime(case.runtime)):
+                found = kernel_fields.not_observed("the model runs in an engine's own process; its facts name "
+                                                   "the kernels it selected", kernel)
+            elif "compile" in case.runtime:
+                found = kernel_fields.not_observed("a compiled graph runs inductor's kernels, which an eager call "
+                                                   "would not name", kernel)
+            else:
+                found = kernel_fields.observe(model, self.device, rows, what, kernel)
+            self.kernels[key] = found
+        return self.kernels[key]
 
     def slower_case(self, case):
         """A case of the same checkpoint, runtime and phase, at a batch and prompt no larger, that passed its

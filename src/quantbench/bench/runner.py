@@ -121,15 +121,16 @@ def prepare(case: Case, pool: ModelPool, options: RunOptions):
         raise Stated("guard-failed", f"correctness guard failed for {case.format}: {prepared.guard.message()}",
                      fail=True)
     ids = prompt_ids(case.batch, case.prompt_len, case.source.vocab_size(), options.device)
+    observed = pool.kernel_fields(case, prepared).record()  # at this case's shape, before its clock starts
     kernel = prepared.loaded.facts.get("kernel")
     budget_s = options.budget.case_s if options.budget else float("inf")
     clock = CaseClock(budget_s, case.phase, options.rounds, options.warmup_rounds, case.batch, kernel)
     if hasattr(prepared.decoder, "begin_case"):  # a decoder in a child process: every call has a deadline
         prepared.decoder.begin_case(clock)
     if case.phase != "decode":
-        return prepared, ids, {}, clock
+        return prepared, ids, observed, clock
     try:  # a compiled runtime compiles and checks itself at this exact shape here, before any timing
-        return prepared, ids, prepared.decoder.prepare(ids, case.new_tokens), clock
+        return prepared, ids, {**observed, **prepared.decoder.prepare(ids, case.new_tokens)}, clock
     except torch.cuda.OutOfMemoryError as exc:
         raise Stated("oom", f"CUDA out of memory while compiling: {str(exc)[:200]}") from None
     except Unsupported as exc:

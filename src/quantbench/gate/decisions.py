@@ -367,7 +367,13 @@ _VERSION = re.compile(r"\d+(?:\.\d+)+[\w.+-]*")
 
 
 def same_kernel(a: str, b: str) -> bool:
-    return _VERSION.sub("<version>", a) == _VERSION.sub("<version>", b)
+    """Same code path, versions aside; the fields observed at the case's shape compared where both runs have them
+    (a baseline recorded before they existed is not a kernel change)."""
+    from .inputs import OBSERVED
+    (prose_a, _, seen_a), (prose_b, _, seen_b) = a.partition(OBSERVED), b.partition(OBSERVED)
+    if _VERSION.sub("<version>", prose_a) != _VERSION.sub("<version>", prose_b):
+        return False
+    return not (seen_a and seen_b) or seen_a == seen_b
 
 
 def kernel_changes(current: dict[str, str], baselines: list[dict[str, str]]) -> list[Decision]:

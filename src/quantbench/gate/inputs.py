@@ -43,8 +43,20 @@ def kernels_ran(payload: dict) -> dict[str, str]:
         info = record.case_info(bench)
         kernel = info.get("path") if info.get("suite") == "kernels" else info.get("kernel")
         if kernel and case_state(bench) == "ok":
-            ran[bench["name"]] = str(kernel)
+            ran[bench["name"]] = str(kernel) + _observed(info)
     return ran
+
+
+OBSERVED = " || observed at the case's shape: "  # decisions.same_kernel compares this part where both sides have it
+
+
+def _observed(info: dict) -> str:
+    """The kernel fields observed at the case's own shape (bench.kernel_fields), as the gate compares them."""
+    if info.get("kernel_naive_gemm") is None and info.get("kernel_dequantizes") is None:
+        return ""
+    onednn = sorted({" ".join(p.split(" ")[:2]) for p in info.get("kernel_onednn") or []})  # kind and impl
+    return (f"{OBSERVED}ops {', '.join(info.get('kernel_ops') or []) or 'none'}; oneDNN {', '.join(onednn) or 'none'}"
+            f"; dequantizes {info.get('kernel_dequantizes')}")
 
 
 def merged_samples(payloads: list[dict]) -> dict:

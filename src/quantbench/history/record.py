@@ -15,6 +15,16 @@ import re
 SCHEMA_VERSION = 2
 DEFAULT_RUNTIME = "transformers"  # quantbench.runtimes.DEFAULT (this layer imports no torch)
 
+# bench.kernel_fields: the kernel observed at the case's own shape, as fields findings and the gate read
+KERNEL_FIELDS = {
+    "kernel_observed_at": "where the kernel fields were observed: the first q_proj at the case's own rows, or why not",
+    "kernel_ops": "weight ops torch's profiler saw in that call (dequantize, gemv_4bit, _int_mm, linear, ...)",
+    "kernel_onednn": "GEMM implementations oneDNN ran in that call (kind impl (src x wei -> dst)); CPU only",
+    "kernel_naive_gemm": "oneDNN ran its reference (ref) GEMM in that call: a naive fallback; null: not observed",
+    "kernel_dequantizes": "a dequantize op rebuilt the weight in that call (every call pays it); null: not observed",
+    "kernel_chosen_by": "'named backend' (the format names it) or 'library' (the library or its auto mode chose)",
+}
+
 # One case of the generation suite (bench.runner.describe): what ran, on what, how fast.
 GENERATION = {
     "model": "spec name, or dir:<name> for a user checkpoint",
@@ -31,6 +41,7 @@ GENERATION = {
     "guard": "the correctness guard's figures (cosine vs the dense reference, bound)",
     "stack": "library versions at run time", "inject_slowdown": "test only: the injected slowdown",
     "kernel": "the code path that multiplied by the weights", "linear_classes": "module classes at the projections",
+    **KERNEL_FIELDS,
     "weight_bytes_after_load": "resident weight bytes after load",
     "weight_bytes_after_first_forward": "resident weight bytes after the first forward (gated: exact)",
     "device_bytes_after_load": "device memory after load",

@@ -285,17 +285,52 @@ def flags(gen: pd.DataFrame) -> list[str]:
                 out.append(f"NO MEMORY SAVING: {model}: {fmt} holds {held:.1f} "
                            f"MiB of weights after the first forward vs {dense / 2**20:.1f} MiB for {baseline_for(fmt)} "
                            f"({row['weight_bytes_after_load'] / 2**20:.1f} MiB right after load)")
+    observed = _observed_kernels(once)
+    out += _naive_gemm_flags(observed)
     if "kernel" in once:
         for (model, fmt), rows in once.groupby(["model", "format"]):
             kernel = str(rows["kernel"].iloc[0])
             # A kernel picked for the user (AutoAWQ's routing, gptqmodel's auto) that dequantizes the
             # whole weight every call: the slow path nobody asked for. A backend named by the format is not.
-            if "naive" in kernel and ("backend=" not in kernel or AUTO_BACKEND_MARK in kernel):
+            # Read from the fields observed at each case's shape where the run has them, else from the prose.
+            mine = observed[(observed["model"] == model) & (observed["format"] == fmt)]
+            if len(mine):
+                slow = mine[(mine["kernel_dequantizes"] == True) & (mine["kernel_chosen_by"] == "library")]  # noqa: E712
+                if len(slow) and fmt in quantized:
+                    out.append(f"NAIVE FALLBACK: {model}: {fmt} dequantized the weight every call at "
+                               f"{_shapes(slow)} ({kernel})")
+            elif "naive" in kernel and ("backend=" not in kernel or AUTO_BACKEND_MARK in kernel):
                 out.append(f"NAIVE FALLBACK: {model}: {fmt} ran a naive dequantize+matmul path ({kernel})")
             if DISPATCH_MARK in kernel and not same_model_as_eager(fmt):
                 out.append(f"LIBRARY DISPATCH: {model}: {fmt} runs behind {kernel.split(DISPATCH_MARK)[1]}: "
                            f"host work on every module call" + _dispatch_cost(once, model, fmt))
     return out + compile_flags(ok)
+
+
+def _observed_kernels(ok: pd.DataFrame) -> pd.DataFrame:
+    """The cases whose kernel was observed at their own shape (bench.kernel_fields), with its fields."""
+    if "kernel_naive_gemm" not in ok:
+        return pd.DataFrame(columns=["model", "format", "kernel_naive_gemm", "kernel_dequantizes"])
+    return ok[ok["kernel_naive_gemm"].notna() | ok["kernel_dequantizes"].notna()]
+
+
+def _shapes(rows: pd.DataFrame) -> str:
+    return "; ".join(sorted(set(rows["kernel_observed_at"].astype(str))))
+
+
+def _naive_gemm_flags(observed: pd.DataFrame) -> list[str]:
+    """oneDNN's reference GEMM at any case's shape, whoever chose the kernel: a named backend (gptq-torch,
+    awq-gemm-hf-torch) that lands on ``ref`` is as slow as one the library chose."""
+    out = []
+    naive = observed[observed["kernel_naive_gemm"] == True]  # noqa: E712 - a column of True / False / None
+    for (model, fmt), rows in naive.groupby(["model", "format"]):
+        # the frame keeps scalars; the implementations' list is read from each case's own record
+        benches = rows["_bench"] if "_bench" in rows else []
+        impls = sorted({i for bench in benches if isinstance(bench, dict)
+                        for i in (bench.get("extra_info") or {}).get("kernel_onednn") or [] if " ref" in i})
+        out.append(f"NAIVE FALLBACK: {model}: {fmt} ran oneDNN's reference GEMM ({', '.join(impls)}) at "
+                   f"{_shapes(rows)}; kernel chosen by the {rows['kernel_chosen_by'].iloc[0]}")
+    return out
 
 
 def compile_table(ok: pd.DataFrame) -> pd.DataFrame:
