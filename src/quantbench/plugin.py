@@ -562,10 +562,11 @@ def pytest_runtest_teardown(item, nextitem):
 
 
 def _journal_location(config, state) -> Path:
-    """Beside --benchmark-json; for a scratch JSON (--qb-history without --benchmark-json) in the history folder's
-    .journals/, where `quantbench history` finds it if the run never ends, never in an unannounced temp folder."""
+    """In the history folder's .journals/ when the history is a folder (where `quantbench history` lists it if the
+    run never ends: a kill -9 beside a --benchmark-json of its own was found by nothing), else beside
+    --benchmark-json; never in an unannounced temp folder."""
     from .history import FolderStore, journal
-    if state.scratch is not None and isinstance(state.store, FolderStore):
+    if isinstance(state.store, FolderStore):
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         return state.store.root / journal.JOURNALS / f"{stamp}-{os.getpid()}{journal.SUFFIX}"
     return journal.journal_path(config.option.benchmark_json)
