@@ -291,7 +291,7 @@ def _toml_documents(st, keys):
 
 THRESHOLD_KEYS = ["defaults", "metrics", "overrides", "slo", "alpha", "min_rounds", "max_regression", "direction",
                   "pattern", "metric", "device", "cpu", "gpu", "ttft_ms", "tpot_ms", "decode_tokens_per_s"]
-BUDGET_KEYS = ["cpu", "cuda", "case_s", "engine_start_s", "server_start_s"]
+BUDGET_KEYS = ["cpu", "gpu", "cuda", "case_s", "engine_start_s", "server_start_s"]
 
 
 def test_fuzzed_thresholds_and_budgets_files_load_or_are_one_line(tmp_path):

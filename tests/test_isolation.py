@@ -78,6 +78,7 @@ def test_onednn_verbose_names_the_implementation_and_a_reference_gemm_is_a_naive
 @pytest.mark.stack_independent
 def test_budgets_come_per_device_kind_and_a_bad_file_is_one_line(tmp_path):
     assert load_budgets("cpu").case_s > 0 and load_budgets("cuda").engine_start_s > load_budgets("cpu").case_s
+    assert load_budgets("gpu") == load_budgets("cuda")  # one device-kind word, 'gpu', as in the thresholds file
     cpu = load_budgets("cpu")
     assert load_budgets("cpu", case_s=7) == Budget(7.0, cpu.engine_start_s, cpu.server_start_s)
     assert cpu.server_s < cpu.engine_start_s  # a server's start has its own, shorter budget on CPU
@@ -91,6 +92,8 @@ def test_budgets_come_per_device_kind_and_a_bad_file_is_one_line(tmp_path):
         with pytest.raises(QuantbenchError) as err:
             parse_budgets(text, "cpu", "b.toml")
         assert err.value.line().startswith("b.toml: ") and words in err.value.line() and "Fix:" in err.value.line()
+    with pytest.raises(QuantbenchError, match=r"rename \[cuda\] to \[gpu\]"):  # the word the thresholds use
+        parse_budgets("[cuda]\ncase_s = 1\nengine_start_s = 3\n", "cuda", "b.toml")
 
 
 @pytest.mark.stack_independent

@@ -186,6 +186,26 @@ def test_the_gate_reads_the_clients_per_round_values_and_fails_a_slowed_server_o
 
 
 @pytest.mark.stack_independent
+def test_goodput_is_compared_only_under_the_same_slo():
+    """Issue 32: the SLO (from the thresholds file) decides which requests count as good, but it was neither in the
+    case's identity nor compared: a tighter SLO read as a goodput regression of the server."""
+    from quantbench.gate import load_thresholds
+    from quantbench.paths import THRESHOLDS
+    thresholds = load_thresholds(THRESHOLDS)
+    base = _run([_serving_bench("bf16", 4, [10.0, 11.0, 10.5, 10.2, 10.8], [800.0, 790.0, 810.0, 805.0, 795.0])])
+    tighter = json.loads(json.dumps(base))
+    info = tighter["benchmarks"][0]["extra_info"]
+    info["slo"] = {"ttft_ms": 5.0, "tpot_ms": 5.0}  # no request meets it: goodput falls to a tenth
+    info["round_values"]["request_goodput"] = [v / 10 for v in info["round_values"]["request_goodput"]]
+    decisions = {d.metric: d for d in gate.run_gate(tighter, [base], thresholds).decisions}
+    goodput = {m: d.state for m, d in decisions.items() if m.startswith("request_goodput")}
+    assert goodput == {"request_goodput [SLO tpot_ms <= 5, ttft_ms <= 5]": "new",
+                       "request_goodput [SLO tpot_ms <= 5, ttft_ms <= 40]": "missing"}, goodput
+    same = {d.metric: d.state for d in gate.run_gate(base, [base], thresholds).decisions}
+    assert same["request_goodput [SLO tpot_ms <= 5, ttft_ms <= 40]"] == "unchanged"
+
+
+@pytest.mark.stack_independent
 def test_the_guide_finds_the_slo_knee_and_the_goodput_against_bf16(tmp_path):
     benches = [_serving_bench("bf16", 1, [10.0] * 5, [400.0] * 5), _serving_bench("bf16", 4, [60.0] * 5, [800.0] * 5),
                _serving_bench("ct-w8a8", 1, [9.0] * 5, [420.0] * 5, order=18),

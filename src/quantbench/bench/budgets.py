@@ -26,14 +26,25 @@ class Budget:
         return self.server_start_s or self.engine_start_s
 
 
+def kind_of(device: str) -> str:
+    """The device kind the files are keyed by, 'cpu' or 'gpu' (the thresholds' [slo.gpu] and overrides say the
+    same), from a torch device type ('cuda') or a kind."""
+    return "gpu" if device in ("cuda", "gpu") else device
+
+
 def parse_budgets(text: str, device_kind: str, source: str = "<budgets>") -> Budget:
-    """The budgets of ``device_kind`` ('cpu', 'cuda'); a bad file is one line naming it and the field."""
+    """The budgets of ``device_kind`` ('cpu', 'gpu'; 'cuda' reads as 'gpu'); a bad file is one line naming it and
+    the field."""
     fix = f"compare it with {BUDGETS.relative_to(REPO_ROOT)}"
+    device_kind = kind_of(device_kind)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise QuantbenchError(source, f"invalid budgets file ({exc})", fix) from None
     table = data.get(device_kind)
+    if not isinstance(table, dict) and device_kind == "gpu" and isinstance(data.get("cuda"), dict):
+        raise QuantbenchError(source, "a [cuda] table: the device kind is called gpu, as in the thresholds file",
+                              "rename [cuda] to [gpu]")
     if not isinstance(table, dict):
         raise QuantbenchError(source, f"no [{device_kind}] table of time budgets", fix)
     unknown = sorted(set(table) - set(FIELDS) - set(OPTIONAL))

@@ -24,7 +24,7 @@ def samples(payload: dict) -> dict:
                                                        for data in info.get(RUN_ROUNDS_KEY) or []) if values)
             value = median(runs) if runs else median(rounds) if rounds else info.get(metric)
             if value is not None:
-                out[(bench["name"], metric)] = Sample(float(value), tuple(rounds), runs=runs)
+                out[(bench["name"], _under_slo(metric, info))] = Sample(float(value), tuple(rounds), runs=runs)
         for metric in ONCE_PER_CASE_METRICS:
             if info.get(metric):
                 out[(bench["name"], metric)] = Sample(float(info[metric]))
@@ -32,6 +32,19 @@ def samples(payload: dict) -> dict:
         name = stated_case_name(state)
         out[(name, "*")] = Sample(float("nan"), (), state.get("state", "unsupported"), state.get("reason", ""))
     return out
+
+
+GOODPUT = "request_goodput"
+
+
+def _under_slo(metric: str, info: dict) -> str:
+    """Goodput counts the requests that met an SLO: its name carries the SLO, so a run under another SLO (the
+    thresholds file changed) is never compared with it (the decision reads new / missing, naming both SLOs)."""
+    if metric != GOODPUT:
+        return metric
+    slo = info.get("slo") or {}
+    bounds = ", ".join(f"{key} <= {value:g}" for key, value in sorted(slo.items())) if isinstance(slo, dict) else ""
+    return f"{metric} [SLO {bounds or 'none'}]"
 
 
 def kernels_ran(payload: dict) -> dict[str, str]:

@@ -38,6 +38,7 @@ class Thresholds:
     def for_case(self, case: str, metric: str, device: str | None = None) -> Threshold:
         """The metric's threshold with every selecting override applied in file order (later wins).
         ``device``: the current run's device kind; without it, device overrides select nothing."""
+        metric = metric.split(" [")[0]  # "request_goodput [SLO ...]": the metric's own threshold
         base = self.metrics.get(metric, self.fallback)
         for override in self.overrides:
             if override.selects(case, metric, device):
