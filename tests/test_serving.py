@@ -293,7 +293,11 @@ def test_an_aa_pair_of_served_runs_passes_the_gate_and_a_server_of_one_sequence_
     tmp, first, again, slowed = served
     for done, _ in (again, slowed):
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    same = run_cli("gate", "--current", str(tmp / "again.json"), "--baseline", str(tmp / "first.json"))
+    # One pair of runs on 2 shared cores drifts as a whole: a CI A/A (2026-12-07) read c4's median ITL 1.87x and its
+    # throughput 0.66x with nothing changed. The gate's own answer to that is the confirm rerun: a regression the
+    # rerun does not reproduce is noise (docs/gate.md). The slowed server below is gated without one.
+    same = run_cli("gate", "--current", str(tmp / "again.json"), "--baseline", str(tmp / "first.json"),
+                   "--confirm-rerun", "1")
     assert same.returncode == 0, same.stdout
     worse = run_cli("gate", "--current", str(tmp / "slowed.json"), "--baseline", str(tmp / "first.json"))
     assert worse.returncode == 1, worse.stdout
@@ -302,6 +306,10 @@ def test_an_aa_pair_of_served_runs_passes_the_gate_and_a_server_of_one_sequence_
     # requests wait for the one sequence: their first token moves on every CPU kind, the cost of a token does not
     assert {(c4, "median_ttft_ms"), (c4, "p99_ttft_ms")} <= regressed, worse.stdout
     assert (c4, "median_tpot_ms") not in regressed, worse.stdout
+    # the confirm rerun the A/A check leans on works for served cases: it repeats the slowed run's own options
+    confirmed = run_cli("gate", "--current", str(tmp / "slowed.json"), "--baseline", str(tmp / "first.json"),
+                        "--confirm-rerun", "1")
+    assert confirmed.returncode == 1 and "re-running" in confirmed.stdout, confirmed.stdout[-3000:]
     # The throughput at c4 is not asserted: what one sequence at a time keeps of it depends on the CPU kind and the
     # VM's noise, and sits inside the CPU threshold of 50% on some: 0.743 on an AVX2 EPYC (measured 2026-12-07),
     # 0.60 on an AVX-512 EPYC, while c1 over c4 in the same first run read 0.37 there (the server still overlaps
