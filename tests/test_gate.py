@@ -467,7 +467,7 @@ def test_an_unchanged_case_carries_the_smallest_regression_it_could_have_shown()
         same = decide("c", "decode_tokens_per_s", Sample(median(cur), cur), Sample(median(base), base), threshold)
         assert same.state == "unchanged" and same.detectable is not None and same.detectable >= 0.05
 
-        def moved(change):
+        def moved(change, base=base, cur=cur):
             values = tuple(median(base) * (1 - change) * v / median(cur) for v in cur)
             return decide("c", "decode_tokens_per_s", Sample(median(values), values), Sample(median(base), base),
                           threshold)

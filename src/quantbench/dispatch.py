@@ -19,6 +19,9 @@ from pathlib import Path
 
 GEMM_PRIMITIVES = ("matmul", "inner_product", "convolution")
 NAIVE_MARK = "naive fallback"  # in a kernel string: report.findings' NAIVE FALLBACK reads it
+ONEDNN_MARK = " [oneDNN "      # where kernel_words' oneDNN part of a kernel string starts
+# gptqmodel formats write "... backend=<name> -> <class>: <what it does>"; auto is the library's own pick
+NAMED_BACKEND_MARK, AUTO_BACKEND_MARK = "backend=", "backend=auto "
 CHANNEL = None  # in a child process of bench.isolation: its pipe to the parent
 LOG_PATH = None  # ... and the log file its stdout and stderr go to
 
@@ -68,7 +71,20 @@ def kernel_words(kernel: str, primitives: dict[str, int]) -> str:
     naive = naive_primitives(primitives)
     if not naive:
         return kernel
-    return f"{kernel} [oneDNN {', '.join(sorted(naive))}: {NAIVE_MARK}]"
+    return f"{kernel}{ONEDNN_MARK}{', '.join(sorted(naive))}: {NAIVE_MARK}]"
+
+
+def library_words(kernel: str | None) -> str:
+    """A kernel string without the oneDNN part kernel_words appends (whose 'naive fallback' is oneDNN's)."""
+    return (kernel or "").split(ONEDNN_MARK)[0]
+
+
+def chosen_by(kernel: str | None) -> str | None:
+    """'named backend' where the format names the library's backend (gptq-torch, awq-gemm-hf-torch), 'library'
+    where the library (or its auto mode) chose; None without a kernel string."""
+    if not kernel:
+        return None
+    return "named backend" if NAMED_BACKEND_MARK in kernel and AUTO_BACKEND_MARK not in kernel else "library"
 
 
 @contextlib.contextmanager

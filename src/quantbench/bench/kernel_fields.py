@@ -15,9 +15,6 @@ from dataclasses import dataclass
 
 from .. import dispatch
 
-# a kernel string of a backend the format names (gptq-torch, awq-gemm-hf-torch): chosen by the user, not the library
-NAMED_BACKEND_MARK, AUTO_BACKEND_MARK = "backend=", "backend=auto "
-
 
 @dataclass(frozen=True)
 class KernelFields:
@@ -39,12 +36,6 @@ def case_rows(batch: int, prompt_len: int, phase: str) -> int:
     return batch * prompt_len if phase == "prefill" else batch
 
 
-def chosen_by(kernel: str | None) -> str | None:
-    if not kernel:
-        return None
-    return "named backend" if NAMED_BACKEND_MARK in kernel and AUTO_BACKEND_MARK not in kernel else "library"
-
-
 def observe(model, device, rows: int, what: str, kernel: str | None) -> KernelFields:
     """One call of the first q_proj at ``rows`` tokens, its weight ops and oneDNN GEMMs. ``what`` says which
     case shape the rows stand for."""
@@ -56,19 +47,14 @@ def observe(model, device, rows: int, what: str, kernel: str | None) -> KernelFi
     primitives = dispatch.onednn_primitives(call) if device.type == "cpu" else (call() or {})
     gemms = tuple(sorted(p for p in primitives if p.split(" ")[0] in dispatch.GEMM_PRIMITIVES))
     if not seen and not gemms:
-        return KernelFields(f"not observed: no q_proj at {rows} rows ({what})", chosen_by=chosen_by(kernel))
+        return KernelFields(f"not observed: no q_proj at {rows} rows ({what})", chosen_by=dispatch.chosen_by(kernel))
     return KernelFields(f"q_proj, {rows} rows ({what})", tuple(seen), gemms,
                         bool(dispatch.naive_primitives(primitives)) if device.type == "cpu" else None,
                         # a dequantize op at this shape, or a path whose dequantize is plain torch code the profiler
                         # names only as its pieces (AutoAWQ's and gptqmodel's naive paths say so in their string)
-                        any("dequantize" in op.lower() for op in seen) or "naive" in _own_words(kernel),
-                        chosen_by(kernel))
-
-
-def _own_words(kernel: str | None) -> str:
-    """The kernel string without the oneDNN mark dispatch.kernel_words appends (its 'naive fallback' is oneDNN's)."""
-    return (kernel or "").split(" [oneDNN ")[0]
+                        any("dequantize" in op.lower() for op in seen) or "naive" in dispatch.library_words(kernel),
+                        dispatch.chosen_by(kernel))
 
 
 def not_observed(why: str, kernel: str | None) -> KernelFields:
-    return KernelFields(f"not observed: {why}", chosen_by=chosen_by(kernel))
+    return KernelFields(f"not observed: {why}", chosen_by=dispatch.chosen_by(kernel))

@@ -154,8 +154,8 @@ class ModelPool:
             kernel, model = prepared.loaded.facts.get("kernel"), prepared.loaded.model
             what = f"{'prefill' if case.phase == 'prefill' else 'decode step'}, batch {case.batch}"
             if not isinstance(model, torch.nn.Module) or self.isolated(get_runtime(case.runtime)):
-                found = kernel_fields.not_observed("the model runs in an engine's own process; its facts name "
-                                                   "the kernels it selected", kernel)
+                found = kernel_fields.not_observed("the model runs inside an engine (vLLM's, in this process or "
+                                                   "its own); its facts name the kernels it selected", kernel)
             elif "compile" in case.runtime:
                 found = kernel_fields.not_observed("a compiled graph runs inductor's kernels, which an eager call "
                                                    "would not name", kernel)

@@ -47,7 +47,7 @@ class SafeSaving:
         self.config = config
 
     def pytest_keyboard_interrupt(self, excinfo):
-        self.config.stash[STOPPED] = "interrupted by Ctrl-C (KeyboardInterrupt): these are the cases it finished"
+        self.config.stash[STOPPED] = CTRL_C
 
     def pytest_sessionstart(self, session):
         bench = getattr(session.config, "_benchmarksession", None)
@@ -64,7 +64,7 @@ class SafeSaving:
         """Ctrl-C noted first, then Python's own KeyboardInterrupt. Raised inside a finalizer (a __del__ or a
         weakref callback that a torch op's garbage collection ran), Python prints and swallows it and the run
         would go on as if nothing was pressed: the next case then does not start (pytest_runtest_protocol)."""
-        self.config.stash[STOPPED] = "interrupted by Ctrl-C (KeyboardInterrupt): these are the cases it finished"
+        self.config.stash[STOPPED] = CTRL_C
         signal.default_int_handler(signum, frame)
 
     @pytest.hookimpl(tryfirst=True)
@@ -85,6 +85,7 @@ class SafeSaving:
 
 CUT_OFF = pytest.StashKey[list]()
 STOPPED = pytest.StashKey[str]()
+CTRL_C = "interrupted by Ctrl-C (KeyboardInterrupt): these are the cases it finished"
 
 
 def interruption(config, case_ids: list[str], benchmarks: list[dict], states: list[dict]) -> dict | None:

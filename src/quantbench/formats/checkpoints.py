@@ -199,8 +199,9 @@ def own_code_notice(config_path: Path, config: dict) -> str | None:
     auto_map = config.get("auto_map")
     if not auto_map:
         return None
-    named = auto_map.get("AutoModelForCausalLM", next(iter(auto_map.values()), None)) if isinstance(auto_map,
-                                                                                                      dict) else None
+    named = None
+    if isinstance(auto_map, dict):
+        named = auto_map.get("AutoModelForCausalLM", next(iter(auto_map.values()), None))
     stock = ", ".join(config.get("architectures") or []) or f"the class of model_type {config.get('model_type')!r}"
     return (f"{config_path}: auto_map names the checkpoint's own code ({named}); quantbench never runs a "
             f"checkpoint's code and times transformers' stock {stock} instead. Fix: benchmark an architecture "

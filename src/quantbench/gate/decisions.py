@@ -94,7 +94,7 @@ class Decision:
 
 
 def describe_detectable(fraction: float | None) -> str:
-    """'a 12% regression or more'; 'no regression at all (within noise up to 100x)' where none could show."""
+    """'a 12% regression or more'; 'no regression at all (...)' where no shift could be told from noise."""
     if fraction is None:
         return "unknown"
     if math.isinf(fraction):
@@ -109,8 +109,9 @@ def _change(current: float, baseline: float, direction: str) -> float:
 
 
 def decide(case: str, metric: str, current: Sample | None, baseline: Sample | None,
-           threshold: Threshold, paired: bool = False) -> Decision:
-    """Classify one (case, metric) pair. Pure: same inputs, same decision."""
+           threshold: Threshold, paired: bool = False, blind_spots: bool = True) -> Decision:
+    """Classify one (case, metric) pair. Pure: same inputs, same decision. ``blind_spots``: an unchanged decision
+    carries the smallest regression it could have shown (a bisection on the test: 30x the cost of the decision)."""
     if baseline is None and current is None:
         return Decision(case, metric, "missing", note="in neither run")
     if current is not None and current.state in BROKEN and baseline is not None and baseline.state == "ok":
@@ -131,10 +132,10 @@ def decide(case: str, metric: str, current: Sample | None, baseline: Sample | No
         return Decision(case, metric, "incomparable", note="baseline value is zero or not finite")
     ratio = current.value / baseline.value
     change = _change(current.value, baseline.value, threshold.direction)
-    p_value, note = None, ""
+    p_value, note, tested_on = None, "", None
     by_runs = run_level_test(current.runs, baseline.runs, threshold, paired)
     if by_runs is not None:
-        enough = True
+        enough, tested_on = True, "runs"
         ratio, p_value, units = by_runs
         change = _change(ratio, 1.0, threshold.direction)
         note = f"tested on {units}"
@@ -144,6 +145,7 @@ def decide(case: str, metric: str, current: Sample | None, baseline: Sample | No
         # so at alpha 0.05 a 2x regression would read "within noise" (asv's is_different asks the same first).
         enough = min(n, m) >= threshold.min_rounds and runs_can_decide(n, m, threshold.alpha)
         if enough:
+            tested_on = "rounds"
             p_value = _mann_whitney(current.rounds, baseline.rounds, _alternative(change, threshold.direction))
         elif min(n, m) >= threshold.min_rounds:
             note = (f"{n} vs {m} rounds cannot reach p < {threshold.alpha:g} (at best {1 / math.comb(n + m, n):.3g}):"
@@ -159,22 +161,24 @@ def decide(case: str, metric: str, current: Sample | None, baseline: Sample | No
         state = "unchanged"
         if abs(change) >= threshold.max_regression:
             note = "; ".join(filter(None, [note, "past the threshold but within noise (not significant)"]))
-    detectable = detectable_change(current, baseline, threshold, paired) if state == "unchanged" else None
+    detectable = (detectable_change(current, baseline, threshold, tested_on, paired)
+                  if state == "unchanged" and blind_spots else None)
     return Decision(case, metric, state, ratio, p_value, baseline.value, current.value,
                     threshold.max_regression, note, detectable)
 
 
-def detectable_change(current: Sample, baseline: Sample, threshold: Threshold, paired: bool = False) -> float:
+def detectable_change(current: Sample, baseline: Sample, threshold: Threshold, tested_on: str | None,
+                      paired: bool = False) -> float:
     """The smallest regression (a fraction, in the metric's bad direction) this case would have been called
-    regressed at, by the same test, rounds and spreads as its decision: the current values (runs or rounds) are
-    moved as they are, spread included, until their median sits that far past the baseline's. The threshold
-    where the decision rests on the ratio alone (too few rounds to test), infinity where no move separates them
-    (a baseline spread no shift of these few values can clear). Pure: bisection on the test's own p-value."""
-    units = "runs" if run_level_test(current.runs, baseline.runs, threshold, paired) is not None else "rounds"
-    mine, theirs = (current.runs, baseline.runs) if units == "runs" else (current.rounds, baseline.rounds)
-    n, m = len(mine), len(theirs)
-    if units == "rounds" and not (min(n, m) >= threshold.min_rounds and runs_can_decide(n, m, threshold.alpha)):
+    regressed at, by the test its decision used (``tested_on``: "runs", "rounds", or None for the ratio alone),
+    at the same counts and spreads: the current values are moved as they are, spread included, until their median
+    sits that far past the baseline's. The threshold where the decision rests on the ratio alone, infinity where
+    no move separates them (a baseline spread no shift of these few values can clear). Pure: bisection on the
+    test's own p-value."""
+    if tested_on is None:
         return threshold.max_regression
+    units = tested_on
+    mine, theirs = (current.runs, baseline.runs) if units == "runs" else (current.rounds, baseline.rounds)
     worse = _alternative(-1.0, threshold.direction)
     centre, target = median(mine), median(theirs)
 
@@ -338,13 +342,14 @@ def fold_stated_cases(current: dict[tuple[str, str], Sample], baseline: dict[tup
 
 
 def compare_runs(current: dict[tuple[str, str], Sample], baseline: dict[tuple[str, str], Sample],
-                 thresholds: Thresholds, paired: bool = False, device: str | None = None) -> list[Decision]:
+                 thresholds: Thresholds, paired: bool = False, device: str | None = None,
+                 blind_spots: bool = True) -> list[Decision]:
     """Decide every (case, metric) in either run, plus one suite-level decision per metric,
     sorted worst-first by state. ``device``: the current run's device kind, for device overrides;
     the suite-level decisions keep the metric's own threshold (a global slowdown is what they catch)."""
     keys = sorted(set(current) | set(baseline))
     decisions = [decide(case, metric, current.get((case, metric)), baseline.get((case, metric)),
-                        thresholds.for_case(case, metric, device), paired) for case, metric in keys]
+                        thresholds.for_case(case, metric, device), paired, blind_spots) for case, metric in keys]
     for metric in sorted({d.metric for d in decisions}):
         suite = decide_suite(metric, decisions, thresholds.metrics.get(metric, thresholds.fallback), current, baseline,
                              paired)
@@ -366,10 +371,13 @@ KERNEL_CHANGED_NOTE = "the kernel changed (see its kernel row)"   # on that case
 _VERSION = re.compile(r"\d+(?:\.\d+)+[\w.+-]*")
 
 
+# inputs.kernels_ran appends the kernel fields observed at a case's shape after this; same_kernel compares them
+OBSERVED = " || observed at the case's shape: "
+
+
 def same_kernel(a: str, b: str) -> bool:
     """Same code path, versions aside; the fields observed at the case's shape compared where both runs have them
     (a baseline recorded before they existed is not a kernel change)."""
-    from .inputs import OBSERVED
     (prose_a, _, seen_a), (prose_b, _, seen_b) = a.partition(OBSERVED), b.partition(OBSERVED)
     if _VERSION.sub("<version>", prose_a) != _VERSION.sub("<version>", prose_b):
         return False

@@ -8,7 +8,7 @@ from statistics import median
 from ..history import record
 from ..history.frame import ONCE_PER_CASE_METRICS, case_state, per_round_values, stated_case_name
 from ..history.store import RUN_ROUNDS_KEY
-from .decisions import Sample
+from .decisions import OBSERVED, Sample
 
 
 def samples(payload: dict) -> dict:
@@ -58,9 +58,6 @@ def kernels_ran(payload: dict) -> dict[str, str]:
         if kernel and case_state(bench) == "ok":
             ran[bench["name"]] = str(kernel) + _observed(info)
     return ran
-
-
-OBSERVED = " || observed at the case's shape: "  # decisions.same_kernel compares this part where both sides have it
 
 
 def _observed(info: dict) -> str:

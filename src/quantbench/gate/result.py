@@ -122,12 +122,13 @@ def _one_row_per_kernel_change(notable: pd.DataFrame) -> pd.DataFrame:
 
 def run_gate(current: dict, baselines: list[dict], thresholds: Thresholds,
              fail_on: tuple[str, ...] = rules.DEFAULT_FAIL_ON, allow_incomparable: bool = False,
-             paired: bool = False, upgrade: bool = False) -> GateResult:
+             paired: bool = False, upgrade: bool = False, blind_spots: bool = True) -> GateResult:
     """Compare a run with one or more baseline runs. A baseline from another machine/stack is never
     compared silently: it is incomparable, or compared and labelled with what differs
     (``allow_incomparable``, or ``upgrade``: the baseline is the stack this run's upgrade replaced, from
     ``resolve_baselines('previous')``). ``paired``: the current run is a merge whose i-th run was made
-    together with the i-th baseline run."""
+    together with the i-th baseline run. ``blind_spots``: unchanged decisions carry what they could have shown
+    (the guide's History leaves it out for every pair but the newest)."""
     if isinstance(baselines, dict):
         baselines = [baselines]
     cur_env = history.environment_fields(current)
@@ -148,7 +149,8 @@ def run_gate(current: dict, baselines: list[dict], thresholds: Thresholds,
         note = ("upgraded since the baseline (--baseline previous): " if upgrade else
                 "compared across different machines/stacks (--allow-incomparable): ") + "; ".join(diffs)
     cur_samples, base_samples = rules.fold_stated_cases(cur_samples, base_samples)
-    decisions = rules.compare_runs(cur_samples, base_samples, thresholds, paired, history.device_kind(current))
+    decisions = rules.compare_runs(cur_samples, base_samples, thresholds, paired, history.device_kind(current),
+                                   blind_spots)
     changes = rules.kernel_changes(kernels_ran(current), [kernels_ran(b) for b in baselines])
     decisions = rules.with_kernel_changes(decisions, changes)
     return GateResult(decisions, rules.exit_code(decisions, fail_on), note)

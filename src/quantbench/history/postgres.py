@@ -16,7 +16,7 @@ import os
 import re
 from typing import NamedTuple
 
-from ..errors import BadHistory, HistoryUnavailable, redact  # noqa: F401 - redact: history.redact
+from ..errors import BadHistory, HistoryUnavailable, redact  # redact: history imports it from here
 from . import record
 from .merge import run_ids
 from .store import check_payload, run_filename, signature

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from .. import dispatch
+
 BASELINE = "bf16"
 COMPILED = "+compile"  # the series-name suffix of the transformers+compile runtime
 DEFAULT_RUNTIME = "transformers"  # quantbench.runtimes.DEFAULT (this layer reads history only, no torch)
@@ -51,8 +53,6 @@ def baseline_for(fmt: str) -> str:
     return BASELINE + runtime_suffix(fmt)
 # describe_ct_path writes "... -> torch.matmul, behind compressed-tensors offload dispatch on N modules"
 DISPATCH_MARK = "behind "
-# gptqmodel formats write "... backend=<name> -> <class>: <what it does>"; auto is the library's own pick.
-AUTO_BACKEND_MARK = "backend=auto "
 # The same checkpoint and load with the library's per-call host work removed, step by step.
 WITHOUT_DISPATCH = {"ct-w4a16": (("ct-w4a16-nodispatch", "without it"),
                                  ("ct-w4a16-bare", "without its forward wrappers too"))}
@@ -295,11 +295,11 @@ def flags(gen: pd.DataFrame) -> list[str]:
             # Read from the fields observed at each case's shape where the run has them, else from the prose.
             mine = observed[(observed["model"] == model) & (observed["format"] == fmt)]
             if len(mine):
-                slow = mine[(mine["kernel_dequantizes"] == True) & (mine["kernel_chosen_by"] == "library")]  # noqa: E712
+                slow = mine[mine["kernel_dequantizes"].eq(True) & (mine["kernel_chosen_by"] == "library")]
                 if len(slow) and fmt in quantized:
                     out.append(f"NAIVE FALLBACK: {model}: {fmt} dequantized the weight every call at "
                                f"{_shapes(slow)} ({kernel})")
-            elif "naive" in kernel and ("backend=" not in kernel or AUTO_BACKEND_MARK in kernel):
+            elif "naive" in kernel and dispatch.chosen_by(kernel) == "library":
                 out.append(f"NAIVE FALLBACK: {model}: {fmt} ran a naive dequantize+matmul path ({kernel})")
             if DISPATCH_MARK in kernel and not same_model_as_eager(fmt):
                 out.append(f"LIBRARY DISPATCH: {model}: {fmt} runs behind {kernel.split(DISPATCH_MARK)[1]}: "
@@ -322,10 +322,10 @@ def _naive_gemm_flags(observed: pd.DataFrame) -> list[str]:
     """oneDNN's reference GEMM at any case's shape, whoever chose the kernel: a named backend (gptq-torch,
     awq-gemm-hf-torch) that lands on ``ref`` is as slow as one the library chose."""
     out = []
-    naive = observed[observed["kernel_naive_gemm"] == True]  # noqa: E712 - a column of True / False / None
+    naive = observed[observed["kernel_naive_gemm"].eq(True)]  # a column of True / False / None
     for (model, fmt), rows in naive.groupby(["model", "format"]):
         # the frame keeps scalars; the implementations' list is read from each case's own record
-        benches = rows["_bench"] if "_bench" in rows else []
+        benches = rows.get("_bench", [])
         impls = sorted({i for bench in benches if isinstance(bench, dict)
                         for i in (bench.get("extra_info") or {}).get("kernel_onednn") or [] if " ref" in i})
         out.append(f"NAIVE FALLBACK: {model}: {fmt} ran oneDNN's reference GEMM ({', '.join(impls)}) at "

@@ -270,13 +270,15 @@ NEWS = ("regressed", "crashed", "too-slow", "requests-failed", "kernel-changed")
 HISTORY_TABLE_ROWS = 40
 
 
-def consecutive_changes(runs: list[tuple[str, dict]], thresholds: gate.Thresholds) -> pd.DataFrame:
+def consecutive_changes(runs: list[tuple[str, dict]], thresholds: gate.Thresholds) -> tuple[pd.DataFrame, str | None]:
     """The gate's news of each run against the run before (same signature), for ``runs`` as (file,
     loaded payload) in run order: regressed and kernel-changed cases, and the suite-level decisions
-    that moved. One row each, oldest first."""
-    rows = []
-    for (_, before), (after, run) in zip(runs, runs[1:]):
-        result = gate.run_gate(run, [before], thresholds)
+    that moved. One row each, oldest first; and the newest pair's blind spots (the only pair that pays for them)."""
+    rows, blind = [], None
+    pairs = list(zip(runs, runs[1:]))
+    for number, ((_, before), (after, run)) in enumerate(pairs, 1):
+        result = gate.run_gate(run, [before], thresholds, blind_spots=number == len(pairs))
+        blind = result.blind_spots()
         for d in result.decisions:
             if d.state in NEWS or (d.case == gate.SUITE and d.state != "unchanged"):
                 rows.append({"file": after, "run": str(run.get("datetime"))[:19],
@@ -284,7 +286,7 @@ def consecutive_changes(runs: list[tuple[str, dict]], thresholds: gate.Threshold
                              "case": d.case, "metric": d.metric, "ratio": d.ratio,
                              "note": d.note if d.state == "kernel-changed" else
                              "the kernel changed" if gate.KERNEL_CHANGED_NOTE in d.note else ""})
-    return pd.DataFrame(rows, columns=["file", "run", "commit", "state", "case", "metric", "ratio", "note"])
+    return pd.DataFrame(rows, columns=["file", "run", "commit", "state", "case", "metric", "ratio", "note"]), blind
 
 
 def _history_table(changes: pd.DataFrame) -> list[str]:
@@ -642,14 +644,12 @@ def _states_section(sig: Signature) -> list[str]:
 def _history_section(sig: Signature, thresholds: gate.Thresholds, out_dir: Path) -> list[str]:
     # the payloads read once: a nightly's history is many multi-MB files, each a "before" and an "after"
     timed_files = set(sig.gen_all["file"])
-    changes = consecutive_changes([(p, sig.payloads[p]) for p in sig.paths if p in timed_files],
-                                  thresholds)
+    changes, blind = consecutive_changes([(p, sig.payloads[p]) for p in sig.paths if p in timed_files],
+                                         thresholds)
     regressions = {(f, c) for f, c, st in zip(changes["file"], changes["case"], changes["state"]) if st == "regressed"}
     history_chart = chart_history(sig.gen_all, regressions, out_dir)
     if not history_chart:
         return []
-    runs = [sig.payloads[p] for p in sig.paths if p in timed_files]
-    blind = gate.run_gate(runs[-1], [runs[-2]], thresholds).blind_spots() if len(runs) > 1 else None
     return ["## History", "", f"![history]({history_chart})", "", *_history_table(changes),
             *([f"The newest run against the one before. {blind}", ""] if blind else [])]
 
