@@ -29,21 +29,29 @@ def cores() -> list[int]:
 def run_side_by_side(commands: list[Command], rotate: int = 0, timeout: float | None = None
                      ) -> list[subprocess.CompletedProcess]:
     """Start every command, each on core (index + rotate) mod n when there are as many cores, and wait
-    for all; the results' stdout holds each command's output (stderr joined in)."""
-    available, procs = cores(), []
-    for index, command in enumerate(commands):
-        pin = None
+    for all; the results' stdout holds each command's output (stderr joined in), in the order of
+    ``commands``. ``rotate`` also rotates the order they start in: the one started first leads the
+    others through every phase by its start-up's head, so no side is always first."""
+    available, started = cores(), {}
+    for index in launch_order(len(commands), rotate):
+        command, pin = commands[index], None
         if len(available) >= len(commands):
             core = available[(index + rotate) % len(commands)]
             pin = (lambda core=core: os.sched_setaffinity(0, {core}))
         sink = open(command.log, "w") if command.log else subprocess.PIPE  # noqa: SIM115 - closed below
-        procs.append((command, sink, subprocess.Popen(command.args, cwd=command.cwd, env=command.env, stdout=sink,
-                                                      stderr=subprocess.STDOUT, text=True, preexec_fn=pin)))
+        started[index] = (command, sink, subprocess.Popen(command.args, cwd=command.cwd, env=command.env, stdout=sink,
+                                                          stderr=subprocess.STDOUT, text=True, preexec_fn=pin))
     results = []
-    for command, sink, proc in procs:
+    for index in range(len(commands)):
+        command, sink, proc = started[index]
         stdout, _ = proc.communicate(timeout=timeout)
         if command.log:
             sink.close()
             stdout = Path(command.log).read_text(errors="replace")
         results.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, ""))
     return results
+
+
+def launch_order(count: int, rotate: int) -> list[int]:
+    """The command indices in the order they start: 0..count-1 shifted by ``rotate``."""
+    return [(index + rotate) % count for index in range(count)] if count else []
