@@ -239,3 +239,39 @@ def test_a_cases_deadline_ends_with_its_rounds():
         decoder.round_facts(2, 0.1)
     decoder.end_case(60.0)
     assert decoder.round_facts(2, 0.1) == {"asked": "round_facts"}  # its facts: a deadline of their own
+
+
+# ----------------------------------------------------------------------------- the child's clock, a known answer
+KNOWN_RUN = ["benchmarks/test_generation.py", "-p", "tests.fixed_work_runtime", "--qb-formats", "bf16@fixed",
+             "--qb-batch", "1", "--qb-prompt", "8", "--qb-new-tokens", "4", "--qb-rounds", "7", "-q"]
+
+
+def _known_run(tmp_path, *extra) -> dict:
+    out = tmp_path / f"known{'-'.join(extra)}.json"
+    result = run_pytest(*KNOWN_RUN, f"--benchmark-json={out}", *extra)
+    assert result.returncode == 0 and out.is_file(), result.stdout[-3000:] + result.stderr[-2000:]
+    return {b["extra_info"]["phase"]: b for b in json.loads(out.read_text())["benchmarks"]}
+
+
+@pytest.mark.stack_independent
+def test_an_isolated_child_times_its_own_calls_and_a_slowdown_injected_there_reads_as_injected(tiny_checkpoints,
+                                                                                              tmp_path):
+    """3ae1c25 timed an isolated case in the parent less a global count of the pipe's share, so wall_vs_child_round
+    was ~1.00 by construction, and stretched the parent's wait, not the child's work. Now the child times each
+    call (its device synchronized), pytest-benchmark replays those seconds, and the wall around each call is a
+    figure of its own. The stand-in engine pads every call to a known time: a prefill round is 30 ms, a decode
+    round of 4 tokens 40 ms, and --qb-inject-slowdown 0.10 made in the child reads 10% +- 2%."""
+    from tests.fixed_work_runtime import DECODE_STEP_S, PREFILL_S
+
+    plain, slowed = _known_run(tmp_path), _known_run(tmp_path, "--qb-inject-slowdown", "0.10")
+    for phase, expected_s in (("prefill", PREFILL_S), ("decode", 4 * DECODE_STEP_S)):
+        median, info = plain[phase]["stats"]["median"], plain[phase]["extra_info"]
+        assert info["isolation"].startswith("child process"), info
+        assert abs(median / expected_s - 1) < 0.02, (phase, median)  # the child's time of the call, not the pipe's
+        assert median == pytest.approx(info["child_round_s"], rel=1e-6)  # the figures run on the child's clock
+        # the wall around each call is measured apart: never less than the child's own, the pipe's share on top
+        assert info["wall_round_s"] >= info["child_round_s"] and 1.0 <= info["wall_vs_child_round"] < 1.5, info
+        ratio = slowed[phase]["stats"]["median"] / median
+        print(f"{phase}: child {median * 1e3:.2f} ms, wall {info['wall_round_s'] * 1e3:.2f} ms "
+              f"(wall_vs_child_round {info['wall_vs_child_round']:.4f}); 10% injected in the child read {ratio:.4f}")
+        assert 1.08 <= ratio <= 1.12, (phase, ratio)

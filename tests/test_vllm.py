@@ -197,7 +197,8 @@ def test_engine_cases_have_numbers_kernel_guard_and_engine_facts(engine_run, fmt
     # one engine step is one forward: asynchronous scheduling (CUDA's default in vLLM 0.32) off and recorded
     assert decode["vllm_async_scheduling"] is False and decode["vllm_gpu_memory_utilization"] is None
     kernel = decode["kernel"]
-    assert decode["isolation"].startswith("child process") and 0.9 < decode["wall_vs_child_round"] < 1.05
+    # the wall around each call (the pipe's share, measured apart): never below the child's own time of it
+    assert decode["isolation"].startswith("child process") and 1.0 <= decode["wall_vs_child_round"] < 1.5
     assert (kernel == "CPUInt8ScaledMMLinearKernel:onednn" if fmt == "ct-w8a8"
             else "UnquantizedLinearMethod" not in kernel)
     assert decode["onednn"] is not None and "naive fallback" not in kernel
@@ -261,6 +262,8 @@ def test_vllm_harness_overhead_is_small(engine_run, tmp_path):
     bound is measured again (up to twice) on its own, and the best is bounded."""
     first = engine_run[3][0]
     assert first["harness_wall_vs_engine"] <= 1.02, first
+    # the wall in this process, the pipe to the engine's child included (~1-2 ms a call in a VM: measured apart)
+    assert first["harness_wall_vs_engine"] <= first["harness_parent_wall_vs_engine"] <= 1.05, first
     ratios = [first["harness_overhead_ratio"]]
     for attempt in range(2):
         if ratios[-1] < 1.10:

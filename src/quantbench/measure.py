@@ -6,26 +6,57 @@ stream and reads them after one synchronize, so marking a step adds no sync to t
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
 
 
-# Seconds spent carrying calls to and from runtimes' child processes (bench.isolation), this process's total.
-_carried_s = [0.0]
+class ReplayClock:
+    """A clock that moves only by the seconds the process doing the work reported for it: pytest-benchmark's
+    timer for work done in another process (an isolated runtime's child, vLLM's benchmark client), so a round's
+    time is that process's own time of it and never the pipe's, the parent's wake-up or the client's start."""
+
+    def __init__(self):
+        self._seconds = 0.0
+
+    def advance(self, seconds: float) -> None:
+        self._seconds += max(float(seconds), 0.0)
+
+    def __call__(self) -> float:
+        return self._seconds
 
 
-def carried(seconds: float) -> None:
-    """A call to a child process took ``seconds`` more than the child's own time of it: the pipe's share."""
-    _carried_s[0] += max(seconds, 0.0)
+class RoundClock:
+    """The generation cases' timer: time.perf_counter for a runtime in this process; while a case whose runtime
+    lives in a child process is timed (``replaying``), that child's ReplayClock (bench.isolation). The wall time
+    around each call is recorded apart by the caller, so the pipe's share is a measured figure."""
+
+    def __init__(self):
+        self.replay: ReplayClock | None = None
+
+    def __call__(self) -> float:
+        return self.replay() if self.replay is not None else time.perf_counter()
+
+    @contextlib.contextmanager
+    def replaying(self, replay: ReplayClock | None):
+        self.replay = replay
+        try:
+            yield
+        finally:
+            self.replay = None
 
 
-def round_clock() -> float:
-    """pytest-benchmark's timer for the generation cases: the host clock less the time carrying calls to and
-    from a runtime's child process, which is no engine's work (in a VM, waking the parent's idle vCPU costs
-    about 1 ms a call). The share is recorded apart (wall_vs_child_round); where nothing runs in a child
-    this is time.perf_counter."""
-    return time.perf_counter() - _carried_s[0]
+round_clock = RoundClock()
+
+
+def stretch(start: float, fraction: float) -> None:
+    """Busy-wait so the region begun at ``start`` lasts (1 + fraction) times what it took: a real, measurable
+    slowdown (--qb-inject-slowdown), made where the work runs."""
+    if fraction > 0:
+        target = start + (time.perf_counter() - start) * (1 + fraction)
+        while time.perf_counter() < target:
+            pass
 
 
 def synchronize(device: torch.device | str) -> None:

@@ -402,8 +402,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _time_rounds_on_the_round_clock(config, items) -> None:
-    """The cases that run a model (those with qb_pool) time their rounds on measure.round_clock, which leaves out
-    the pipe to a runtime's child process; a --benchmark-timer the user chose is kept."""
+    """The cases that run a model (those with qb_pool) time their rounds on measure.round_clock: the host clock, or
+    for a runtime in a child process the replay of that child's own seconds; serving cases on the client's own
+    durations. A --benchmark-timer the user chose is kept."""
     from pytest_benchmark.timers import default_timer
     from pytest_benchmark.utils import NameWrapper
 

@@ -2,9 +2,10 @@
 child, never the benchmark run.
 
 The child (multiprocessing's spawn: a fresh interpreter, no forked OpenMP or CUDA state) opens the checkpoint
-with the real runtime and then serves the decoder's calls: prepare, prefill, start, decode, memory. The
-parent's pytest-benchmark times each call around a pipe round trip (~0.1 ms against rounds of 10 ms and more;
-the child's own wall time of each round is recorded beside it). Every wait has a deadline: past it the child
+with the real runtime and then serves the decoder's calls: prepare, prefill, start, decode, memory. The child
+times each call itself, after synchronizing its device, and reports the seconds; the parent's pytest-benchmark
+runs on a replay of them (measure.RoundClock), and the wall time around each call, pipe included, is recorded
+apart (``wall_round_s``, ``wall_vs_child_round``). Every wait has a deadline: past it the child
 is killed and the case is ``too-slow``; a child that dies is ``crashed`` with the signal, the op on its
 Python stack (faulthandler's dump) and its last log line.
 """
@@ -79,18 +80,30 @@ class _Server:
     def prepare(self, ids, new_tokens):
         return self.decoder.prepare(ids, new_tokens)
 
-    def prefill(self, ids):
-        return self.decoder.prefill(ids)
+    def prefill(self, ids, slowdown=0.0):
+        start = time.perf_counter()
+        tokens = self.decoder.prefill(ids)
+        self._stretch(start, slowdown)
+        return tokens
+
+    def _stretch(self, start: float, slowdown: float) -> None:
+        """--qb-inject-slowdown, made here where the work runs (the device synchronized first)."""
+        if slowdown:
+            from ..measure import stretch, synchronize
+            synchronize(self.device)
+            stretch(start, slowdown)
 
     def start(self, ids, new_tokens):
         handle = len(self.states) + 1
         self.states[handle] = self.decoder.start(ids, new_tokens)
         return handle
 
-    def decode(self, handle, n):
+    def decode(self, handle, n, slowdown=0.0):
         from ..measure import step_timer
+        start = time.perf_counter()
         timer = _CountingTimer(step_timer(self.device), self.counter)
         tokens = self.decoder.decode(self.states.pop(handle), n, timer)
+        self._stretch(start, slowdown)
         return tokens, timer.intervals_s()
 
     def round_facts(self, kept, wall_median_s):
@@ -142,6 +155,7 @@ def _child_main(conn, counter, log_path: str, fault_path: str, request: OpenRequ
         _send(conn, _failure(exc))
         return
     server = _Server(opened, device, counter)
+    from ..measure import synchronize
     while True:
         try:
             method, args = pickle.loads(conn.recv_bytes())
@@ -154,6 +168,7 @@ def _child_main(conn, counter, log_path: str, fault_path: str, request: OpenRequ
         try:
             start = time.perf_counter()
             result = getattr(server, method)(*args)
+            synchronize(device)  # the call's device work is in its time, not in the pickling of its result
             _send(conn, ("ok", result, time.perf_counter() - start))
         except BaseException as exc:  # noqa: BLE001
             _send(conn, _failure(exc))
@@ -193,6 +208,7 @@ class Worker:
         self.counter = ctx.Value("q", 0, lock=False)
         self.notes: dict = {}
         self.child_s = 0.0  # the child's own seconds of the last call answered
+        self.wall_s = 0.0   # this process's seconds around it: the child's, the pipe's and waking up to read it
         self.process = ctx.Process(target=_child_main, name=f"quantbench {what}",
                                    args=(child, self.counter, str(self.log_path), str(self.fault_path), request))
         self.process.start()
@@ -208,8 +224,7 @@ class Worker:
         except OSError:  # the child is gone already
             raise Crashed(self.crash_reason(doing or method)) from None
         result, self.child_s = self.wait(deadline, doing or method, timed=True)
-        from ..measure import carried
-        carried(time.perf_counter() - sent - self.child_s)
+        self.wall_s = time.perf_counter() - sent
         return result
 
     def wait(self, deadline: float, doing: str, timed: bool = False):
@@ -398,13 +413,19 @@ class RemoteDecoder:
     clock (bench.budgets.CaseClock) sets every call's deadline: past it the child is killed, TooSlow."""
 
     def __init__(self, worker: Worker, device):
-        from ..measure import PeakMemory
+        from ..measure import PeakMemory, ReplayClock
         self.worker, self.clock = worker, None
         self.memory = RemotePeak(self, PeakMemory(device).kind)
+        self.replay = ReplayClock()  # the child's own seconds of each timed call: the rounds' clock
         self.child_round_s: list[float] = []
+        self.wall_round_s: list[float] = []
+        self.slowdown = 0.0
 
-    def begin_case(self, clock) -> None:
-        self.clock, self.child_round_s, self.after_case = clock, [], None
+    def begin_case(self, clock, slowdown: float = 0.0) -> None:
+        """A case's rounds begin: its deadline is ``clock``'s; ``slowdown`` (--qb-inject-slowdown) is made in
+        the child."""
+        self.clock, self.after_case, self.slowdown = clock, None, slowdown
+        self.child_round_s, self.wall_round_s = [], []
 
     def end_case(self, facts_s: float) -> None:
         """The case's rounds are over: its deadline ends with them. What is asked of the child afterwards (the
@@ -426,31 +447,39 @@ class RemoteDecoder:
         return self.remote("prepare", ids, new_tokens)
 
     def prefill(self, ids):
-        tokens = self.remote("prefill", ids)
-        self.child_round_s.append(self.worker.child_s)
+        tokens = self.remote("prefill", ids, self.slowdown)
+        self._timed()
         return tokens
+
+    def _timed(self) -> None:
+        """A timed call answered: the child's seconds move the rounds' clock; the wall around it is kept apart."""
+        self.replay.advance(self.worker.child_s)
+        self.child_round_s.append(self.worker.child_s)
+        self.wall_round_s.append(self.worker.wall_s)
 
     def start(self, ids, new_tokens: int):
         return self.remote("start", ids, new_tokens)
 
     def decode(self, handle, n: int, timer=None):
-        tokens, intervals = self.remote("decode", handle, n)
+        tokens, intervals = self.remote("decode", handle, n, self.slowdown)
         if timer is not None:
             timer.adopt(intervals)
-        self.child_round_s.append(self.worker.child_s)
+        self._timed()
         return tokens
 
     def round_facts(self, kept: int, wall_median_s: float) -> dict:
         """The runtime's own facts of a decode case (an engine's own timestamps)."""
         return self.remote("round_facts", kept, wall_median_s)
 
-    def child_facts(self, kept: int, wall_median_s: float) -> dict:
-        """The child's own wall time of the kept rounds, against the parent's (the pipe's share)."""
-        rounds = self.child_round_s[-kept:]
-        if not rounds:
+    def child_facts(self, kept: int) -> dict:
+        """The kept rounds as the child timed them (what the case's figures are) and as this process saw them
+        around the pipe: the wall's median over the child's is the pipe's share, measured."""
+        child, wall = self.child_round_s[-kept:], self.wall_round_s[-kept:]
+        if not child:
             return {}
-        child = statistics.median(rounds)
-        return {"child_round_s": child, "wall_vs_child_round": wall_median_s / child if child else None}
+        child_s, wall_s = statistics.median(child), statistics.median(wall)
+        return {"child_round_s": child_s, "wall_round_s": wall_s,
+                "wall_vs_child_round": wall_s / child_s if child_s else None}
 
     def call(self, func, *args):
         """``func(decoder, *args)`` in the child, with the runtime's own decoder (a module-level function);

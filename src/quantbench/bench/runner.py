@@ -13,7 +13,7 @@ from ..environment import stack_versions
 from ..errors import BadCheckpoint, QuantbenchError, Unsupported, first_line
 from ..formats import get_format
 from ..history import record
-from ..measure import PeakMemory, step_timer, synchronize
+from ..measure import PeakMemory, round_clock, step_timer, stretch, synchronize
 from ..runtimes import get_runtime
 from ..runtimes.compiled import CompileMismatch
 from .budgets import Budget, CaseClock
@@ -31,14 +31,6 @@ class RunOptions:
     kernel_rounds: int = 5
     inject_slowdown: float = 0.0  # test-only: stretch every timed region by this fraction
     budget: Budget | None = None  # None: no time budget (a case runs as long as it takes)
-
-
-def _stretch(start: float, fraction: float) -> None:
-    """Busy-wait so the timed region lasts (1 + fraction) times what it took: a real, measurable slowdown."""
-    if fraction > 0:
-        target = start + (time.perf_counter() - start) * (1 + fraction)
-        while time.perf_counter() < target:
-            pass
 
 
 def percentiles(values_s: list[float]) -> dict:
@@ -126,7 +118,7 @@ def prepare(case: Case, pool: ModelPool, options: RunOptions):
     budget_s = options.budget.case_s if options.budget else float("inf")
     clock = CaseClock(budget_s, case.phase, options.rounds, options.warmup_rounds, case.batch, kernel)
     if hasattr(prepared.decoder, "begin_case"):  # a decoder in a child process: every call has a deadline
-        prepared.decoder.begin_case(clock)
+        prepared.decoder.begin_case(clock, options.inject_slowdown)
     if case.phase != "decode":
         return prepared, ids, observed, clock
     try:  # a compiled runtime compiles and checks itself at this exact shape here, before any timing
@@ -145,6 +137,8 @@ def time_case(benchmark, case: Case, prepared, ids, options: RunOptions,
     that ends past the case's budget stops it (a decoder in a child process is stopped at the deadline)."""
     device, decoder = options.device, prepared.decoder
     peak = prepared.memory
+    replay = getattr(decoder, "replay", None)  # a decoder in a child process times its own calls
+    slow_here = 0.0 if replay is not None else options.inject_slowdown  # the child stretches its own
     step_times: list[float] = []
     calls = {"n": 0}
 
@@ -153,7 +147,7 @@ def time_case(benchmark, case: Case, prepared, ids, options: RunOptions,
         start = time.perf_counter()
         token = decoder.prefill(ids)
         synchronize(device)
-        _stretch(start, options.inject_slowdown)
+        stretch(start, slow_here)
         clock.check()
         return token
 
@@ -169,7 +163,7 @@ def time_case(benchmark, case: Case, prepared, ids, options: RunOptions,
         timer = step_timer(device)
         out = decoder.decode(state, case.new_tokens, timer)
         synchronize(device)
-        _stretch(start, options.inject_slowdown)
+        stretch(start, slow_here)
         clock.check()
         calls["n"] += 1
         if calls["n"] > options.warmup_rounds:
@@ -178,12 +172,13 @@ def time_case(benchmark, case: Case, prepared, ids, options: RunOptions,
 
     peak.reset()
     try:
-        if case.phase == "prefill":
-            benchmark.pedantic(run_prefill, rounds=options.rounds, warmup_rounds=options.warmup_rounds,
-                               iterations=1)
-        else:
-            benchmark.pedantic(run_decode, setup=setup_decode, rounds=options.rounds,
-                               warmup_rounds=options.warmup_rounds)
+        with round_clock.replaying(replay):
+            if case.phase == "prefill":
+                benchmark.pedantic(run_prefill, rounds=options.rounds, warmup_rounds=options.warmup_rounds,
+                                   iterations=1)
+            else:
+                benchmark.pedantic(run_decode, setup=setup_decode, rounds=options.rounds,
+                                   warmup_rounds=options.warmup_rounds)
     except torch.cuda.OutOfMemoryError as exc:
         raise Stated("oom", f"CUDA out of memory: {str(exc)[:200]}") from None
     except BadCheckpoint as exc:
@@ -222,8 +217,8 @@ def describe(case: Case, prepared, options: RunOptions, peak: PeakMemory, step_t
                _decode_metrics(case, median, step_times, loaded.facts))
     if case.phase == "decode" and hasattr(prepared.decoder, "round_facts"):  # an engine's own timestamps
         metrics.update(prepared.decoder.round_facts(options.rounds, median))
-    if hasattr(prepared.decoder, "child_facts"):  # the child's own wall time of the rounds the parent timed
-        metrics.update(prepared.decoder.child_facts(options.rounds, median))
+    if hasattr(prepared.decoder, "child_facts"):  # the rounds as the child timed them, and the wall around them
+        metrics.update(prepared.decoder.child_facts(options.rounds))
     return record.declared({**info, **metrics}, record.GENERATION)
 
 

@@ -26,6 +26,7 @@ from ..environment import stack_versions
 from ..errors import QuantbenchError, Unsupported
 from ..formats import get_format
 from ..history import record
+from ..measure import ReplayClock
 from ..runtimes import RUNTIMES
 from ..runtimes.vllm_server import HOST, Server, ServerConfig, process_tree_rss, selected_kernels
 from .states import Stated, StateRecorder, record_and_end
@@ -125,13 +126,9 @@ def build_serving_cases(sources, formats_for, pairs, plan: ServingPlan) -> list[
 
 
 # ----------------------------------------------------------------------------- the round clock
-_client_seconds = [0.0]
-
-
-def client_clock() -> float:
-    """pytest-benchmark's timer for the serving cases: the sum of the client's own durations so far, so a
-    round's time is the client's duration of its requests (not the pipe, the client's start or its dataset)."""
-    return _client_seconds[0]
+# pytest-benchmark's timer for the serving cases: a round's time is the client's own duration of its requests
+# (not the pipe, the client's start or its dataset)
+client_clock = ReplayClock()
 
 
 # ----------------------------------------------------------------------------- the client process
@@ -335,7 +332,7 @@ def time_rounds(benchmark, case: ServingCase, serving: Serving, pool: ServerPool
         where = (plan.keep or pool.scratch) / f"{case.id}-round{n}.json"
         where.parent.mkdir(parents=True, exist_ok=True)
         report = _client_round(case, serving, plan, where, deadline, n)
-        _client_seconds[0] += report["duration"]
+        client_clock.advance(report["duration"])
         serving.peak_rss = max(serving.peak_rss, process_tree_rss(server.process.pid))
         reports.append(report)
 

@@ -74,10 +74,12 @@ GENERATION = {
     "kv_cache_bytes": "bytes of the KV cache the engine allocated",
     "guard_source": "what the guard compared when it is not the model's own forward",
     "engine_decode_s": "the engine's own first-to-last token time, median over the kept rounds",
-    "wall_vs_engine_decode": "median wall-clock decode round / engine_decode_s (the harness's overhead)",
+    "wall_vs_engine_decode": "median decode round, timed where the engine runs / engine_decode_s (the harness's "
+                             "overhead)",
     "isolation": "where the runtime ran: a child process of its own (bench.isolation), or absent: this process",
-    "child_round_s": "an isolated runtime: the child's own wall time of a round, median over the kept rounds",
-    "wall_vs_child_round": "median round as the parent timed it / child_round_s (the pipe's share)",
+    "child_round_s": "an isolated runtime: the child's own time of a round (the figures' clock), median of kept rounds",
+    "wall_round_s": "an isolated runtime: the parent's wall time around a round's call, pipe included, median",
+    "wall_vs_child_round": "wall_round_s / child_round_s: the pipe's share of a round, measured",
     "onednn": "oneDNN primitives one forward executed outside the timed rounds: 'kind impl (src x wei -> dst)' -> "
               "count (CPU); a GEMM's 'ref' implementation is named in the kernel as a naive fallback",
     "onednn_created": "oneDNN primitives created while vLLM's engine started, by any copy of oneDNN in the process "
