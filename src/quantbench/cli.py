@@ -403,6 +403,47 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_changes(args) -> int:
+    from pathlib import Path
+
+    from . import history
+    from .gate import changes
+    from .report import changes as changes_report
+    store = history.open_store(args.history)
+    try:
+        runs = changes_report.all_runs(store, _skipped("changes"))
+    finally:
+        store.close()
+    if not runs:
+        print(f"quantbench changes: no history under {history.redact(args.history)}; run the benchmark with "
+              "--qb-history first")
+        return 2
+    metrics = tuple(m.strip() for m in args.metric.split(",") if m.strip()) if args.metric else None
+    series = changes.series_of(runs, metrics, args.case)
+    thresholds = _thresholds(args)
+    found = (changes.new_since(series, thresholds, args.since, args.min_segment) if args.since else
+             changes.changes_in(series, thresholds, args.min_segment))
+    longest = max((len(s.points) for s in series), default=0)
+    print(f"quantbench changes: {len(runs)} runs, {len(series)} series (up to {longest} points each), "
+          f"{len(found)} change point(s){' new since ' + args.since if args.since else ''}")
+    short = sum(len(s.points) < 2 * args.min_segment for s in series)
+    if short:
+        print(f"quantbench changes: {short} of {len(series)} series have fewer than {2 * args.min_segment} runs "
+              f"(two levels of --min-segment {args.min_segment}): no change point can be found in them yet")
+    for change in found:
+        print(changes_report.line(change))
+    if args.out:
+        print(f"quantbench changes: wrote {changes_report.render(found, series, Path(args.out))}")
+    if args.json:
+        changes_report.write_json(found, Path(args.json))
+        print(f"quantbench changes: wrote {args.json}")
+    regressions = [c for c in found if c.regression]
+    if args.fail_on_regression and regressions:
+        print(f"quantbench changes: FAILED: {len(regressions)} regression change point(s)")
+        return 1
+    return 0
+
+
 def cmd_merge(args) -> int:
     from pathlib import Path
 
@@ -541,6 +582,22 @@ def _add_results(sub) -> None:
     rep.add_argument("--thresholds", default=None)
     rep.add_argument("files", nargs="*", help="render only these history files (one signature)")
     rep.set_defaults(func=cmd_report)
+
+    chg = sub.add_parser("changes", help="change points across the whole history: since when a case got slower "
+                         "or faster, by how much, and what changed there (versions, kernel)")
+    chg.add_argument("--history", default="history", help="history folder or postgresql:// URL")
+    chg.add_argument("--metric", default=None, help="comma-separated metrics (default: every metric)")
+    chg.add_argument("--case", default="*", help="case names to read (wildcards: '*bf16*decode*')")
+    chg.add_argument("--min-segment", type=_count(2), default=3, metavar="N",
+                     help="the fewest runs a level may hold (default 3)")
+    chg.add_argument("--since", default=None, metavar="RUN",
+                     help="report only change points the history up to this run (a stored run's name) did not hold")
+    chg.add_argument("--fail-on-regression", action="store_true",
+                     help="exit 1 when a reported change point is a regression")
+    chg.add_argument("--out", default=None, help="write CHANGES.md with a step chart per series that moved")
+    chg.add_argument("--json", default=None, help="write the change points as JSON")
+    chg.add_argument("--thresholds", default=None, help="the gate's thresholds file (each metric's direction)")
+    chg.set_defaults(func=cmd_changes)
 
     merge = sub.add_parser("merge", help="pool the rounds of several runs of the same cases into one file")
     merge.add_argument("files", nargs="+")
