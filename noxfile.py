@@ -188,6 +188,11 @@ def nightly(session: nox.Session, stack: str) -> None:
         session.log(f"shard {shard} stored in the shared history; `nox -s nightly_group` renders and gates the group")
         return
     session.run("quantbench", "report", "--history", HISTORY, "--out", "reports")
+    # The change points tonight's run brought (every one is on reports/CHANGES.md); QUANTBENCH_FAIL_ON_CHANGE=1
+    # fails the night on a new regression change point, as the gate fails on a regressed case.
+    fail_on_change = ["--fail-on-regression"] if os.environ.get("QUANTBENCH_FAIL_ON_CHANGE") == "1" else []
+    session.run("quantbench", "changes", "--history", HISTORY, "--since", "previous", "--json",
+                f"{out}/changes.json", *fail_on_change)
     # 'previous': the newest earlier runs of this stack (never this run, though it is in the history
     # now), or on the night after an upgrade (new driver, CUDA, torch, transformers...) the runs of the
     # stack it replaced, labelled with what changed. The first night of a stack has nothing to compare.

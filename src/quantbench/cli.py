@@ -418,22 +418,26 @@ def cmd_changes(args) -> int:
         print(f"quantbench changes: no history under {history.redact(args.history)}; run the benchmark with "
               "--qb-history first")
         return 2
+    since = args.since
+    if since == "previous":  # the nightly: what its own run, the newest, brought
+        since = Path(runs[-2][0]).name if len(runs) > 1 else None
     metrics = tuple(m.strip() for m in args.metric.split(",") if m.strip()) if args.metric else None
     series = changes.series_of(runs, metrics, args.case)
     thresholds = _thresholds(args)
-    found = (changes.new_since(series, thresholds, args.since, args.min_segment) if args.since else
+    found = (changes.new_since(series, thresholds, since, args.min_segment) if since else
              changes.changes_in(series, thresholds, args.min_segment))
     longest = max((len(s.points) for s in series), default=0)
     print(f"quantbench changes: {len(runs)} runs, {len(series)} series (up to {longest} points each), "
-          f"{len(found)} change point(s){' new since ' + args.since if args.since else ''}")
+          f"{len(found)} change point(s){' new since ' + since if since else ''}")
     short = sum(len(s.points) < 2 * args.min_segment for s in series)
     if short:
         print(f"quantbench changes: {short} of {len(series)} series have fewer than {2 * args.min_segment} runs "
               f"(two levels of --min-segment {args.min_segment}): no change point can be found in them yet")
     for change in found:
         print(changes_report.line(change))
-    if args.out:
-        print(f"quantbench changes: wrote {changes_report.render(found, series, Path(args.out))}")
+    if args.out:  # the page holds every change point of the history, the new ones among them
+        every = changes.changes_in(series, thresholds, args.min_segment) if since else found
+        print(f"quantbench changes: wrote {changes_report.render(every, series, Path(args.out))}")
     if args.json:
         changes_report.write_json(found, Path(args.json))
         print(f"quantbench changes: wrote {args.json}")
@@ -442,6 +446,19 @@ def cmd_changes(args) -> int:
         print(f"quantbench changes: FAILED: {len(regressions)} regression change point(s)")
         return 1
     return 0
+
+
+def cmd_bisect(args) -> int:
+    from pathlib import Path
+
+    from . import bisect
+    from .paths import REPO_ROOT
+    index = ([f"--index-url={args.index_url}"] if args.index_url else []) + \
+        [f"--find-links={link}" for link in args.find_links] + (["--no-index"] if args.no_index else [])
+    plan = bisect.Plan(args.package, args.good, args.bad, args.case, args.module, args.pairs, args.rounds,
+                       args.new_tokens, args.history, Path(args.cache).resolve(), index, REPO_ROOT)
+    first_bad, _ = bisect.run(plan, _thresholds(args))
+    return 0 if first_bad else 1
 
 
 def cmd_merge(args) -> int:
@@ -591,13 +608,34 @@ def _add_results(sub) -> None:
     chg.add_argument("--min-segment", type=_count(2), default=3, metavar="N",
                      help="the fewest runs a level may hold (default 3)")
     chg.add_argument("--since", default=None, metavar="RUN",
-                     help="report only change points the history up to this run (a stored run's name) did not hold")
+                     help="report only change points the history up to this run (a stored run's name) did not "
+                     "hold; 'previous': the run before the newest (what the newest run brought)")
     chg.add_argument("--fail-on-regression", action="store_true",
                      help="exit 1 when a reported change point is a regression")
-    chg.add_argument("--out", default=None, help="write CHANGES.md with a step chart per series that moved")
+    chg.add_argument("--out", default=None, help="write CHANGES.md with a step chart per series that moved (every "
+                     "change point of the history, whatever --since says)")
     chg.add_argument("--json", default=None, help="write the change points as JSON")
     chg.add_argument("--thresholds", default=None, help="the gate's thresholds file (each metric's direction)")
     chg.set_defaults(func=cmd_changes)
+
+    bis = sub.add_parser("bisect", help="the first release of a library between --good and --bad at which a case "
+                         "got slower or stopped running, probed in A/B pairs on this machine")
+    bis.add_argument("--package", required=True, help="the library, as pip names it (e.g. transformers)")
+    bis.add_argument("--good", required=True, help="a release at which the case is fast")
+    bis.add_argument("--bad", required=True, help="a later release at which it is slower")
+    bis.add_argument("--case", required=True, help="the case's id, e.g. tiny-bf16-transformers-b1-p16-decode")
+    bis.add_argument("--module", default=None, help="what a release must import (default: the package's name)")
+    bis.add_argument("--pairs", type=_count(5), default=5, help="A/B pairs a probe (at least 5: the paired test "
+                     "reaches p < 0.05 from 5)")
+    bis.add_argument("--rounds", type=_count(3), default=10, help="measured rounds a run")
+    bis.add_argument("--new-tokens", type=_count(1), default=None, help="decode tokens a round")
+    bis.add_argument("--history", default="history", help="where the probes' runs are stored")
+    bis.add_argument("--cache", default=".cache/quantbench/bisect", help="one folder per probed release, kept")
+    bis.add_argument("--index-url", default=None, help="the registry (default: pip's)")
+    bis.add_argument("--find-links", action="append", default=[], help="a folder of wheels to look in too")
+    bis.add_argument("--no-index", action="store_true", help="only --find-links, no registry")
+    bis.add_argument("--thresholds", default=None, help="the gate's thresholds file (the case's threshold)")
+    bis.set_defaults(func=cmd_bisect)
 
     merge = sub.add_parser("merge", help="pool the rounds of several runs of the same cases into one file")
     merge.add_argument("files", nargs="+")

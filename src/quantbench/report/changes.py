@@ -22,7 +22,7 @@ def all_runs(store, warn=None) -> list[tuple[str, dict]]:
     runs = []
     for name in store.signatures():
         runs += history.collapse(history.read_all(store, store.runs(name), warn))
-    return sorted(runs, key=lambda run: run[1].get("datetime") or "")
+    return sorted(runs, key=lambda run: run[1].get("datetime") or "")  # stable: a signature's own order kept
 
 
 def line(change: cp.Change) -> str:
@@ -56,8 +56,14 @@ def render(found: list[cp.Change], series: list[cp.Series], out_dir: Path) -> Pa
              (f"Change points over {len(series)} series (a case's metric on one hardware and named stack, across "
               "library versions): split-and-merge on per-run values, each confirmed by the gate's rank test "
               "(src/quantbench/gate/changes.py)."), ""]
+    short = sum(len(s.points) < 2 * cp.MIN_SEGMENT for s in series)
+    if short:
+        longest = max(len(s.points) for s in series)
+        lines += [f"{short} of {len(series)} series have fewer than {2 * cp.MIN_SEGMENT} runs (two levels of "
+                  f"{cp.MIN_SEGMENT}; the longest has {longest}): no change point can be found in them yet.", ""]
     if not found:
-        lines += ["No change point: every series held one level.", ""]
+        lines += ["No change point in any series long enough to hold one." if short < len(series) else
+                  "No change point found.", ""]
     else:
         columns = ["kind", "series", "change_pct", "starts_at", "date", "commit", "p_value", "confirm_p",
                    "mean_before", "sd_before", "n_before", "mean_after", "sd_after", "n_after", "cause"]

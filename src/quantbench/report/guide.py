@@ -659,10 +659,17 @@ def render_all(store, out_root: Path, thresholds: gate.Thresholds, warn=None) ->
     holds no run. A run that cannot be read goes to ``warn`` and its guide is rendered from the other
     runs; without ``warn`` it raises. The shards of a sharded run are rendered as one run."""
     store = store if hasattr(store, "runs") else history.open_store(store)
-    written = []
+    written, every_run = [], []
     for name in store.signatures():
         runs = history.read_all(store, store.runs(name), warn)
         if runs:
+            every_run += history.collapse(runs)
             written.append(render_runs(history.collapse(runs), Path(out_root) / name, thresholds,
                                        store.load_peaks(name)))
+    if every_run:  # the Changes page: series cross signatures (a library upgrade makes a new one)
+        from ..gate import changes
+        from . import changes as changes_page
+        every_run.sort(key=lambda run: run[1].get("datetime") or "")
+        series = changes.series_of(every_run)
+        written.append(changes_page.render(changes.changes_in(series, thresholds), series, Path(out_root)))
     return written
