@@ -451,12 +451,17 @@ def cmd_changes(args) -> int:
 def cmd_bisect(args) -> int:
     from pathlib import Path
 
+    import importlib
+
     from . import bisect
     from .paths import REPO_ROOT
     index = ([f"--index-url={args.index_url}"] if args.index_url else []) + \
         [f"--find-links={link}" for link in args.find_links] + (["--no-index"] if args.no_index else [])
+    for plugin in args.plugin:  # a runtime or format registered outside quantbench: known here and in the runs
+        importlib.import_module(plugin)
     plan = bisect.Plan(args.package, args.good, args.bad, args.case, args.module, args.pairs, args.rounds,
-                       args.new_tokens, args.history, Path(args.cache).resolve(), index, REPO_ROOT)
+                       args.new_tokens, args.history, Path(args.cache).resolve(), index, REPO_ROOT,
+                       tuple(arg for plugin in args.plugin for arg in ("-p", plugin)))
     first_bad, _ = bisect.run(plan, _thresholds(args))
     return 0 if first_bad else 1
 
@@ -634,6 +639,8 @@ def _add_results(sub) -> None:
     bis.add_argument("--index-url", default=None, help="the registry (default: pip's)")
     bis.add_argument("--find-links", action="append", default=[], help="a folder of wheels to look in too")
     bis.add_argument("--no-index", action="store_true", help="only --find-links, no registry")
+    bis.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                     help="a pytest plugin module registering the case's runtime or format (given to every run)")
     bis.add_argument("--thresholds", default=None, help="the gate's thresholds file (the case's threshold)")
     bis.set_defaults(func=cmd_bisect)
 

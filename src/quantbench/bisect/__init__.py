@@ -27,6 +27,7 @@ class Plan:
     cache: Path = Path(".cache/quantbench/bisect")
     index_args: list[str] = field(default_factory=list)
     cwd: Path = Path(".")
+    pytest_args: tuple[str, ...] = ()  # given to every run (-p a plugin that registers the case's runtime)
 
 
 def run(plan: Plan, thresholds, say=print) -> tuple[str | None, list[Probe]]:
@@ -39,7 +40,7 @@ def run(plan: Plan, thresholds, say=print) -> tuple[str | None, list[Probe]]:
     start = time.perf_counter()
     module = plan.module or plan.package.replace("-", "_")
     versions = releases_between(registry.available_versions(plan.package, plan.index_args), plan.good, plan.bad)
-    target = probing.target_for(plan.case, plan.rounds, plan.new_tokens)
+    target = probing.target_for(plan.case, plan.rounds, plan.new_tokens, plan.pytest_args)
     threshold = thresholds.for_case(target.name, target.metric)
     say(f"quantbench bisect: {plan.package} {plan.good} (good) .. {plan.bad} (bad): {len(versions)} releases; "
         f"{target.name} [{target.metric}], {plan.pairs} A/B pairs of {plan.rounds} rounds a probe, "

@@ -30,7 +30,7 @@ class Target:
     pytest_args: tuple[str, ...]
 
 
-def target_for(case: str, rounds: int, new_tokens: int | None = None) -> Target:
+def target_for(case: str, rounds: int, new_tokens: int | None = None, extra: tuple[str, ...] = ()) -> Target:
     """A generation case's id ("tiny-bf16-transformers-b1-p16-decode", or its stored name) -> the run that
     measures it alone (its prefill beside it: one matrix cell is both phases)."""
     from ..runtimes import RUNTIMES
@@ -49,7 +49,7 @@ def target_for(case: str, rounds: int, new_tokens: int | None = None) -> Target:
                 "--qb-prompt", shape[1][1:], "--qb-rounds", str(rounds)]
         if new_tokens:
             args += ["--qb-new-tokens", str(new_tokens)]
-        return Target(f"test_generation[{case_id}]", PHASE_METRIC[shape[2]], (BENCH, *args))
+        return Target(f"test_generation[{case_id}]", PHASE_METRIC[shape[2]], (BENCH, *extra, *args))
     raise QuantbenchError(None, f"{case!r} is not a generation case's id",
                           "pass one as the suite names it, e.g. tiny-bf16-transformers-b1-p16-decode")
 
@@ -92,7 +92,15 @@ def measure_pairs(target: Target, overlays: dict[str, Path | None], pairs: int, 
             runs[side].append(json.loads(out.read_text()))
         if progress is not None:
             progress.update(1)
+        if stated_in(runs["probe"][-1], target):  # crashed or unsupported there: the result, no pair more
+            break
     return runs
+
+
+def stated_in(payload: dict, target: Target):
+    """The case's stated Sample (crashed, unsupported, ...) in a run, or None where it was measured."""
+    from ..gate.inputs import samples
+    return samples(payload).get((target.name, "*"))
 
 
 def decide_probe(version: str, target: Target, runs: dict[str, list[dict]], threshold, seconds: float) -> Probe:
@@ -102,7 +110,7 @@ def decide_probe(version: str, target: Target, runs: dict[str, list[dict]], thre
 
     good, probed = ([samples(p).get((target.name, key)) for p in runs[side]]
                     for side, key in (("good", target.metric), ("probe", target.metric)))
-    stated = [samples(p).get((target.name, "*")) for p in runs["probe"]]
+    stated = [stated_in(p, target) for p in runs["probe"]]
     if any(s is not None for s in stated):  # crashed or unsupported on this release: a result, never an error
         first = next(s for s in stated if s is not None)
         return Probe(version, "bad", why=f"{first.state}: {first.reason}", seconds=seconds)
