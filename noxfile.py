@@ -233,6 +233,16 @@ def _step_summary(markdown: Path) -> None:
 
 
 @nox.session(default=False, venv_params=VENV_PARAMS)
+@nox.parametrize("stack", STACKS)
+def bisect(session: nox.Session, stack: str) -> None:
+    """The first release of a library between --good and --bad that made a case slower, on this stack frozen
+    (docs/changes.md): nox -s "bisect(stack='current')" -- --package transformers --good 5.17.0 --bad 5.24.0
+    --case tiny-bf16-transformers-b1-p16-decode. Its probes are stored in the history."""
+    install(session, stack)
+    session.run("quantbench", "bisect", "--history", HISTORY, *session.posargs)
+
+
+@nox.session(default=False, venv_params=VENV_PARAMS)
 def report(session: nox.Session) -> None:
     """Render reports/<signature>/README.md and charts from the history (no benchmark run)."""
     session.install("-e", ".")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "quantbench"
-SHARED = {"errors", "paths", "offline", "environment", "specs", "measure", "registry", "dispatch"}  # what every layer may use
+SHARED = {"errors", "paths", "offline", "environment", "specs", "measure", "registry", "dispatch", "side_by_side"}  # what every layer may use
 # Each sub-package and the sub-packages it may import. history, gate and report read results only;
 # formats (what lies on disk) know no runtime; a runtime opens a format's checkpoint and executes it;
 # bench (the plugin side) drives formats, runtimes and kernels, and reads the history's ceilings.
@@ -20,6 +20,8 @@ ALLOWED = {
     "runtimes": {"formats"},
     "kernels": {"formats"},
     "bench": {"formats", "runtimes", "kernels", "history"},
+    # a bisection names its case by the registered formats and runtimes, runs the suite, decides with the gate
+    "bisect": {"formats", "runtimes", "gate"},
 }
 
 
