@@ -156,7 +156,7 @@ def tests(session: nox.Session, stack: str) -> None:
     # Gate statistics and kernel timing do not depend on the transformers stack: run them once; the vllm
     # stack runs the tests of vLLM's engine only (the others skip them, saying vLLM is not installed).
     select = {"legacy": ["-m", "not stack_independent and not vllm"], "vllm": ["-m", "vllm"]}.get(stack, [])
-    session.run("pytest", "tests", *select, *session.posargs)
+    session.run("pytest", "tests", "--durations=25", *select, *session.posargs)  # the slowest, in every CI log
 
 
 @nox.session(venv_params=VENV_PARAMS)

@@ -24,8 +24,8 @@ def _source(version: str) -> str:
     if version == CRASHES:
         return "import os\n\n\ndef work():\n    os.abort()\n"
     seconds = 0.010 if VERSIONS.index(version) >= VERSIONS.index(SLOW_FROM) else 0.0
-    return ("import time\n\n\ndef work():\n    end = time.perf_counter() + %r\n"
-            "    while time.perf_counter() < end:\n        pass\n" % seconds)
+    return ("import time\n\n\ndef work():\n    end = time.perf_counter() + " + repr(seconds) + "\n"
+            "    while time.perf_counter() < end:\n        pass\n")
 
 
 def _wheel(folder, version: str) -> None:
@@ -34,7 +34,8 @@ def _wheel(folder, version: str) -> None:
     requires = "Requires-Dist: numpy>=99\n" if version == UNBUILDABLE else ""
     files = {"qbslow/__init__.py": _source(version),
              f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: qbslow\nVersion: {version}\n{requires}",
-             f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: quantbench-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+             f"{dist}/WHEEL": ("Wheel-Version: 1.0\nGenerator: quantbench-tests\nRoot-Is-Purelib: true\n"
+                               "Tag: py3-none-any\n")}
     record = []
     for name, text in files.items():
         digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()

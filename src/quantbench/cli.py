@@ -461,7 +461,7 @@ def cmd_bisect(args) -> int:
         importlib.import_module(plugin)
     plan = bisect.Plan(args.package, args.good, args.bad, args.case, args.module, args.pairs, args.rounds,
                        args.new_tokens, args.history, Path(args.cache).resolve(), index, REPO_ROOT,
-                       tuple(arg for plugin in args.plugin for arg in ("-p", plugin)))
+                       tuple(arg for plugin in args.plugin for arg in ("-p", plugin)), args.find)
     first_bad, _ = bisect.run(plan, _thresholds(args))
     return 0 if first_bad else 1
 
@@ -626,8 +626,11 @@ def _add_results(sub) -> None:
     bis = sub.add_parser("bisect", help="the first release of a library between --good and --bad at which a case "
                          "got slower or stopped running, probed in A/B pairs on this machine")
     bis.add_argument("--package", required=True, help="the library, as pip names it (e.g. transformers)")
-    bis.add_argument("--good", required=True, help="a release at which the case is fast")
-    bis.add_argument("--bad", required=True, help="a later release at which it is slower")
+    bis.add_argument("--good", "--old", dest="good", required=True, help="the older release (fast, for --find slower)")
+    bis.add_argument("--bad", "--new", dest="bad", required=True, help="a newer release (slower, for --find slower)")
+    bis.add_argument("--find", choices=("slower", "faster"), default="slower",
+                     help="the first release slower than --good (default), or the first faster: the one that brought "
+                     "a speedup")
     bis.add_argument("--case", required=True, help="the case's id, e.g. tiny-bf16-transformers-b1-p16-decode")
     bis.add_argument("--module", default=None, help="what a release must import (default: the package's name)")
     bis.add_argument("--pairs", type=_count(5), default=5, help="A/B pairs a probe (at least 5: the paired test "

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .search import Probe, next_probe, outcome, releases_between  # noqa: F401
+from .search import LOOKING_FOR, Probe, next_probe, outcome, releases_between
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Plan:
     index_args: list[str] = field(default_factory=list)
     cwd: Path = Path(".")
     pytest_args: tuple[str, ...] = ()  # given to every run (-p a plugin that registers the case's runtime)
+    find: str = "slower"               # or "faster": the release that brought a speedup
 
 
 def run(plan: Plan, thresholds, say=print) -> tuple[str | None, list[Probe]]:
@@ -42,7 +43,9 @@ def run(plan: Plan, thresholds, say=print) -> tuple[str | None, list[Probe]]:
     versions = releases_between(registry.available_versions(plan.package, plan.index_args), plan.good, plan.bad)
     target = probing.target_for(plan.case, plan.rounds, plan.new_tokens, plan.pytest_args)
     threshold = thresholds.for_case(target.name, target.metric)
-    say(f"quantbench bisect: {plan.package} {plan.good} (good) .. {plan.bad} (bad): {len(versions)} releases; "
+    terms = LOOKING_FOR[plan.find]
+    say(f"quantbench bisect: {plan.package} {plan.good} ({terms['good']}) .. {plan.bad} ({terms['bad']}): "
+        f"{len(versions)} releases, looking for the first {plan.find}; "
         f"{target.name} [{target.metric}], {plan.pairs} A/B pairs of {plan.rounds} rounds a probe, "
         f"threshold {threshold.max_regression:.0%}")
     good_overlay, why = registry.overlay(plan.package, plan.good, module, plan.cache, plan.index_args)
@@ -54,8 +57,8 @@ def run(plan: Plan, thresholds, say=print) -> tuple[str | None, list[Probe]]:
     with tqdm(total=expected * plan.pairs, desc="bisect pairs", unit="pair", leave=False) as progress:
         while (version := next_probe(versions, probes)) is not None:
             probes[version] = _probe(version, target, good_overlay, plan, module, threshold, progress)
-            say(probe_line(probes[version]))
-    first_bad, words = outcome(versions, probes)
+            say(probe_line(probes[version], plan.find))
+    first_bad, words = outcome(versions, probes, plan.find)
     say(f"quantbench bisect: {words}; {len(probes)} probes in {time.perf_counter() - start:.0f} s")
     return first_bad, list(probes.values())
 
@@ -69,7 +72,7 @@ def _probe(version: str, target, good_overlay: Path, plan: Plan, module: str, th
         return Probe(version, "unbuildable", why=why)
     out_dir = plan.cache / "runs" / f"{plan.package}-{version}-vs-{plan.good}-{int(time.time())}"
     return probing.timed_probe(version, target, {"good": good_overlay, "probe": folder}, plan.pairs, plan.history,
-                               out_dir, plan.cwd, threshold, progress)
+                               out_dir, plan.cwd, threshold, progress, plan.find)
 
 
 def _warm_up(target, good_overlay: Path, plan: Plan) -> None:
@@ -81,8 +84,8 @@ def _warm_up(target, good_overlay: Path, plan: Plan) -> None:
     from ..errors import QuantbenchError
     from .releases import with_overlay
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *target.pytest_args,
-                           "--benchmark-disable"], cwd=plan.cwd, env=with_overlay(os.environ, good_overlay),
-                          capture_output=True, text=True, timeout=3600)
+                           "--benchmark-disable"], check=False, cwd=plan.cwd,
+                          env=with_overlay(os.environ, good_overlay), capture_output=True, text=True, timeout=3600)
     if proc.returncode:
         tail = [line for line in proc.stdout.splitlines() if line.strip()][-3:]
         raise QuantbenchError(None, f"the case does not run on the good release {plan.good}: {' / '.join(tail)}",
@@ -95,10 +98,11 @@ def raise_unbuildable(version: str, why: str):
                           "pick a --good release that installs and imports beside this stack")
 
 
-def probe_line(probe: Probe) -> str:
+def probe_line(probe: Probe, find: str = "slower") -> str:
     if probe.verdict == "unbuildable":
         return f"  {probe.version:<12} unbuildable: {probe.why}"
+    verdict = LOOKING_FOR[find][probe.verdict]
     if probe.ratio is None:
-        return f"  {probe.version:<12} {probe.verdict:<5} {probe.why} ({probe.seconds:.0f} s)"
-    return (f"  {probe.version:<12} {probe.verdict:<5} ratio {probe.ratio:.3f} p={probe.p_value:.3g} "
+        return f"  {probe.version:<12} {verdict:<5} {probe.why} ({probe.seconds:.0f} s)"
+    return (f"  {probe.version:<12} {verdict:<5} ratio {probe.ratio:.3f} p={probe.p_value:.3g} "
             f"({probe.seconds:.0f} s)")

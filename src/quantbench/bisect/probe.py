@@ -103,8 +103,10 @@ def stated_in(payload: dict, target: Target):
     return samples(payload).get((target.name, "*"))
 
 
-def decide_probe(version: str, target: Target, runs: dict[str, list[dict]], threshold, seconds: float) -> Probe:
-    """The gate's paired decision on the probed release's runs against the good release's."""
+def decide_probe(version: str, target: Target, runs: dict[str, list[dict]], threshold, seconds: float,
+                 find: str = "slower") -> Probe:
+    """The gate's paired decision on the probed release's runs against the good release's: "bad" where it
+    regressed (``find`` "slower") or improved ("faster")."""
     from ..gate.decisions import Sample, decide
     from ..gate.inputs import samples
 
@@ -120,15 +122,15 @@ def decide_probe(version: str, target: Target, runs: dict[str, list[dict]], thre
     a, b = [s.value for s in good], [s.value for s in probed]
     decision = decide(target.name, target.metric, Sample(statistics.median(b), runs=tuple(b)),
                       Sample(statistics.median(a), runs=tuple(a)), threshold, paired=True, blind_spots=False)
-    verdict = "bad" if decision.state == "regressed" else "good"
+    verdict = "bad" if decision.state == {"slower": "regressed", "faster": "improved"}[find] else "good"
     return Probe(version, verdict, decision.ratio, decision.p_value, decision.message(), seconds)
 
 
 def timed_probe(version: str, target: Target, overlays: dict[str, Path | None], pairs: int, history: str,
-                out_dir: Path, cwd: Path, threshold, progress=None) -> Probe:
+                out_dir: Path, cwd: Path, threshold, progress=None, find: str = "slower") -> Probe:
     start = time.perf_counter()
     runs = measure_pairs(target, overlays, pairs, history, out_dir, cwd, progress)
-    return decide_probe(version, target, runs, threshold, time.perf_counter() - start)
+    return decide_probe(version, target, runs, threshold, time.perf_counter() - start, find)
 
 
 def _last_line(text: str) -> str:

@@ -24,11 +24,12 @@ BUILT = ".built"
 
 def available_versions(package: str, index_args: list[str]) -> list[str]:
     """Every version the registry lists for ``package`` (``pip index versions``), newest first as pip prints."""
-    proc = subprocess.run([sys.executable, "-m", "pip", "index", "versions", package, *index_args],
+    proc = subprocess.run([sys.executable, "-m", "pip", "index", "versions", package, *index_args], check=False,
                           capture_output=True, text=True, timeout=300)
     found = re.search(r"^Available versions: (.+)$", proc.stdout, re.MULTILINE)
     if proc.returncode or not found:
-        raise QuantbenchError(None, f"the registry lists no releases of {package}: {_last_line(proc.stderr or proc.stdout)}",
+        words = _last_line(proc.stderr or proc.stdout)
+        raise QuantbenchError(None, f"the registry lists no releases of {package}: {words}",
                               "check the package's name and that pip reaches its index (--index-url / --find-links)")
     return [v.strip() for v in found.group(1).split(",") if v.strip()]
 
@@ -50,7 +51,7 @@ def overlay(package: str, version: str, module: str, cache: Path, index_args: li
 def _install(package: str, version: str, folder: Path, index_args: list[str]) -> str:
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--quiet",
                            "--disable-pip-version-check", "--target", str(folder), f"{package}=={version}",
-                           *index_args], capture_output=True, text=True, timeout=900)
+                           *index_args], check=False, capture_output=True, text=True, timeout=900)
     return f"pip: {_last_line(proc.stderr or proc.stdout)}" if proc.returncode else ""
 
 
@@ -77,8 +78,8 @@ def _unmet(folder: Path, package: str) -> str:
 
 
 def _import_fails(module: str, folder: Path) -> str:
-    proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=600,
-                          env=with_overlay(os.environ, folder))
+    proc = subprocess.run([sys.executable, "-c", f"import {module}"], check=False, capture_output=True, text=True,
+                          timeout=600, env=with_overlay(os.environ, folder))
     return f"import {module}: {_last_line(proc.stderr)}" if proc.returncode else ""
 
 

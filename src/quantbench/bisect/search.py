@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 VERDICTS = ("good", "bad", "unbuildable")
+# What a bisection looks for: the first release slower than --good (a regression), or the first faster (the release
+# that brought a speedup, as git bisect's old/new terms). "bad" is the new behaviour either way; these words say it.
+LOOKING_FOR = {"slower": {"good": "good", "bad": "bad", "worse": "worse"},
+               "faster": {"good": "not faster", "bad": "faster", "worse": "faster"}}
 
 
 @dataclass(frozen=True)
@@ -71,19 +75,22 @@ def _bounds(releases: list[str], probes: dict[str, Probe]) -> tuple[int, int]:
     return low, high
 
 
-def outcome(releases: list[str], probes: dict[str, Probe]) -> tuple[str | None, str]:
-    """(the first bad release or None, the answer in words)."""
+def outcome(releases: list[str], probes: dict[str, Probe], find: str = "slower") -> tuple[str | None, str]:
+    """(the first release with the change looked for, or None; the answer in words)."""
+    words = LOOKING_FOR[find]
     last = probes.get(releases[-1])
     if last is None:
         return None, "not probed"
     if last.verdict == "unbuildable":
-        return None, f"{releases[-1]} (--bad) would not build here: {last.why}"
+        return None, f"{releases[-1]} (the newer end) would not build here: {last.why}"
     if last.verdict == "good":
-        return None, (f"{releases[-1]} is not worse than {releases[0]} at this case here (ratio {last.ratio:.3f}, "
-                      f"p={last.p_value:.2g}): nothing to bisect")
+        return None, (f"{releases[-1]} is not {words['worse']} than {releases[0]} at this case here (ratio "
+                      f"{last.ratio:.3f}, p={last.p_value:.2g}): nothing to bisect")
     low, high = _bounds(releases, probes)
     skipped = [v for v in releases[low + 1:high] if probes.get(v) and probes[v].verdict == "unbuildable"]
     if skipped:
-        return None, (f"the first bad release is one of {', '.join([*skipped, releases[high]])}: between "
-                      f"{releases[low]} (good) and {releases[high]} (bad) every release would not build")
-    return releases[high], f"first bad release: {releases[high]} (the release before it, {releases[low]}, is good)"
+        return None, (f"the first {words['bad']} release is one of {', '.join([*skipped, releases[high]])}: between "
+                      f"{releases[low]} ({words['good']}) and {releases[high]} ({words['bad']}) every release would "
+                      "not build")
+    return releases[high], (f"first {words['bad']} release: {releases[high]} (the release before it, {releases[low]}, "
+                            f"is {words['good']})")
