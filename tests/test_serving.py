@@ -408,3 +408,33 @@ def test_the_slo_knee_is_the_last_concurrency_before_the_first_miss():
     assert report_serving.slo_knee([(1, True), (2, True), (4, True)]) == 4
     assert report_serving.slo_knee([(1, False), (2, True)]) == "none"
     assert report_serving.slo_knee([(1, None)]) == "none"  # no SLO: no pass
+
+
+@pytest.mark.stack_independent
+def test_the_servers_peak_memory_is_sampled_under_load_not_after_it():
+    """3ae1c25 read the server's RSS once a round had returned: the memory a round's requests held was freed or
+    idle by then. A stand-in server that holds 200 MB only while it serves reads its peak now; read after, it
+    read nothing of it."""
+    import subprocess
+    import sys
+
+    from quantbench.runtimes.vllm_server import PeakRss, process_tree_rss
+
+    serve = ("import sys, time\nsys.stdin.readline()\nheld = bytearray(200 * 2**20)\nfor i in range(0, len(held), 4096):"
+             "\n    held[i] = 1\nprint('serving', flush=True)\ntime.sleep(0.6)\ndel held\nprint('done', flush=True)\n"
+             "time.sleep(30)\n")
+    server = subprocess.Popen([sys.executable, "-c", serve], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        idle = process_tree_rss(server.pid)
+        with PeakRss(server.pid, interval_s=0.02) as rss:  # a "round": the requests go out, the answers come back
+            server.stdin.write("go\n")
+            server.stdin.flush()
+            assert server.stdout.readline().strip() == "serving" and server.stdout.readline().strip() == "done"
+        after = process_tree_rss(server.pid)
+        print(f"idle {idle / 2**20:.0f} MiB, under load {rss.peak / 2**20:.0f} MiB, after the round "
+              f"{after / 2**20:.0f} MiB")
+        assert rss.peak - idle >= 190 * 2**20, (idle, rss.peak)
+        assert rss.peak - after >= 150 * 2**20, (rss.peak, after)  # what reading after the round would have missed
+    finally:
+        server.kill()
+        server.wait()

@@ -28,7 +28,7 @@ from ..formats import get_format
 from ..history import record
 from ..measure import ReplayClock
 from ..runtimes import RUNTIMES
-from ..runtimes.vllm_server import HOST, Server, ServerConfig, process_tree_rss, selected_kernels
+from ..runtimes.vllm_server import HOST, PeakRss, Server, ServerConfig, selected_kernels
 from .states import Stated, StateRecorder, record_and_end
 
 CLIENT_MODULE = "quantbench.bench.serve_client"
@@ -147,7 +147,8 @@ class Client:
         threading.Thread(target=self._read, daemon=True).start()
 
     def wait_ready(self) -> None:
-        """The client imports vLLM while the server starts; its first answer says it is ready."""
+        """The client imports vLLM (once a server is up, so as not to compete with its start); its first answer
+        says it is ready."""
         if self.ready:
             return
         try:
@@ -209,18 +210,19 @@ def client_args(case: ServingCase, server: Server, plan: ServingPlan, result: Pa
 @dataclass
 class Serving:
     server: Server
-    client: Client
+    client: Client | None
     facts: dict = field(default_factory=dict)   # the server's, read once it is healthy
     peak_rss: int = 0
 
 
 class ServerPool:
-    """One server (and its client) at a time: started at a checkpoint's first point, reused by its other
-    points, stopped before the next checkpoint's. A server that could not start states every point of it."""
+    """One server at a time: started at a checkpoint's first point, reused by its other points, stopped before the
+    next checkpoint's. A server that could not start states every point of it. One client for all of them."""
 
     def __init__(self, device, plan: ServingPlan):
         self.device, self.plan = device, plan
         self.key, self.current = None, None
+        self.client: Client | None = None
         self.failures: dict = {}
         self.scratch = Path(tempfile.mkdtemp(prefix="quantbench-serving-"))
 
@@ -257,11 +259,11 @@ class ServerPool:
             gc.collect()
             torch.cuda.empty_cache()
         server = Server(fmt, ckpt, self.device, self.plan.server_config())
-        serving = Serving(server, Client())  # the client imports vLLM while the server starts
+        serving = Serving(server, self.client)
         try:
-            server.start()
+            server.start()  # timed alone: the client starts (importing vLLM on the same cores) only after it
             serving.facts = server.facts()
-            serving.client.wait_ready()
+            serving.client = self._ready_client()
         except Unsupported as exc:
             self._discard(serving)
             raise Stated(exc.state, str(exc)) from None
@@ -270,9 +272,16 @@ class ServerPool:
             raise Stated("invalid-input", exc.line(), fail=True) from None
         return serving
 
+    def _ready_client(self) -> Client:
+        """The pool's client, started at the first server's and kept for the next ones; a client that died or
+        was stopped at a deadline is replaced."""
+        if self.client is None or self.client.process.poll() is not None:
+            self.client = Client()
+        self.client.wait_ready()
+        return self.client
+
     @staticmethod
     def _discard(serving: Serving) -> None:
-        serving.client.close()
         serving.server.stop()
         serving.server.discard_log()
 
@@ -296,6 +305,8 @@ class ServerPool:
 
     def close(self) -> None:
         self.release()
+        if self.client is not None:
+            self.client.close()
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
@@ -331,9 +342,10 @@ def time_rounds(benchmark, case: ServingCase, serving: Serving, pool: ServerPool
             counters["before"] = server.metrics()
         where = (plan.keep or pool.scratch) / f"{case.id}-round{n}.json"
         where.parent.mkdir(parents=True, exist_ok=True)
-        report = _client_round(case, serving, plan, where, deadline, n)
+        with PeakRss(server.process.pid) as rss:  # sampled while the requests run
+            report = _client_round(case, serving, plan, where, deadline, n)
         client_clock.advance(report["duration"])
-        serving.peak_rss = max(serving.peak_rss, process_tree_rss(server.process.pid))
+        serving.peak_rss = max(serving.peak_rss, rss.peak)
         reports.append(report)
 
     benchmark.pedantic(one_round, rounds=plan.rounds, warmup_rounds=plan.warmup_rounds, iterations=1)

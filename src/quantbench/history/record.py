@@ -155,7 +155,8 @@ SERVING = {
     "client_results": "the client's result JSON of each kept round, where the run kept them (--qb-serve-keep)",
     "server_command": "the server's command line (port left out)", "server_start_s": "process start to healthy",
     "server_rss_bytes": "resident memory of the server's processes once healthy",
-    "server_peak_rss_bytes": "highest resident memory of the server's processes sampled during the case",
+    "server_peak_rss_bytes": "highest resident memory of the server's processes, sampled every 50 ms while each "
+                             "round's requests ran",
     "device_bytes_used": "device memory in use once the server is healthy (CUDA: whole device)",
     "kv_cache_memory_bytes": "the KV cache vLLM allocated (its cache_config_info metric)",
     "kv_cache_tokens": "tokens the KV cache holds (vLLM's cache_config_info)",

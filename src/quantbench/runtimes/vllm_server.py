@@ -124,6 +124,34 @@ def process_tree_rss(pid: int) -> int:
     return total
 
 
+class PeakRss:
+    """The highest process_tree_rss of ``pid`` sampled every ``interval_s`` while the block runs (a thread): the
+    server's memory under load, not after it (KV blocks, activations and request buffers are freed or idle by
+    the time a round has returned)."""
+
+    def __init__(self, pid: int, interval_s: float = 0.05):
+        import threading
+        self.pid, self.interval_s, self.peak = pid, interval_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, process_tree_rss(self.pid))
+            if self._stop.wait(self.interval_s):
+                return
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, process_tree_rss(self.pid))
+        return False
+
+
 class Server:
     """One vLLM server process for one checkpoint; ``start`` waits for /health, ``stop`` ends its process group."""
 
