@@ -438,3 +438,11 @@ def test_the_servers_peak_memory_is_sampled_under_load_not_after_it():
     finally:
         server.kill()
         server.wait()
+
+
+@pytest.mark.stack_independent
+def test_a_p99_over_fewer_than_100_requests_is_named_for_what_it_is():
+    few = pd.DataFrame({"num_prompts": [16, 32]})
+    (words,) = report_serving.percentile_words(few)
+    assert "16-32 requests" in words and "close to their maximum" in words
+    assert report_serving.percentile_words(pd.DataFrame({"num_prompts": [128]})) == []

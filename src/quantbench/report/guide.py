@@ -611,8 +611,8 @@ def _serving_section(sig: Signature, out_dir: Path) -> list[str]:
              "Each format behind vLLM's OpenAI-compatible server (one server per checkpoint), loaded by vLLM's own "
              "benchmark client (`vllm bench serve`): fixed input and output lengths, ignore_eos, every figure the "
              "client's, median over the kept rounds. Goodput counts the requests that met every SLO "
-             f"({slo_words or 'none set'}; fixtures/thresholds.toml); the SLO knee is the highest concurrency "
-             "whose p99 TTFT and TPOT stay within it.", ""]
+             f"({slo_words or 'none set'}; fixtures/thresholds.toml); the SLO knee is the last concurrency before "
+             "the first whose p99 TTFT or TPOT misses it.", *serving.percentile_words(ok), ""]
     for model in sorted(ok["model"].unique()):
         lines += [f"### {model}", ""]
         if ok[(ok["model"] == model) & ok["concurrency"].notna()].shape[0]:

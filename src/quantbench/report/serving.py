@@ -46,6 +46,24 @@ def point_table(ok: pd.DataFrame, model) -> pd.DataFrame:
     return rows.set_index("format")[columns].rename(columns=TABLE_COLUMNS)
 
 
+# A 99th percentile means one: below this many requests it is one of the slowest few (at 16, numpy's p99 lies
+# 85% of the way from the second slowest to the slowest).
+MEANINGFUL_P99_REQUESTS = 100
+
+
+def percentile_words(ok: pd.DataFrame) -> list[str]:
+    """What a p99 in these tables is over, said where it is near the maximum rather than a 99th percentile."""
+    if ok.empty or "num_prompts" not in ok:
+        return []
+    counts = ok["num_prompts"].dropna()
+    if counts.empty or counts.min() >= MEANINGFUL_P99_REQUESTS:
+        return []
+    span = f"{int(counts.min())}" if counts.min() == counts.max() else f"{int(counts.min())}-{int(counts.max())}"
+    return [f"Each p99 is over one round's {span} requests: fewer than {MEANINGFUL_P99_REQUESTS}, so it is close to "
+            "their maximum, the slowest request's latency rather than a 99th percentile (more prompts a round: "
+            "--qb-serve-prompts)."]
+
+
 def slo_knee(points: list[tuple]) -> int | str:
     """(concurrency, met the SLO) in increasing concurrency -> the last concurrency before the first miss ("none"
     when the first point misses; a None, no SLO, is no pass)."""
