@@ -221,6 +221,7 @@ class Change:
                 "mean_before": before.mean, "sd_before": before.sd, "n_before": before.n,
                 "mean_after": after.mean, "sd_after": after.sd, "n_after": after.n,
                 "kernel_before": self.last_before.kernel, "kernel_after": self.first.kernel,
+                "versions_changed": ", ".join(f"{k} {a} -> {b}" for k, (a, b) in self.versions_changed().items()),
                 "cause": self.cause()}
 
 

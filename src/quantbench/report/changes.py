@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from .. import history
 from ..gate import changes as cp
@@ -98,6 +99,7 @@ def chart(moved: list[cp.Change], out_dir: Path, stem: str) -> str:
         ax.annotate(f"{100 * change.point.change:+.1f}%\n{words or 'nothing recorded changed'}",
                     (change.point.index - 0.5, 1),
                     xycoords=("data", "axes fraction"), va="top", ha="left", fontsize=7, color=color)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("run (oldest first)")
     ax.set_ylabel(series.metric)
     ax.set_title(series.label(), fontsize=9)
