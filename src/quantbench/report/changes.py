@@ -60,8 +60,8 @@ def render(found: list[cp.Change], series: list[cp.Series], out_dir: Path) -> Pa
     short = sum(len(s.points) < 2 * cp.MIN_SEGMENT for s in series)
     if short:
         longest = max(len(s.points) for s in series)
-        lines += [f"{short} of {len(series)} series have fewer than {2 * cp.MIN_SEGMENT} runs (two levels of "
-                  f"{cp.MIN_SEGMENT}; the longest has {longest}): no change point can be found in them yet.", ""]
+        lines += [(f"{short} of {len(series)} series have fewer than {2 * cp.MIN_SEGMENT} runs (two levels of "
+                   f"{cp.MIN_SEGMENT}; the longest has {longest}): no change point can be found in them yet."), ""]
     if not found:
         lines += ["No change point in any series long enough to hold one." if short < len(series) else
                   "No change point found.", ""]
