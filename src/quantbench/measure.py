@@ -17,8 +17,10 @@ class ReplayClock:
     timer for work done in another process (an isolated runtime's child, vLLM's benchmark client), so a round's
     time is that process's own time of it and never the pipe's, the parent's wake-up or the client's start."""
 
-    def __init__(self):
+    def __init__(self, name: str = "replay_clock", module: str = __name__):
         self._seconds = 0.0
+        # pytest-benchmark stores its timer as module.name in every JSON: a name, never an object's address
+        self.__name__, self.__module__ = name, module
 
     def advance(self, seconds: float) -> None:
         self._seconds += max(float(seconds), 0.0)
@@ -34,6 +36,7 @@ class RoundClock:
 
     def __init__(self):
         self.replay: ReplayClock | None = None
+        self.__name__ = "round_clock"  # as ReplayClock's
 
     def __call__(self) -> float:
         return self.replay() if self.replay is not None else time.perf_counter()

@@ -128,7 +128,7 @@ def build_serving_cases(sources, formats_for, pairs, plan: ServingPlan) -> list[
 # ----------------------------------------------------------------------------- the round clock
 # pytest-benchmark's timer for the serving cases: a round's time is the client's own duration of its requests
 # (not the pipe, the client's start or its dataset)
-client_clock = ReplayClock()
+client_clock = ReplayClock("client_clock", __name__)
 
 
 # ----------------------------------------------------------------------------- the client process
