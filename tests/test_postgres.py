@@ -75,8 +75,9 @@ def test_the_guide_from_the_database_is_byte_identical_to_the_folders(pg_url, tm
     texts = {}
     for name, source in (("folder", folder), ("database", pg_url), ("exported", tmp_path / "exported")):
         out = tmp_path / name
-        [readme] = report.render_all(source, out, thresholds)
+        readme, changes_page = report.render_all(source, out, thresholds)  # the signature's guide, the Changes page
         texts[name] = {p.name: p.read_bytes() for p in readme.parent.iterdir() if p.suffix in (".md", ".svg")}
+        texts[name]["CHANGES.md"] = changes_page.read_bytes()
     assert len(texts["folder"]) >= 5 and b"## History" in texts["folder"]["README.md"]
     assert texts["database"] == texts["folder"] == texts["exported"]
     assert (tmp_path / "exported" / "h100-test" / "peaks.json").is_file()
@@ -258,7 +259,7 @@ def test_a_nightly_sharded_two_ways_is_one_run_and_a_missing_shard_is_named(pg_u
     assert gated.returncode == 0, gated.stdout + gated.stderr
     assert "group n2: all 2 shards stored, gated as one run" in gated.stdout and "group n1:" in gated.stdout
     assert "missing" not in gated.stdout.split("quantbench gate: passed")[-1]
-    [readme] = report.render_all(pg_url, tmp_path / "guide", load_thresholds(THRESHOLDS))
+    readme, _ = report.render_all(pg_url, tmp_path / "guide", load_thresholds(THRESHOLDS))
     text = readme.read_text()
     assert "tiny" in text and "fp16" in text and "bf16" in text and "missing" not in text
     store.connection().execute("DELETE FROM quantbench_runs WHERE name LIKE %s", ("%_gn2-2of2.json",))
@@ -268,7 +269,7 @@ def test_a_nightly_sharded_two_ways_is_one_run_and_a_missing_shard_is_named(pg_u
     assert "shard(s) 2 of 2 not stored" in gated.stdout
     assert "tiny-fp16-transformers-b1-p16-decode" in gated.stdout and "shard 2/2 of group n2 was not stored" in \
         gated.stdout
-    [readme] = report.render_all(pg_url, tmp_path / "guide2", load_thresholds(THRESHOLDS))
+    readme, _ = report.render_all(pg_url, tmp_path / "guide2", load_thresholds(THRESHOLDS))
     assert "shard 2/2 of group n2 was not stored" in readme.read_text()
 
 
