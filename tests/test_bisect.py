@@ -87,3 +87,24 @@ def test_the_search_steps_over_unbuildable_releases_and_says_when_they_hide_the_
     assert next_probe(releases, not_bad) is None and "nothing to bisect" in outcome(releases, not_bad)[1]
     with pytest.raises(ValueError, match="must be older"):
         releases_between(["1.0", "1.1"], "1.1", "1.0")
+
+
+def test_a_release_whose_run_fails_without_a_stated_case_is_a_result_not_an_error(tmp_path):
+    """A release that raises inside the case (no state to read, so pytest-benchmark writes no JSON) is that probe's
+    result, in pytest's words; the good release's run failing stays an error."""
+    from quantbench.bisect.probe import Target, timed_probe
+    from quantbench.gate.decisions import Threshold
+
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["quantbench.plugin"]\n')  # as the repository's
+    (tmp_path / "test_case.py").write_text("import qbflag\n\n\ndef test_case(benchmark):\n"
+                                           "    benchmark(qbflag.work)\n")
+    good, broken = tmp_path / "good", tmp_path / "broken"
+    for folder, body in ((good, "def work():\n    return 1\n"),
+                         (broken, "def work():\n    raise RuntimeError('qbflag 2.0 removed work()')\n")):
+        folder.mkdir()
+        (folder / "qbflag.py").write_text(body)
+    target = Target("test_case", "ops", (str(tmp_path / "test_case.py"),))
+    probe = timed_probe("2.0", target, {"good": good, "probe": broken}, 5, str(tmp_path / "history"),
+                        tmp_path / "runs", tmp_path, Threshold())
+    assert probe.verdict == "bad" and "RuntimeError: qbflag 2.0 removed work()" in probe.why, probe
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 1  # one pair: the failure is the answer

@@ -86,6 +86,9 @@ def measure_pairs(target: Target, overlays: dict[str, Path | None], pairs: int, 
             done = {i: run_side_by_side([commands[i]])[0] for i in order}
             results = [done[i] for i in range(len(commands))]
         for (side, out), result in zip(outs.items(), results):
+            if not out.is_file() and side == "probe" and (out_dir / f"pair{pair}-good.json").is_file():
+                # the case raised on this release and was not even stated (an error in the library): a result
+                raise ProbeRunFailed(f"exit {result.returncode}: {_failure_words(result.stdout)}")
             if not out.is_file():
                 raise QuantbenchError(out, f"the {side} side's run wrote no results (exit {result.returncode}): "
                                       f"{_last_line(result.stdout)}", "run the case alone to see why")
@@ -95,6 +98,16 @@ def measure_pairs(target: Target, overlays: dict[str, Path | None], pairs: int, 
         if stated_in(runs["probe"][-1], target):  # crashed or unsupported there: the result, no pair more
             break
     return runs
+
+
+class ProbeRunFailed(Exception):
+    """The probed release's run failed where the good release's did not, with no stated case to read."""
+
+
+def _failure_words(stdout: str) -> str:
+    """pytest's words for the first failure: its 'E ' line (the exception), else its last line."""
+    errors = [line[1:].strip() for line in (stdout or "").splitlines() if line.startswith("E ")]
+    return errors[0] if errors else _last_line(stdout)
 
 
 def stated_in(payload: dict, target: Target):
@@ -129,7 +142,10 @@ def decide_probe(version: str, target: Target, runs: dict[str, list[dict]], thre
 def timed_probe(version: str, target: Target, overlays: dict[str, Path | None], pairs: int, history: str,
                 out_dir: Path, cwd: Path, threshold, progress=None, find: str = "slower") -> Probe:
     start = time.perf_counter()
-    runs = measure_pairs(target, overlays, pairs, history, out_dir, cwd, progress)
+    try:
+        runs = measure_pairs(target, overlays, pairs, history, out_dir, cwd, progress)
+    except ProbeRunFailed as exc:  # bad whatever is looked for: the case no longer runs
+        return Probe(version, "bad", why=f"the run failed ({exc})", seconds=time.perf_counter() - start)
     return decide_probe(version, target, runs, threshold, time.perf_counter() - start, find)
 
 
