@@ -41,8 +41,7 @@ def main() -> int:
             print(f"{version}: unbuildable: {why}", flush=True)
             continue
         for run in range(args.runs):
-            proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *target.pytest_args,
-                                   f"--qb-history={args.history}"], check=False, cwd=REPO_ROOT,
+            proc = subprocess.run(target.command(f"--qb-history={args.history}"), check=False, cwd=REPO_ROOT,
                                   env={**with_overlay(os.environ, folder), "OMP_NUM_THREADS": "1"},
                                   capture_output=True, text=True)
             print(f"{version}: run {run + 1} exit {proc.returncode}", flush=True)

@@ -424,8 +424,8 @@ def cmd_changes(args) -> int:
     metrics = tuple(m.strip() for m in args.metric.split(",") if m.strip()) if args.metric else None
     series = changes.series_of(runs, metrics, args.case)
     thresholds = _thresholds(args)
-    found = (changes.new_since(series, thresholds, since, args.min_segment) if since else
-             changes.changes_in(series, thresholds, args.min_segment))
+    every = changes.changes_in(series, thresholds, args.min_segment)
+    found = changes.new_since(every, series, thresholds, since, args.min_segment) if since else every
     longest = max((len(s.points) for s in series), default=0)
     print(f"quantbench changes: {len(runs)} runs, {len(series)} series (up to {longest} points each), "
           f"{len(found)} change point(s){' new since ' + since if since else ''}")
@@ -436,7 +436,6 @@ def cmd_changes(args) -> int:
     for change in found:
         print(changes_report.line(change))
     if args.out:  # the page holds every change point of the history, the new ones among them
-        every = changes.changes_in(series, thresholds, args.min_segment) if since else found
         print(f"quantbench changes: wrote {changes_report.render(every, series, Path(args.out))}")
     if args.json:
         changes_report.write_json(found, Path(args.json))

@@ -79,12 +79,10 @@ def _warm_up(target, good_overlay: Path, plan: Plan) -> None:
     """One untimed run of the case on the good release: checkpoints built and caches filled before any pair."""
     import os
     import subprocess
-    import sys
 
     from ..errors import QuantbenchError
     from .releases import with_overlay
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *target.pytest_args,
-                           "--benchmark-disable"], check=False, cwd=plan.cwd,
+    proc = subprocess.run(target.command("--benchmark-disable"), check=False, cwd=plan.cwd,
                           env=with_overlay(os.environ, good_overlay), capture_output=True, text=True, timeout=3600)
     if proc.returncode:
         tail = [line for line in proc.stdout.splitlines() if line.strip()][-3:]

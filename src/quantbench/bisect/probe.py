@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import QuantbenchError
 from ..side_by_side import Command, cores, run_side_by_side
-from .releases import with_overlay
+from .releases import last_line, with_overlay
 from .search import Probe
 
 BENCH = "benchmarks/test_generation.py"
@@ -28,6 +28,10 @@ class Target:
     name: str
     metric: str
     pytest_args: tuple[str, ...]
+
+    def command(self, *extra: str) -> list[str]:
+        """The pytest run of the case, with ``extra`` options (where its JSON and history go)."""
+        return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *self.pytest_args, *extra]
 
 
 def target_for(case: str, rounds: int, new_tokens: int | None = None, extra: tuple[str, ...] = ()) -> Target:
@@ -76,8 +80,7 @@ def measure_pairs(target: Target, overlays: dict[str, Path | None], pairs: int, 
         for side, folder in overlays.items():
             outs[side] = out_dir / f"pair{pair}-{side}.json"
             env = {**with_overlay(os.environ, folder), "OMP_NUM_THREADS": "1"}
-            commands.append(Command([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
-                                     *target.pytest_args, f"--benchmark-json={outs[side]}", f"--qb-history={history}"],
+            commands.append(Command(target.command(f"--benchmark-json={outs[side]}", f"--qb-history={history}"),
                                     cwd=cwd, env=env))
         if side_by_side:
             results = run_side_by_side(commands, rotate=pair)
@@ -91,7 +94,7 @@ def measure_pairs(target: Target, overlays: dict[str, Path | None], pairs: int, 
                 raise ProbeRunFailed(f"exit {result.returncode}: {_failure_words(result.stdout)}")
             if not out.is_file():
                 raise QuantbenchError(out, f"the {side} side's run wrote no results (exit {result.returncode}): "
-                                      f"{_last_line(result.stdout)}", "run the case alone to see why")
+                                      f"{last_line(result.stdout)}", "run the case alone to see why")
             runs[side].append(json.loads(out.read_text()))
         if progress is not None:
             progress.update(1)
@@ -107,7 +110,7 @@ class ProbeRunFailed(Exception):
 def _failure_words(stdout: str) -> str:
     """pytest's words for the first failure: its 'E ' line (the exception), else its last line."""
     errors = [line[1:].strip() for line in (stdout or "").splitlines() if line.startswith("E ")]
-    return errors[0] if errors else _last_line(stdout)
+    return errors[0] if errors else last_line(stdout)
 
 
 def stated_in(payload: dict, target: Target):
@@ -147,8 +150,3 @@ def timed_probe(version: str, target: Target, overlays: dict[str, Path | None], 
     except ProbeRunFailed as exc:  # bad whatever is looked for: the case no longer runs
         return Probe(version, "bad", why=f"the run failed ({exc})", seconds=time.perf_counter() - start)
     return decide_probe(version, target, runs, threshold, time.perf_counter() - start, find)
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in (text or "").splitlines() if line.strip()]
-    return lines[-1] if lines else "(no output)"

@@ -28,7 +28,7 @@ def available_versions(package: str, index_args: list[str]) -> list[str]:
                           capture_output=True, text=True, timeout=300)
     found = re.search(r"^Available versions: (.+)$", proc.stdout, re.MULTILINE)
     if proc.returncode or not found:
-        words = _last_line(proc.stderr or proc.stdout)
+        words = last_line(proc.stderr or proc.stdout)
         raise QuantbenchError(None, f"the registry lists no releases of {package}: {words}",
                               "check the package's name and that pip reaches its index (--index-url / --find-links)")
     return [v.strip() for v in found.group(1).split(",") if v.strip()]
@@ -52,7 +52,7 @@ def _install(package: str, version: str, folder: Path, index_args: list[str]) ->
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--quiet",
                            "--disable-pip-version-check", "--target", str(folder), f"{package}=={version}",
                            *index_args], check=False, capture_output=True, text=True, timeout=900)
-    return f"pip: {_last_line(proc.stderr or proc.stdout)}" if proc.returncode else ""
+    return f"pip: {last_line(proc.stderr or proc.stdout)}" if proc.returncode else ""
 
 
 def _unmet(folder: Path, package: str) -> str:
@@ -80,7 +80,7 @@ def _unmet(folder: Path, package: str) -> str:
 def _import_fails(module: str, folder: Path) -> str:
     proc = subprocess.run([sys.executable, "-c", f"import {module}"], check=False, capture_output=True, text=True,
                           timeout=600, env=with_overlay(os.environ, folder))
-    return f"import {module}: {_last_line(proc.stderr)}" if proc.returncode else ""
+    return f"import {module}: {last_line(proc.stderr)}" if proc.returncode else ""
 
 
 def with_overlay(env, folder: Path | None) -> dict:
@@ -95,6 +95,7 @@ def _normal(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
+    """A program's last non-blank line of output: pip's and pytest's verdicts come last."""
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     return lines[-1] if lines else "(no output)"

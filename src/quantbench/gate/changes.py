@@ -27,6 +27,7 @@ prints the power table and bounds it).
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 
 from .decisions import _mann_whitney, runs_can_decide
@@ -115,7 +116,7 @@ def _confirmed(values: list[float], logs: list[float], points: list[int], alpha:
         before, after = values[edges[i]:index], values[index:edges[i + 2]]
         if not runs_can_decide(len(after), len(before), alpha):
             continue
-        moved = "greater" if _median(after) > _median(before) else "less"
+        moved = "greater" if statistics.median(after) > statistics.median(before) else "less"
         confirm_p = _mann_whitney(after, before, moved)
         if confirm_p < alpha:
             found.append(ChangePoint(index, _level(values, edges[i], index), _level(values, index, edges[i + 2]),
@@ -138,15 +139,7 @@ def _spread_free(values: list[float]) -> bool:
 
 def _level(values: list[float], start: int, end: int) -> Level:
     part = values[start:end]
-    mean = sum(part) / len(part)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in part) / (len(part) - 1)) if len(part) > 1 else 0.0
-    return Level(start, end, mean, sd)
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return Level(start, end, statistics.mean(part), statistics.stdev(part) if len(part) > 1 else 0.0)
 
 
 # ----------------------------------------------------------------------------- series out of a history
@@ -200,6 +193,11 @@ class Change:
         return {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
                 if before.get(k) != after.get(k)}
 
+    def versions_words(self, short: bool = False) -> str:
+        """'versions.bitsandbytes 0.48.2 -> 0.49.0, ...' (``short``: without the 'versions.' / 'device.' prefix)."""
+        return ", ".join(f"{k.split('.', 1)[-1] if short else k} {a} -> {b}"
+                         for k, (a, b) in self.versions_changed().items())
+
     def kernel_changed(self) -> bool:
         return bool(self.last_before.kernel and self.first.kernel and self.last_before.kernel != self.first.kernel)
 
@@ -207,9 +205,9 @@ class Change:
         """The likeliest cause, in words: a kernel that changed at the step, else the versions that did."""
         if self.kernel_changed():
             return f"the kernel changed: {self.last_before.kernel} -> {self.first.kernel} (the likeliest cause)"
-        changed = self.versions_changed()
+        changed = self.versions_words()
         if changed:
-            return "versions changed: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+            return f"versions changed: {changed}"
         return "nothing recorded changed between the two runs (the machine, or the suite's own code)"
 
     def row(self) -> dict:
@@ -221,7 +219,7 @@ class Change:
                 "mean_before": before.mean, "sd_before": before.sd, "n_before": before.n,
                 "mean_after": after.mean, "sd_after": after.sd, "n_after": after.n,
                 "kernel_before": self.last_before.kernel, "kernel_after": self.first.kernel,
-                "versions_changed": ", ".join(f"{k} {a} -> {b}" for k, (a, b) in self.versions_changed().items()),
+                "versions_changed": self.versions_words(),
                 "cause": self.cause()}
 
 
@@ -263,11 +261,11 @@ def changes_in(series_list: list[Series], thresholds, min_segment: int = MIN_SEG
     return found
 
 
-def new_since(series_list: list[Series], thresholds, previous: str, min_segment: int = MIN_SEGMENT) -> list[Change]:
-    """Change points found now that the history up to run ``previous`` (a run's file name or where) did not hold:
-    what tonight's runs brought (Otava's incremental view). Each series is analysed with and without the points
-    after ``previous``."""
-    now = changes_in(series_list, thresholds, min_segment)
+def new_since(now: list[Change], series_list: list[Series], thresholds, previous: str,
+              min_segment: int = MIN_SEGMENT) -> list[Change]:
+    """Of the change points ``now`` (changes_in of ``series_list``), those the history up to run ``previous`` (a
+    run's file name or where) did not hold: what tonight's runs brought (Otava's incremental view). Each series is
+    analysed again without the points after ``previous``."""
     earlier_series = []
     for series in series_list:
         cut = next((i for i, p in enumerate(series.points) if previous in p.where), None)

@@ -94,8 +94,8 @@ def chart(moved: list[cp.Change], out_dir: Path, stem: str) -> str:
     for change in moved:
         color = "tab:red" if change.regression else "tab:green"
         ax.axvline(change.point.index - 0.5, color=color, linestyle="--")
-        versions = ", ".join(f"{k.split('.', 1)[-1]} {a} -> {b}" for k, (a, b) in change.versions_changed().items())
-        words = "\n".join(_short(w) for w in (change.cause() if change.kernel_changed() else "", versions) if w)
+        kernel = change.cause() if change.kernel_changed() else ""
+        words = "\n".join(_short(w) for w in (kernel, change.versions_words(short=True)) if w)
         ax.annotate(f"{100 * change.point.change:+.1f}%\n{words or 'nothing recorded changed'}",
                     (change.point.index - 0.5, 1),
                     xycoords=("data", "axes fraction"), va="top", ha="left", fontsize=7, color=color)

@@ -661,11 +661,10 @@ def render_all(store, out_root: Path, thresholds: gate.Thresholds, warn=None) ->
     store = store if hasattr(store, "runs") else history.open_store(store)
     written, every_run = [], []
     for name in store.signatures():
-        runs = history.read_all(store, store.runs(name), warn)
+        runs = history.collapse(history.read_all(store, store.runs(name), warn))
         if runs:
-            every_run += history.collapse(runs)
-            written.append(render_runs(history.collapse(runs), Path(out_root) / name, thresholds,
-                                       store.load_peaks(name)))
+            every_run += runs
+            written.append(render_runs(runs, Path(out_root) / name, thresholds, store.load_peaks(name)))
     if every_run:  # the Changes page: series cross signatures (a library upgrade makes a new one)
         from ..gate import changes
         from . import changes as changes_page
