@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "quantbench"
-SHARED = {"errors", "paths", "offline", "environment", "specs", "measure", "registry", "dispatch", "side_by_side"}  # what every layer may use
+SHARED = {"errors", "paths", "offline", "environment", "specs", "measure", "registry", "dispatch", "side_by_side",
+          "child"}  # what every layer may use
 # Each sub-package and the sub-packages it may import. history, gate and report read results only;
 # formats (what lies on disk) know no runtime; a runtime opens a format's checkpoint and executes it;
 # bench (the plugin side) drives formats, runtimes and kernels, and reads the history's ceilings.

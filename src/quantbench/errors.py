@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 
 # Any scheme a user might write (SQLAlchemy's postgresql+psycopg://, mysql://, ...), and a URL a Path() folded to
 # one slash (postgresql+psycopg:/u:pw@...): a password never survives
@@ -42,28 +43,97 @@ class NoBaseline(BadHistory):
     """'latest' / 'previous' found no earlier run to compare with (a first run, not a broken file)."""
 
 
-class Unsupported(Exception):
+class State(StrEnum):
+    """How a case ended: the one vocabulary of the suite, the gate and the report (stored in the JSON as its
+    string). Each state carries its behaviour, so a new state is added here once."""
+
+    OK = "ok"
+    UNSUPPORTED = "unsupported"          # cannot run here (a CUDA-only kernel on a CPU, a library missing)
+    OOM = "oom"                          # the device or the host could not hold the case
+    CRASHED = "crashed"                  # the process that ran it died
+    TOO_SLOW = "too-slow"                # stopped at its time budget
+    REQUESTS_FAILED = "requests-failed"  # a server answered some requests with errors
+    INVALID_INPUT = "invalid-input"      # the user's input cannot be measured as given (a fix is named)
+    GUARD_FAILED = "guard-failed"        # the output is wrong: never timed
+    INTERRUPTED = "interrupted"          # the run stopped before the case finished (Ctrl-C, kill, full disk)
+
+    @property
+    def broken(self) -> bool:
+        """A case that measured in the baseline and ends like this now is a failure, whatever --fail-on says."""
+        return self in (State.CRASHED, State.TOO_SLOW, State.REQUESTS_FAILED)
+
+    @property
+    def fails_case(self) -> bool:
+        """The test fails (a wrong result, an input to fix) rather than skips (what cannot run here)."""
+        return self in (State.INVALID_INPUT, State.GUARD_FAILED)
+
+    @property
+    def ends_process(self) -> bool:
+        """The model or server that ran the case is released: it died, hung, or holds memory it ran out of."""
+        return self in (State.OOM, State.CRASHED, State.TOO_SLOW)
+
+    @property
+    def flag(self) -> str | None:
+        """The guide's flag for a case that ran and stopped (None: the state speaks for itself)."""
+        return {State.CRASHED: "CRASHED", State.TOO_SLOW: "TOO SLOW"}.get(self)
+
+
+class CaseStopped(Exception):
+    """The one exception a case ends with when it has no number: its state, the reason in words, and the kernel it
+    ran where known. Recorded as the case's state, then the test skips (or fails, ``fail``: by default the
+    state's ``fails_case``). The subclasses below only fix the state; a crash or a timeout is no kind of
+    'unsupported', so ``except Unsupported`` never catches one."""
+
+    state: State = State.UNSUPPORTED
+
+    def __init__(self, state: State | str, reason: str, kernel: str | None = None, fail: bool | None = None):
+        super().__init__(reason)
+        self.state, self.reason, self.kernel = State(state), reason, kernel
+        self.fail = self.state.fails_case if fail is None else fail
+
+    def __reduce__(self):  # across a process pipe: rebuilt by state, not by the subclass's signature
+        return stopped, (self.state.value, self.reason, self.kernel, self.fail)
+
+
+class _FixedState(CaseStopped):
+    def __init__(self, reason: str, kernel: str | None = None):
+        super().__init__(type(self).state, reason, kernel)
+
+
+class Unsupported(_FixedState):
     """This format/kernel cannot run here; the message says why. Stored as a state, not a crash."""
 
-    state = "unsupported"
+    state = State.UNSUPPORTED
 
 
-class OutOfMemory(Unsupported):
-    state = "oom"
+class OutOfMemory(_FixedState):
+    state = State.OOM
 
 
-class Crashed(Unsupported):
+class Crashed(_FixedState):
     """The process that ran the case died (a native abort, a segfault, the OOM killer): the message
     names the signal and the op on its stack or its last log line."""
 
-    state = "crashed"
+    state = State.CRASHED
 
 
-class TooSlow(Unsupported):
+class TooSlow(_FixedState):
     """The case (or the engine's start) passed its time budget and was stopped: the message says what it
     reached in that time, the budget and the kernel it ran."""
 
-    state = "too-slow"
+    state = State.TOO_SLOW
+
+
+_BY_STATE = {cls.state: cls for cls in (Unsupported, OutOfMemory, Crashed, TooSlow)}
+
+
+def stopped(state: State | str, reason: str, kernel: str | None = None, fail: bool | None = None) -> CaseStopped:
+    """The exception for ``state`` (its named class where it has one, so ``except Crashed`` still works)."""
+    state = State(state)
+    exc = _BY_STATE[state](reason, kernel) if state in _BY_STATE else CaseStopped(state, reason, kernel)
+    if fail is not None:
+        exc.fail = fail
+    return exc
 
 
 def first_line(exc: BaseException, limit: int = 300, default: str = "") -> str:

@@ -23,3 +23,18 @@ def stay_offline() -> dict[str, str]:
     for key in OFFLINE_ENV:
         os.environ.setdefault(key, "1")
     return {key: os.environ[key] for key in OFFLINE_ENV}
+
+
+LOOPBACK = ("127.0.0.1", "localhost")
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a child process the suite starts (vLLM's server, its benchmark client): this one's,
+    offline where the user did not say otherwise, and loopback never sent through a proxy set for the package
+    registries (aiohttp's trust_env): added to the user's NO_PROXY, never replacing it."""
+    env = dict(os.environ)
+    for key in (*OFFLINE_ENV, "TRANSFORMERS_OFFLINE"):
+        env.setdefault(key, "1")
+    for key in ("NO_PROXY", "no_proxy"):
+        env[key] = ",".join(filter(None, [env.get(key, ""), *LOOPBACK]))
+    return env

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from .bench.cases import CPU_DEFAULTS, FULL_SERVE_SWEEP, GPU_DEFAULTS, build_cases, parse_int_list
+from .errors import State
 from .history import SCHEMA_VERSION
 from .offline import stay_offline
 from .paths import THRESHOLDS
@@ -643,7 +644,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     state = run_state(config)
     for bench in output_json.get("benchmarks", []):
         if not bench.get("extra_info"):  # cut off inside its rounds: its partial times are no result
-            bench["extra_info"] = {"state": "interrupted", "reason": history.INTERRUPTED_REASON}
+            bench["extra_info"] = {"state": State.INTERRUPTED, "reason": history.INTERRUPTED_REASON}
     from .bench.saving import interruption
     stopped = interruption(config, state.case_ids, output_json.get("benchmarks", []), state.states.records)
     end = environment.gpu_telemetry()

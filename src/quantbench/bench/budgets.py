@@ -106,10 +106,8 @@ class CaseClock:
         rate = ""
         if steps and self.round:
             rate = f", {steps} decode steps into it ({steps * self.batch / max(now - self.round_start, 1e-9):.3g} tok/s)"
-        exc = TooSlow(f"{self.doing()} after {now - self.start:.0f} s{rate}, budget {self.budget_s:.0f} s"
-                      + (f"; kernel {self.kernel}" if self.kernel else ""))
-        exc.kernel = self.kernel
-        return exc
+        return TooSlow(f"{self.doing()} after {now - self.start:.0f} s{rate}, budget {self.budget_s:.0f} s"
+                       + (f"; kernel {self.kernel}" if self.kernel else ""), self.kernel)
 
     def check(self) -> None:
         """In-process: after a round, stop the case if it has passed its budget."""

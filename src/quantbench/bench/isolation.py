@@ -12,7 +12,6 @@ Python stack (faulthandler's dump) and its last log line.
 
 from __future__ import annotations
 
-import atexit
 import faulthandler
 import importlib
 import linecache
@@ -30,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import dispatch
-from ..errors import Crashed, TooSlow, Unsupported
+from ..child import ChildProcess, become_child
+from ..errors import CaseStopped, Crashed, TooSlow, stopped
 
 LOG_TAIL_LINES = 20
-_LIVE: set = set()   # the parent's workers, killed at exit
 
 
 @dataclass(frozen=True)
@@ -120,21 +119,8 @@ class _Server:
         return func(self.decoder, *args)
 
 
-def _die_with_parent() -> None:
-    """PR_SET_PDEATHSIG: the child is killed when the parent goes, however it goes (Linux)."""
-    try:
-        import ctypes
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-
-
 def _child_main(conn, counter, log_path: str, fault_path: str, request: OpenRequest) -> None:
-    os.setpgid(0, 0)  # its own process group: a kill takes the engine's helpers (compile workers) with it
-    _die_with_parent()
-    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
+    become_child(log_path)  # its own process group: a kill takes the engine's helpers (compile workers) with it
     faulthandler.enable(open(fault_path, "w"), all_threads=False)  # noqa: SIM115 - lives as long as the process
     dispatch.CHANNEL, dispatch.LOG_PATH = conn, log_path  # dispatch.report() from the runtime reaches the parent
     import torch
@@ -175,25 +161,14 @@ def _child_main(conn, counter, log_path: str, fault_path: str, request: OpenRequ
 
 
 def _failure(exc: BaseException) -> tuple:
-    if isinstance(exc, Unsupported):
-        return ("stated", exc.state, str(exc))
+    if isinstance(exc, CaseStopped):
+        return ("stated", exc.state.value, exc.reason, exc.kernel)
     return ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
 
 
 # ----------------------------------------------------------------------------- the parent
 class WorkerError(RuntimeError):
     """An exception inside the child that is not a stated case: re-raised here with its traceback."""
-
-
-_STATES = {cls.state: cls for cls in (Unsupported, Crashed, TooSlow)}
-
-
-def _stated(state: str, message: str) -> Unsupported:
-    from ..errors import OutOfMemory
-    cls = {**_STATES, OutOfMemory.state: OutOfMemory}.get(state, Unsupported)
-    err = cls(message)
-    err.state = state
-    return err
 
 
 class Worker:
@@ -204,16 +179,15 @@ class Worker:
         self.what = what
         self.dir = Path(tempfile.mkdtemp(prefix="quantbench-worker-"))
         self.log_path, self.fault_path = self.dir / "child.log", self.dir / "faulthandler.txt"
-        self.conn, child = ctx.Pipe()
+        self.conn, child_end = ctx.Pipe()
         self.counter = ctx.Value("q", 0, lock=False)
         self.notes: dict = {}
         self.child_s = 0.0  # the child's own seconds of the last call answered
         self.wall_s = 0.0   # this process's seconds around it: the child's, the pipe's and waking up to read it
-        self.process = ctx.Process(target=_child_main, name=f"quantbench {what}",
-                                   args=(child, self.counter, str(self.log_path), str(self.fault_path), request))
-        self.process.start()
-        child.close()
-        _LIVE.add(self)
+        self.child = ChildProcess.function(
+            what, _child_main, (child_end, self.counter, str(self.log_path), str(self.fault_path), request),
+            self.log_path)
+        child_end.close()
 
     def call(self, method: str, *args, deadline: float, doing: str = ""):
         """``method(*args)`` in the child; its result, or a stated case (Unsupported / Crashed / TooSlow)."""
@@ -248,7 +222,7 @@ class Worker:
             if kind == "ok":
                 return tuple(payload) if timed else payload[0]
             if kind == "stated":
-                raise _stated(*payload)
+                raise stopped(*payload)
             raise WorkerError(f"{payload[0]} (in the child process running {self.what}):\n{payload[1]}")
 
     @property
@@ -257,48 +231,32 @@ class Worker:
         return self.counter.value
 
     def crash_reason(self, doing: str) -> str:
-        self.process.join(timeout=30)
-        code = self.process.exitcode
+        code = self.child.join()
         self.close_quietly()
         fault = self.fault_path.read_text(errors="replace") if self.fault_path.is_file() else ""
         return crash_words(code, fault, self.log_tail(), doing)
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> list[str]:
-        if not self.log_path.is_file():
-            return []
-        text = self.log_path.read_text(errors="replace").splitlines()
-        return [line for line in text if line.strip()][-lines:]
+        return self.child.log_tail(lines)
 
     def kill(self) -> None:
-        if self.process.is_alive():
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                self.process.kill()
-        self.process.join(timeout=30)
+        self.child.stop()  # SIGKILL to its group: an engine in native code does not answer a SIGTERM in time
         self.close_quietly()
 
     def close(self, timeout_s: float = 120) -> None:
         """Ask the child to close its engine and exit; kill it if it does not."""
-        if self.process.is_alive():
+        if self.child.alive():
             try:
                 self.call("close", deadline=time.monotonic() + timeout_s)
-            except (Unsupported, WorkerError, OSError):
+            except (CaseStopped, WorkerError, OSError):
                 pass
         self.kill()
 
     def close_quietly(self) -> None:
-        _LIVE.discard(self)
         try:
             self.conn.close()
         except OSError:
             pass
-
-
-@atexit.register
-def _kill_workers() -> None:
-    for worker in list(_LIVE):
-        worker.kill()
 
 
 # ----------------------------------------------------------------------------- why a child died (pure)
@@ -491,7 +449,7 @@ class RemoteDecoder:
 
     @property
     def alive(self) -> bool:
-        return self.worker.process.is_alive()
+        return self.worker.child.alive()
 
 
 def open_isolated(runtime, fmt, ckpt, device, guard_ids, shapes, start_budget_s: float):
@@ -513,14 +471,14 @@ def open_isolated(runtime, fmt, ckpt, device, guard_ids, shapes, start_budget_s:
         if isinstance(exc, TooSlow):
             last = next(iter(worker.log_tail(1)), "")
             stated = TooSlow(f"{doing}{where} after {time.monotonic() - start:.0f} s, budget {start_budget_s:.0f} s"
-                             + (f"; kernel {kernel}" if kernel else "") + (f"; last log line: {last[:200]}" if last else ""))
+                             + (f"; kernel {kernel}" if kernel else "") + (f"; last log line: {last[:200]}" if last else ""),
+                             kernel)
         else:
-            stated = Crashed(str(exc).replace(f"during {doing}", f"during {doing}{where}")
-                             + (f"; kernel {kernel}" if kernel else ""))
-        stated.kernel = kernel
+            stated = Crashed(exc.reason.replace(f"during {doing}", f"during {doing}{where}")
+                             + (f"; kernel {kernel}" if kernel else ""), kernel)
         raise stated from None
     except BaseException:
         worker.kill()
         raise
-    loaded.facts["isolation"] = f"child process (spawn), pid {worker.process.pid}"
+    loaded.facts["isolation"] = f"child process (spawn), pid {worker.child.pid}"
     return Opened(loaded, outputs, RemoteDecoder(worker, device))

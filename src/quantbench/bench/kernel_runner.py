@@ -10,11 +10,12 @@ from pathlib import Path
 import torch
 
 from .. import kernels
+from ..errors import CaseStopped, State
 from ..history import record
 from ..history.ceilings import percent
 from ..measure import synchronize
 from ..specs import load_spec
-from .states import Stated, record_and_end
+from .states import record_and_end
 
 # On CPU, AutoAWQ's naive path costs ~9 s per call at M=128 on the 1.1B down projection (its
 # dequantized fp16 matmul hits a slow CPU kernel), so the CPU sweep stays short.
@@ -82,8 +83,8 @@ def run_kernel_case(benchmark, case: KernelCase, device: torch.device, cache: Pr
     kernel, llc = kernels.KERNELS[case.kernel], cache_bytes(device)
     try:
         prepared, x, err = _prepare(case, kernel, device, cache, llc)
-    except Stated as exc:
-        record_and_end(states, case, exc, nodeid, kernel=True)
+    except CaseStopped as exc:
+        record_and_end(states, case, exc, nodeid, kernel_case=True)
     run, iters, timing = timed_loop(prepared, x, device, _iterations(prepared, x, device))
     benchmark.pedantic(run, rounds=rounds, warmup_rounds=2, iterations=1)
     if benchmark.stats is None:
@@ -175,7 +176,7 @@ def _prepare(case: KernelCase, kernel, device, cache: PreparedCache, llc: int):
     """The kernel's weight copies (enough to rotate past the cache), an input, and its error vs fp32."""
     reason = kernel.unsupported_reason(device)
     if reason:
-        raise Stated("unsupported", reason)
+        raise CaseStopped(State.UNSUPPORTED, reason)
 
     def build():
         one = kernels.weight_bytes(case.kernel, case.k, case.n)
@@ -190,10 +191,10 @@ def _prepare(case: KernelCase, kernel, device, cache: PreparedCache, llc: int):
         err = kernels.rel_err(got, ref)
     except torch.cuda.OutOfMemoryError as exc:
         cache.key, cache.value = None, None
-        raise Stated("oom", str(exc)[:200]) from None
+        raise CaseStopped(State.OOM, str(exc)[:200]) from None
     if not err <= kernels.tolerance(kernel):
-        raise Stated("guard-failed", f"{case.kernel} output differs from fp32 reference: rel err {err:.4g} "
-                     f"(bound {kernels.tolerance(kernel)})", fail=True)
+        raise CaseStopped(State.GUARD_FAILED, f"{case.kernel} output differs from fp32 reference: rel err {err:.4g} "
+                     f"(bound {kernels.tolerance(kernel)})")
     return prepared, x, err
 
 

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import torch
 
-from ..errors import BadCheckpoint, Crashed, OutOfMemory, Unsupported
+from ..errors import BadCheckpoint, CaseStopped, Crashed, OutOfMemory, State, Unsupported
 from ..formats import LoadedModel, get_format
 from ..formats.checkpoints import FAKEQUANT_FILE, REFERENCE_FILE, checkpoint_dir, detect_checkpoint, ensure_checkpoint
 from ..runtimes import DEFAULT, Shapes, get_runtime
 from ..specs import load_spec
 from . import guard, isolation
 from .budgets import Budget
+from .one_at_a_time import OneAtATime
 
 ISOLATE_CHOICES = ("auto", "all", "none")
 
@@ -102,46 +103,39 @@ class ModelPool:
         self.device = device
         self.shapes = shapes or Shapes()
         self.isolate, self.budget = isolate, budget or Budget(float("inf"), isolation.FOREVER_S)
-        self.key: tuple | None = None
-        self.current: Prepared | None = None
-        self.failures: dict[tuple, BaseException] = {}
+        self.models: OneAtATime[tuple, Prepared] = OneAtATime(self._start, _close,
+                                                               remember=(CaseStopped, BadCheckpoint))
         self.too_slow: dict[tuple, list] = {}   # (source, format, runtime, phase) -> cases that passed the budget
         self.kernels: dict[tuple, object] = {}  # (source, format, runtime, rows, phase) -> KernelFields
 
     def get(self, source: ModelSource, format_name: str, runtime_name: str = DEFAULT) -> Prepared:
-        key = (source, format_name, runtime_name)
-        if key in self.failures:
-            raise self.failures[key]
-        if self.key == key and self.current is not None:
-            return self.current
-        self.release()
+        return self.models.get((source, format_name, runtime_name))
+
+    def _start(self, key: tuple) -> Prepared:
         try:
-            self.current = self._prepare(source, format_name, runtime_name)
+            return self._prepare(*key)
         except torch.cuda.OutOfMemoryError as exc:
-            self.release()
-            self.failures[key] = OutOfMemory(f"CUDA out of memory while loading: {str(exc)[:200]}")
-            raise self.failures[key] from None
-        except (Unsupported, BadCheckpoint) as exc:
-            self.release()
-            self.failures[key] = exc
+            _free(self.device)
+            raise OutOfMemory(f"CUDA out of memory while loading: {str(exc)[:200]}") from None
+        except BaseException:
+            _free(self.device)  # a failed load's tensors go before the next one loads
             raise
-        self.key = key
-        return self.current
 
     def isolated(self, runtime) -> bool:
         return {"all": True, "none": False}.get(self.isolate, runtime.isolate)
 
-    def case_ended(self, case, state: str, reason: str) -> None:
-        """A case of the model in the pool ended as ``state``. oom: drop the model. crashed: its process is
-        gone, and the cases it had left are stated with the crash. too-slow: the child was stopped; a later
-        case of the same phase at a shape no smaller is stated without running, the others get a new one."""
-        key = (case.source, case.format, case.runtime)
-        if state == "crashed" and self.key == key:
-            self.failures[key] = Crashed(f"not run: the process running {case.format} on {case.runtime} died in "
-                                         f"{case.id}: {reason}")
-        if state == "too-slow":
+    def case_ended(self, case, state: State | str, reason: str) -> None:
+        """A case of the model in the pool ended as ``state``. crashed: its process is gone, and the cases it had
+        left are stated with the crash. too-slow: the child was stopped; a later case of the same phase at a
+        shape no smaller is stated without running, the others get a new one. Every state that ends a process
+        (oom too) drops the model."""
+        key, state = (case.source, case.format, case.runtime), State(state)
+        if state is State.CRASHED and self.models.holds(key):
+            self.models.fail(key, Crashed(f"not run: the process running {case.format} on {case.runtime} died in "
+                                          f"{case.id}: {reason}"))
+        if state is State.TOO_SLOW:
             self.too_slow.setdefault((*key, case.phase), []).append(case)
-        if state in ("oom", "crashed", "too-slow") and self.key == key:
+        if state.ends_process and self.models.holds(key):
             self.release()
 
     def kernel_fields(self, case, prepared: Prepared):
@@ -171,12 +165,8 @@ class ModelPool:
         return next((c for c in passed if c.batch <= case.batch and c.prompt_len <= case.prompt_len), None)
 
     def release(self) -> None:
-        if self.current is not None and hasattr(self.current.decoder, "close"):
-            self.current.decoder.close()  # a compiled runtime drops its graphs
-        self.key, self.current = None, None
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        self.models.release()
+        _free(self.device)
 
     def _prepare(self, source: ModelSource, format_name: str, runtime_name: str) -> Prepared:
         fmt, runtime = get_format(format_name), get_runtime(runtime_name)
@@ -208,6 +198,17 @@ class ModelPool:
         if not _finite(got):  # NaN never passes
             result = guard.GuardResult(float("nan"), None, fmt.min_cosine, None, "non-finite outputs")
         return Prepared(opened.loaded, result, facts={"checkpoint": str(ckpt)}, decoder=opened.decoder)
+
+
+def _close(prepared: Prepared) -> None:
+    if hasattr(prepared.decoder, "close"):
+        prepared.decoder.close()  # a compiled runtime drops its graphs; an isolated one ends its child
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _finite(outputs: dict) -> bool:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..environment import stack_versions
-from ..errors import BadCheckpoint, QuantbenchError, Unsupported, first_line
+from ..errors import BadCheckpoint, CaseStopped, QuantbenchError, State, first_line, stopped
 from ..formats import get_format
 from ..history import record
 from ..measure import PeakMemory, round_clock, step_timer, stretch, synchronize
@@ -20,7 +20,7 @@ from .budgets import Budget, CaseClock
 from .cases import Case
 from .pool import ModelPool
 from .prompts import prompt_ids
-from .states import Stated, StateRecorder, record_and_end
+from .states import StateRecorder, record_and_end
 
 
 @dataclass
@@ -54,9 +54,9 @@ def run_case(benchmark, case: Case, pool: ModelPool, options: RunOptions, states
         try:  # the case's facts, read from a child process too: a stated end, never a raw error
             info = describe(case, prepared, options, peak, step_times, benchmark.stats.stats.median,
                             runtime_facts)
-        except Unsupported as exc:
-            raise Stated(exc.state, f"after its rounds, reading its facts: {exc}", kernel=clock.kernel) from None
-    except Stated as exc:
+        except CaseStopped as exc:
+            raise stopped(exc.state, f"after its rounds, reading its facts: {exc.reason}", clock.kernel) from None
+    except CaseStopped as exc:
         pool.case_ended(case, exc.state, exc.reason)
         record_and_end(states, case, exc, nodeid)
     finally:
@@ -78,7 +78,8 @@ def host_oom_is_a_state(case: Case):
     except RuntimeError as exc:
         if _HOST_OOM not in str(exc):
             raise
-        raise Stated("oom", f"the host could not allocate what {case.id} needs: {first_line(exc, 200)}") from None
+        raise CaseStopped(State.OOM,
+                          f"the host could not allocate what {case.id} needs: {first_line(exc, 200)}") from None
 
 
 def _end_case(prepared) -> None:
@@ -91,27 +92,25 @@ def prepare(case: Case, pool: ModelPool, options: RunOptions):
     """The loaded, guarded model, the prompt, what the runtime did at this shape before timing, and the
     case's clock against its budget (started once the model is loaded: an engine's start has its own)."""
     if case.error is not None:
-        raise Stated("invalid-input", case.error, fail=True)
+        raise CaseStopped(State.INVALID_INPUT, case.error)
     reason = get_runtime(case.runtime).why_not_phase(get_format(case.format), case.phase)
     if reason:
-        raise Stated("unsupported", reason)
+        raise CaseStopped(State.UNSUPPORTED, reason)
     positions = case.source.max_positions()
     if positions and case.prompt_len + case.new_tokens > positions:  # T08: measured past what the model knows
-        raise Stated("invalid-input", f"{case.id}: a {case.prompt_len}-token prompt and {case.new_tokens} new tokens "
+        raise CaseStopped(State.INVALID_INPUT,
+                          f"{case.id}: a {case.prompt_len}-token prompt and {case.new_tokens} new tokens "
                      f"need {case.prompt_len + case.new_tokens} positions; {case.source.label} has "
-                     f"{positions} (max_position_embeddings). Fix: lower --qb-prompt or --qb-new-tokens", fail=True)
+                     f"{positions} (max_position_embeddings). Fix: lower --qb-prompt or --qb-new-tokens")
     slower = pool.slower_case(case)
     if slower is not None:
-        raise Stated("too-slow", f"not run: {slower.id} passed its time budget at a shape no larger")
+        raise CaseStopped(State.TOO_SLOW, f"not run: {slower.id} passed its time budget at a shape no larger")
     try:
         prepared = pool.get(case.source, case.format, case.runtime)
-    except Unsupported as exc:
-        raise Stated(exc.state, str(exc), kernel=getattr(exc, "kernel", None)) from None
     except QuantbenchError as exc:  # includes BadCheckpoint
-        raise Stated("invalid-input", exc.line(), fail=True) from None
+        raise CaseStopped(State.INVALID_INPUT, exc.line()) from None
     if not prepared.guard.passed:
-        raise Stated("guard-failed", f"correctness guard failed for {case.format}: {prepared.guard.message()}",
-                     fail=True)
+        raise CaseStopped(State.GUARD_FAILED, f"correctness guard failed for {case.format}: {prepared.guard.message()}")
     ids = prompt_ids(case.batch, case.prompt_len, case.source.vocab_size(), options.device)
     observed = pool.kernel_fields(case, prepared).record()  # at this case's shape, before its clock starts
     kernel = prepared.loaded.facts.get("kernel")
@@ -124,11 +123,11 @@ def prepare(case: Case, pool: ModelPool, options: RunOptions):
     try:  # a compiled runtime compiles and checks itself at this exact shape here, before any timing
         return prepared, ids, {**observed, **prepared.decoder.prepare(ids, case.new_tokens)}, clock
     except torch.cuda.OutOfMemoryError as exc:
-        raise Stated("oom", f"CUDA out of memory while compiling: {str(exc)[:200]}") from None
-    except Unsupported as exc:
-        raise Stated(exc.state, str(exc), kernel=kernel) from None
+        raise CaseStopped(State.OOM, f"CUDA out of memory while compiling: {str(exc)[:200]}") from None
+    except CaseStopped as exc:
+        raise stopped(exc.state, exc.reason, exc.kernel or kernel) from None
     except CompileMismatch as exc:
-        raise Stated("guard-failed", str(exc), fail=True) from None
+        raise CaseStopped(State.GUARD_FAILED, str(exc)) from None
 
 
 def time_case(benchmark, case: Case, prepared, ids, options: RunOptions,
@@ -180,11 +179,11 @@ def time_case(benchmark, case: Case, prepared, ids, options: RunOptions,
                 benchmark.pedantic(run_decode, setup=setup_decode, rounds=options.rounds,
                                    warmup_rounds=options.warmup_rounds)
     except torch.cuda.OutOfMemoryError as exc:
-        raise Stated("oom", f"CUDA out of memory: {str(exc)[:200]}") from None
+        raise CaseStopped(State.OOM, f"CUDA out of memory: {str(exc)[:200]}") from None
     except BadCheckpoint as exc:
-        raise Stated("invalid-input", exc.line(), fail=True) from None
-    except Unsupported as exc:  # what an engine finds it cannot do at this shape (vLLM: a prefill in two steps),
-        raise Stated(exc.state, str(exc), kernel=clock.kernel) from None  # a crash, a case past its budget
+        raise CaseStopped(State.INVALID_INPUT, exc.line()) from None
+    except CaseStopped as exc:  # what an engine finds it cannot do at this shape (vLLM: a prefill in two steps),
+        raise stopped(exc.state, exc.reason, exc.kernel or clock.kernel) from None  # a crash, a case past its budget
     return step_times, peak
 
 

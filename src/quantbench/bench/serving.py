@@ -10,11 +10,9 @@ round's value stored for the gate. One server and one client process serve every
 from __future__ import annotations
 
 import json
-import os
 import queue
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -22,14 +20,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..child import ChildProcess
 from ..environment import stack_versions
-from ..errors import QuantbenchError, Unsupported
+from ..errors import CaseStopped, QuantbenchError, State, stopped
 from ..formats import get_format
 from ..history import record
 from ..measure import ReplayClock
+from ..offline import child_env
 from ..runtimes import RUNTIMES
 from ..runtimes.vllm_server import HOST, PeakRss, Server, ServerConfig, selected_kernels
-from .states import Stated, StateRecorder, record_and_end
+from .one_at_a_time import OneAtATime
+from .states import StateRecorder, record_and_end
 
 CLIENT_MODULE = "quantbench.bench.serve_client"
 CLIENT_READY_S = 300.0  # importing vLLM in the client: seconds, more on a loaded 2-core machine
@@ -133,15 +134,15 @@ client_clock = ReplayClock("client_clock", __name__)
 
 # ----------------------------------------------------------------------------- the client process
 class Client:
-    """vLLM's benchmark client in a child process (bench.serve_client): one run per call, with a deadline."""
+    """vLLM's benchmark client in a child process (bench.serve_client): one run per call, with a deadline. Its
+    protocol owns stdout; vLLM logs to stderr (VLLM_LOGGING_STREAM, set before vLLM is imported), into the log."""
 
     def __init__(self):
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "NO_PROXY": f"{HOST},localhost", "no_proxy": f"{HOST},localhost"}
-        self.log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen([sys.executable, "-m", CLIENT_MODULE], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=self.log, text=True, env=env,
-                                        start_new_session=True)
+        env = child_env()
+        env.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+        log = Path(tempfile.mkstemp(prefix="quantbench-vllm-client-", suffix=".log")[1])
+        self.child = ChildProcess.command("vLLM's benchmark client", [sys.executable, "-m", CLIENT_MODULE], log,
+                                          env=env, pipes=True)
         self.lines: queue.Queue = queue.Queue()
         self.ready = False
         threading.Thread(target=self._read, daemon=True).start()
@@ -161,9 +162,13 @@ class Client:
                                   "check that vLLM imports in this environment")
         self.ready = True
 
+    def alive(self) -> bool:
+        return self.child.alive()
+
     def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.put(line)
+        for line in self.child.popen.stdout:
+            if line.lstrip().startswith("{"):  # a stray line on stdout (a library's print) is not a reply
+                self.lines.put(line)
         self.lines.put(None)
 
     def _reply(self, deadline: float, what: str) -> dict:
@@ -173,21 +178,19 @@ class Client:
             self.close()
             raise TimeoutError(what) from None
         if line is None:
-            self.log.seek(0)
-            tail = self.log.read().decode("utf-8", "replace").strip().splitlines()[-1:] or ["(no output)"]
+            tail = self.child.log_tail(1) or ["(no output)"]
             raise QuantbenchError(None, f"vLLM's benchmark client exited while {what}: {tail[0][:300]}",
                                   "run the client's command by hand to see its error")
         return json.loads(line)
 
     def run(self, argv: list[str], deadline: float) -> dict:
-        self.process.stdin.write(json.dumps(argv) + "\n")
-        self.process.stdin.flush()
+        self.child.popen.stdin.write(json.dumps(argv) + "\n")
+        self.child.popen.stdin.flush()
         return self._reply(deadline, "running")
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        self.child.stop()  # its whole group, at once: a run it was in is abandoned anyway
+        self.child.log_path.unlink(missing_ok=True)
 
 
 def client_args(case: ServingCase, server: Server, plan: ServingPlan, result: Path) -> list[str]:
@@ -221,37 +224,27 @@ class ServerPool:
 
     def __init__(self, device, plan: ServingPlan):
         self.device, self.plan = device, plan
-        self.key, self.current = None, None
+        self.servers: OneAtATime[tuple, Serving] = OneAtATime(self._start, self._discard)
         self.client: Client | None = None
-        self.failures: dict = {}
         self.scratch = Path(tempfile.mkdtemp(prefix="quantbench-serving-"))
 
     def get(self, case: ServingCase) -> Serving:
-        key = (case.source, case.format, case.runtime)
-        if key in self.failures:
-            raise self.failures[key]
-        if self.key == key and self.current is not None:
-            return self.current
-        self.release()
-        try:
-            self.current, self.key = self._start(case), key
-        except Stated as exc:
-            self.failures[key] = exc
-            raise
-        return self.current
+        return self.servers.get((case.source, case.format, case.runtime))
 
-    def _start(self, case: ServingCase) -> Serving:
-        fmt = get_format(case.format)
-        reason = RUNTIMES[case.runtime].why_not(fmt, self.device)
+    def _start(self, key: tuple) -> Serving:
+        source, format_name, runtime_name = key
+        fmt = get_format(format_name)
+        reason = RUNTIMES[runtime_name].why_not(fmt, self.device)
         if reason:
-            raise Stated("unsupported", reason)
+            raise CaseStopped(State.UNSUPPORTED, reason)
         try:
-            ckpt = case.source.checkpoint(case.format, self.device)
+            ckpt = source.checkpoint(format_name, self.device)
         except QuantbenchError as exc:
-            raise Stated("invalid-input", exc.line(), fail=True) from None
+            raise CaseStopped(State.INVALID_INPUT, exc.line()) from None
         if not any((Path(ckpt) / name).is_file() for name in TOKENIZER_FILES):
-            raise Stated("invalid-input", f"{ckpt}: no tokenizer files: vLLM's client builds its prompts with the "
-                         "checkpoint's tokenizer. Fix: save the model's tokenizer into the directory", fail=True)
+            raise CaseStopped(State.INVALID_INPUT,
+                              f"{ckpt}: no tokenizer files: vLLM's client builds its prompts with the "
+                         "checkpoint's tokenizer. Fix: save the model's tokenizer into the directory")
         if self.device.type == "cuda":  # a build on the device left cached blocks: the server's start would see them
             import gc
 
@@ -264,18 +257,18 @@ class ServerPool:
             server.start()  # timed alone: the client starts (importing vLLM on the same cores) only after it
             serving.facts = server.facts()
             serving.client = self._ready_client()
-        except Unsupported as exc:
+        except CaseStopped:
             self._discard(serving)
-            raise Stated(exc.state, str(exc)) from None
+            raise
         except QuantbenchError as exc:  # a port in use, a client that cannot start
             self._discard(serving)
-            raise Stated("invalid-input", exc.line(), fail=True) from None
+            raise CaseStopped(State.INVALID_INPUT, exc.line()) from None
         return serving
 
     def _ready_client(self) -> Client:
         """The pool's client, started at the first server's and kept for the next ones; a client that died or
         was stopped at a deadline is replaced."""
-        if self.client is None or self.client.process.poll() is not None:
+        if self.client is None or not self.client.alive():
             self.client = Client()
         self.client.wait_ready()
         return self.client
@@ -285,23 +278,20 @@ class ServerPool:
         serving.server.stop()
         serving.server.discard_log()
 
-    def case_ended(self, case: ServingCase, state: str, reason: str) -> None:
+    def case_ended(self, case: ServingCase, state: State | str, reason: str) -> None:
         """A server that crashed, was stopped past the case's budget, or failed every request for a reason its
         log names, states the checkpoint's later points (a higher load would not be faster, nor would the
         missing kernel appear); any other end stops nothing."""
-        if state not in ("crashed", "too-slow", "unsupported") or self.key != (case.source, case.format,
-                                                                                 case.runtime):
+        key, state = (case.source, case.format, case.runtime), State(state)
+        if state not in (State.CRASHED, State.TOO_SLOW, State.UNSUPPORTED) or not self.servers.holds(key):
             return
-        words = (f"vLLM's server for {case.format} died in {case.id}" if state == "crashed" else
+        words = (f"vLLM's server for {case.format} died in {case.id}" if state is State.CRASHED else
                  f"{case.id} passed its time budget")
         # the checkpoint cannot be served here: its later points state the same reason, as a refused start does
-        self.failures[self.key] = Stated(state, reason if state == "unsupported" else f"not run: {words}: {reason}")
-        self.release()
+        self.servers.fail(key, stopped(state, reason if state is State.UNSUPPORTED else f"not run: {words}: {reason}"))
 
     def release(self) -> None:
-        if self.current is not None:
-            self._discard(self.current)
-        self.key, self.current = None, None
+        self.servers.release()
 
     def close(self) -> None:
         self.release()
@@ -315,10 +305,10 @@ def run_serving_case(benchmark, case: ServingCase, pool: ServerPool, states: Sta
                      nodeid: str = "") -> dict:
     try:
         if case.error is not None:
-            raise Stated("invalid-input", case.error, fail=True)
+            raise CaseStopped(State.INVALID_INPUT, case.error)
         serving = pool.get(case)
         reports, counters = time_rounds(benchmark, case, serving, pool)
-    except Stated as exc:
+    except CaseStopped as exc:
         pool.case_ended(case, exc.state, exc.reason)
         record_and_end(states, case, exc, nodeid)
     if benchmark.stats is None:  # --benchmark-disable
@@ -342,7 +332,7 @@ def time_rounds(benchmark, case: ServingCase, serving: Serving, pool: ServerPool
             counters["before"] = server.metrics()
         where = (plan.keep or pool.scratch) / f"{case.id}-round{n}.json"
         where.parent.mkdir(parents=True, exist_ok=True)
-        with PeakRss(server.process.pid) as rss:  # sampled while the requests run
+        with PeakRss(server.child.pid) as rss:  # sampled while the requests run
             report = _client_round(case, serving, plan, where, deadline, n)
         client_clock.advance(report["duration"])
         serving.peak_rss = max(serving.peak_rss, rss.peak)
@@ -361,15 +351,15 @@ def _client_round(case: ServingCase, serving: Serving, plan: ServingPlan, where:
         reply = serving.client.run(client_args(case, server, plan, where), deadline)
     except TimeoutError:
         server.stop()
-        raise Stated("too-slow", f"{what} not done after {plan.case_budget_s:.0f} s, budget "
+        raise CaseStopped(State.TOO_SLOW, f"{what} not done after {plan.case_budget_s:.0f} s, budget "
                      f"{plan.case_budget_s:.0f} s; kernel {selected_kernels(server.log_text())}") from None
     except QuantbenchError as exc:  # the client process died: the server's death explains it, if it died
         _server_alive(server, what)
-        raise Stated("invalid-input", exc.line(), fail=True) from None
+        raise CaseStopped(State.INVALID_INPUT, exc.line()) from None
     _server_alive(server, what)
     if "error" in reply:
-        raise Stated("invalid-input", f"vLLM's benchmark client failed at {what}: {reply['error']}. Fix: run "
-                     f"the same `vllm bench serve` arguments by hand against the server", fail=True)
+        raise CaseStopped(State.INVALID_INPUT, f"vLLM's benchmark client failed at {what}: {reply['error']}. Fix: run "
+                     f"the same `vllm bench serve` arguments by hand against the server")
     report = json.loads(where.read_text())
     if not plan.keep:
         where.unlink()
@@ -381,8 +371,8 @@ def _client_round(case: ServingCase, serving: Serving, plan: ServingPlan, where:
 def _server_alive(server: Server, what: str) -> None:
     try:
         server.check_alive(f"under load ({what})")
-    except Unsupported as exc:
-        raise Stated("crashed", str(exc)) from None
+    except CaseStopped as exc:  # a refusal's words too: it served until now, so it died
+        raise CaseStopped(State.CRASHED, exc.reason) from None
 
 
 def check_requests(case: ServingCase, report: dict, what: str, refusal=lambda: None,
@@ -395,7 +385,7 @@ def check_requests(case: ServingCase, report: dict, what: str, refusal=lambda: N
     requests."""
     sent, completed, failed = case.num_prompts, report.get("completed", 0), report.get("failed", 0)
     if completed + failed != sent:
-        raise Stated("requests-failed", f"{what}: the client counted {completed} completed + {failed} failed "
+        raise CaseStopped(State.REQUESTS_FAILED, f"{what}: the client counted {completed} completed + {failed} failed "
                      f"of {sent} sent", fail=True)
     if not failed:
         return
@@ -405,13 +395,14 @@ def check_requests(case: ServingCase, report: dict, what: str, refusal=lambda: N
         first = f"Bad Request: {refusal() or 'the server ran the same request when asked again'}"
     cause = logged_error() if failed == sent else None
     if cause:
-        raise Stated("unsupported", f"vLLM's server started with {case.format} but failed all {sent} requests at "
+        raise CaseStopped(State.UNSUPPORTED,
+                          f"vLLM's server started with {case.format} but failed all {sent} requests at "
                      f"{what}; its log: {cause}")
     if any(marker in first for marker in _TOO_LONG):
-        raise Stated("invalid-input", f"the server rejected {failed} of {sent} requests at {what}: {first}. Fix: "
-                     "shorten --qb-serve-input-len / --qb-serve-output-len or raise --qb-serve-max-model-len",
-                     fail=True)
-    raise Stated("requests-failed", f"{failed} of {sent} requests failed at {what}: {first}")
+        raise CaseStopped(State.INVALID_INPUT,
+                          f"the server rejected {failed} of {sent} requests at {what}: {first}. Fix: "
+                     "shorten --qb-serve-input-len / --qb-serve-output-len or raise --qb-serve-max-model-len")
+    raise CaseStopped(State.REQUESTS_FAILED, f"{failed} of {sent} requests failed at {what}: {first}")
 
 
 def describe(case: ServingCase, serving: Serving, plan: ServingPlan, reports: list[dict], counters: dict) -> dict:

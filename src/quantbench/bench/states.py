@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from ..errors import CaseStopped, State
+
 if TYPE_CHECKING:
     from .cases import Case
 
@@ -17,7 +19,7 @@ class StateRecorder:
     def __init__(self):
         self.records: list[dict] = []
 
-    def add(self, case: Case, state: str, reason: str, nodeid: str = "", kernel: str | None = None) -> None:
+    def add(self, case: Case, state: State | str, reason: str, nodeid: str = "", kernel: str | None = None) -> None:
         from ..formats import get_format
         fmt = get_format(case.format) if case.format else None
         self.records.append({"case": case.id, "nodeid": nodeid, "state": state, "reason": reason,
@@ -25,25 +27,17 @@ class StateRecorder:
                              **(fmt.record_fields() if fmt else {"bits": None, "display_order": None}),
                              **({"kernel": kernel} if kernel else {})})
 
-    def add_kernel(self, case, state: str, reason: str, nodeid: str = "") -> None:
+    def add_kernel(self, case, state: State | str, reason: str, nodeid: str = "") -> None:
         self.records.append({"case": case.id, "nodeid": nodeid, "state": state, "reason": reason,
                              "suite": "kernels", "kernel": case.kernel, "model": case.model, "shape": case.shape,
                              "K": case.k, "N": case.n, "M": case.m,
                              **_kernel(case.kernel).record_fields()})
 
 
-class Stated(Exception):
-    """A case that ends without a number: its state and reason are recorded, then it skips or fails."""
-
-    def __init__(self, state: str, reason: str, fail: bool = False, kernel: str | None = None):
-        super().__init__(reason)
-        self.state, self.reason, self.fail, self.kernel = state, reason, fail, kernel
-
-
-def record_and_end(states: StateRecorder, case, exc: Stated, nodeid: str, kernel: bool = False):
+def record_and_end(states: StateRecorder, case, exc: CaseStopped, nodeid: str, kernel_case: bool = False):
     """The one place a stated case is recorded and ended: pytest.fail for a wrong result or bad
     input, pytest.skip for what cannot run here."""
-    if kernel:
+    if kernel_case:
         states.add_kernel(case, exc.state, exc.reason, nodeid)
     else:
         states.add(case, exc.state, exc.reason, nodeid, kernel=exc.kernel)

@@ -3,6 +3,7 @@ baselines from a history, and a whole-run result with its PR summary (result). N
 
 from .baselines import crosses_upgrade, rerun_args, resolve_baselines  # noqa: F401
 from .decisions import (  # noqa: F401
+    BROKEN,
     DEFAULT_FAIL_ON,
     KERNEL_CHANGED_NOTE,
     KERNEL_METRIC,

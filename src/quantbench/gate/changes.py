@@ -30,6 +30,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
+from ..errors import State
 from .decisions import _mann_whitney, runs_can_decide
 
 MIN_SEGMENT = 3
@@ -242,7 +243,7 @@ def series_of(runs: list[tuple[str, dict]], metrics: tuple[str, ...] | None = No
         kernels = kernels_ran(payload)
         when, commit = payload.get("datetime") or "", record.commit(payload).get("id")
         for (case, metric), sample in samples(payload).items():
-            if sample.state != "ok" or not sample.value or sample.value <= 0 or metric == "*":
+            if sample.state != State.OK or not sample.value or sample.value <= 0 or metric == "*":
                 continue
             if (metrics and metric not in metrics) or not wildcard_match(case_pattern, case):
                 continue

@@ -13,19 +13,19 @@ from dataclasses import dataclass, replace
 from statistics import median
 from typing import TYPE_CHECKING
 
-from ..errors import QuantbenchError
+from ..errors import QuantbenchError, State
 
 if TYPE_CHECKING:
     from .thresholds import Thresholds
 
-STATES = ("regressed", "crashed", "too-slow", "requests-failed", "kernel-changed", "improved", "unchanged", "new",
-          "missing", "not-reached", "unsupported", "oom", "invalid-input", "guard-failed", "no-baseline",
-          "incomparable")
-DEFAULT_FAIL_ON = ("regressed",)
 # A case the baseline measured that now crashed, passed its time budget, or lost requests under load fails the
 # gate whatever --fail-on says: it is that case's failure, never 'missing'. Stated in both runs, it is the state,
-# as unsupported is.
-BROKEN = ("crashed", "too-slow", "requests-failed")
+# as unsupported is. The case states are errors.State's (one vocabulary); the others are the gate's own words.
+BROKEN = tuple(state.value for state in State if state.broken)
+_STATED = tuple(state.value for state in State if state not in (State.OK, State.INTERRUPTED) and not state.broken)
+STATES = ("regressed", *BROKEN, "kernel-changed", "improved", "unchanged", "new", "missing", "not-reached", *_STATED,
+          "no-baseline", "incomparable")
+DEFAULT_FAIL_ON = ("regressed",)
 STATED_IN_BOTH = "(the same in the baseline)"   # note suffix of a state both runs share: no news for a PR comment
 
 
@@ -65,7 +65,7 @@ class Sample:
     """One case's value of one metric in one run: the median and the per-round values."""
     value: float
     rounds: tuple[float, ...] = ()
-    state: str = "ok"              # ok, unsupported, oom, ...
+    state: str = State.OK          # errors.State: ok, unsupported, oom, ...
     reason: str = ""
     runs: tuple[float, ...] = ()   # the median of each run pooled into this sample, when several were
 
@@ -114,10 +114,10 @@ def decide(case: str, metric: str, current: Sample | None, baseline: Sample | No
     carries the smallest regression it could have shown (a bisection on the test: 30x the cost of the decision)."""
     if baseline is None and current is None:
         return Decision(case, metric, "missing", note="in neither run")
-    if current is not None and current.state in BROKEN and baseline is not None and baseline.state == "ok":
+    if current is not None and current.state in BROKEN and baseline is not None and baseline.state == State.OK:
         return Decision(case, metric, current.state, baseline=baseline.value,
                         note=f"measured in the baseline ({baseline.value:.4g}), {current.state} now: {current.reason}")
-    if current is not None and current.state != "ok":  # unsupported, oom, ...: that is the news, baseline or not
+    if current is not None and current.state != State.OK:  # unsupported, oom, ...: that is the news, baseline or not
         note = (f"{current.reason}; not in the baseline" if baseline is None else
                 f"{current.reason} {STATED_IN_BOTH}" if baseline.state == current.state else current.reason)
         return Decision(case, metric, current.state, note=note)
@@ -125,7 +125,7 @@ def decide(case: str, metric: str, current: Sample | None, baseline: Sample | No
         return Decision(case, metric, "new", current=current.value)
     if current is None:
         return Decision(case, metric, "missing", baseline=baseline.value, note="in the baseline, not in this run")
-    if baseline.state != "ok":
+    if baseline.state != State.OK:
         return Decision(case, metric, "new", current=current.value,
                         note=f"baseline was {baseline.state}: {baseline.reason}")
     if not (baseline.value > 0 and math.isfinite(baseline.value) and math.isfinite(current.value)):

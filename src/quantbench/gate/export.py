@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import history
+from ..errors import State
 from .inputs import samples
 from .thresholds import Thresholds
 
@@ -18,7 +19,7 @@ def github_action_benchmark(payload: dict, thresholds: Thresholds) -> dict[str, 
     out = {"customBiggerIsBetter": [], "customSmallerIsBetter": []}
     device = history.device_kind(payload)
     for (case, metric), sample in sorted(samples(payload).items()):
-        if sample.state != "ok":
+        if sample.state != State.OK:
             continue
         direction = thresholds.for_case(case, metric, device).direction
         entry = {"name": f"{case} {metric}", "unit": UNITS.get(metric, ""), "value": sample.value}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from statistics import median
 
+from ..errors import State
 from ..history import record
 from ..history.frame import ONCE_PER_CASE_METRICS, case_state, per_round_values, stated_case_name
 from ..history.store import RUN_ROUNDS_KEY
@@ -55,7 +56,7 @@ def kernels_ran(payload: dict) -> dict[str, str]:
     for bench in payload.get("benchmarks", []):
         info = record.case_info(bench)
         kernel = info.get("path") if info.get("suite") == "kernels" else info.get("kernel")
-        if kernel and case_state(bench) == "ok":
+        if kernel and case_state(bench) == State.OK:
             ran[bench["name"]] = str(kernel) + _observed(info)
     return ran
 
@@ -78,7 +79,7 @@ def merged_samples(payloads: list[dict]) -> dict:
     merged = {}
     for key in sorted(set().union(*per_run)) if per_run else []:
         got = [s[key] for s in per_run if key in s]
-        ok = [g for g in got if g.state == "ok"]
+        ok = [g for g in got if g.state == State.OK]
         if not ok:
             merged[key] = got[-1]
             continue

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..errors import State
 from . import record
 from .store import INTERRUPTED_REASON, load_run
 
@@ -52,7 +53,7 @@ def case_state(bench: dict) -> str:
     """A stored benchmark's state; no extra_info at all (files written before quantbench marked it)
     means the case was cut off inside its timed rounds."""
     info = record.case_info(bench)
-    return info.get("state", "ok" if info else "interrupted")
+    return info.get("state", State.OK if info else State.INTERRUPTED)
 
 
 def stated_case_name(state: dict) -> str:
@@ -80,7 +81,7 @@ def run_frame(payload: dict, path: Path | None = None) -> pd.DataFrame:
         info = dict(record.case_info(bench))
         stats = bench.get("stats") or {}
         state = case_state(bench)
-        if state == "interrupted":
+        if state == State.INTERRUPTED:
             info.setdefault("reason", INTERRUPTED_REASON)
         row = {**common, "name": bench.get("name"), "group": bench.get("group"), "state": state,
                "median_s": stats.get("median"), "iqr_s": stats.get("iqr"), "q1_s": stats.get("q1"),

@@ -3,6 +3,7 @@ newest run that measured it (a reference run split over several slots)."""
 
 from __future__ import annotations
 
+from ..errors import State
 from . import record
 from .frame import case_state, stated_case_name
 from .store import RUN_ROUNDS_KEY, signature
@@ -25,7 +26,7 @@ def merge_runs(payloads: list[dict]) -> dict:
     per_values: dict[str, dict[str, list[float]]] = {}  # a client's per-round values, pooled like the rounds
     for payload in payloads:
         for bench in payload.get("benchmarks", []):
-            if case_state(bench) == "interrupted":
+            if case_state(bench) == State.INTERRUPTED:
                 continue
             info = record.case_info(bench)
             # a run that is itself a merge contributes its runs, not one pooled pseudo-run
@@ -38,7 +39,7 @@ def merge_runs(payloads: list[dict]) -> dict:
         data = sorted(v for run in runs for v in run)
         if not data:
             continue
-        if case_state(bench) != "interrupted":  # the gate tests run medians when there are enough runs
+        if case_state(bench) != State.INTERRUPTED:  # the gate tests run medians when there are enough runs
             bench["extra_info"][RUN_ROUNDS_KEY] = runs
             if bench["name"] in per_values:
                 bench["extra_info"]["round_values"] = per_values[bench["name"]]
@@ -91,7 +92,7 @@ def combine_runs(payloads: list[dict]) -> dict:
     states: dict[str, dict] = {}
     for payload in ordered:
         for bench in payload.get("benchmarks", []):
-            if case_state(bench) != "interrupted" or bench["name"] not in benches:  # interrupted never wins
+            if case_state(bench) != State.INTERRUPTED or bench["name"] not in benches:  # interrupted never wins
                 benches[bench["name"]] = bench
         for state in record.states(payload):
             states[stated_case_name(state)] = state

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from .. import dispatch
+from ..errors import State
 
 BASELINE = "bf16"
 COMPILED = "+compile"  # the series-name suffix of the transformers+compile runtime
@@ -175,7 +176,7 @@ def bandwidth_lines(gen: pd.DataFrame, ceiling_gbps: float | None, ceiling_sourc
     """Per model and prompt, at the smallest batch measured: each format's decode weight bandwidth and its
     share of the copy ceiling, fastest first (the seed's 'decode bandwidth as % of peak at batch 1')."""
     out: list[str] = []
-    ok = gen[gen["state"] == "ok"] if "state" in gen else gen
+    ok = gen[gen["state"] == State.OK] if "state" in gen else gen
     if ok.empty or "decode_weight_gbps" not in ok:
         return out
     decode = ok[(ok["phase"] == "decode") & ok["decode_weight_gbps"].notna()]
@@ -205,14 +206,14 @@ def gemv_vs_gemm(gen: pd.DataFrame) -> list[str]:
     out: list[str] = []
     if gen.empty or "format" not in gen:
         return out
-    ok = gen[gen["state"] == "ok"]
+    ok = gen[gen["state"] == State.OK]
     for gemv, gemm, family in GEMV_PAIRS:
         for model in sorted(ok["model"].dropna().unique()):
             formats = set(ok[ok["model"] == model]["format"])
             if gemm not in formats:
                 continue
             if gemv not in formats:
-                stated = gen[(gen["model"] == model) & (gen["format"] == gemv) & (gen["state"] != "ok")]
+                stated = gen[(gen["model"] == model) & (gen["format"] == gemv) & (gen["state"] != State.OK)]
                 if not stated.empty:
                     row = stated.iloc[0]
                     out.append(f"GEMV VS GEMM: {model}: {gemv} could not run "
@@ -233,7 +234,7 @@ def gemv_vs_gemm(gen: pd.DataFrame) -> list[str]:
     return out
 
 
-STATED_FLAGS = {"crashed": "CRASHED", "too-slow": "TOO SLOW"}
+STATED_FLAGS = {state.value: state.flag for state in State if state.flag}
 
 
 def stated_flags(gen: pd.DataFrame) -> list[str]:
@@ -257,7 +258,7 @@ def stated_flags(gen: pd.DataFrame) -> list[str]:
 def flags(gen: pd.DataFrame) -> list[str]:
     """The seed's failure modes, found automatically."""
     out = []
-    ok = gen[gen["state"] == "ok"] if "state" in gen else gen
+    ok = gen[gen["state"] == State.OK] if "state" in gen else gen
     quantized = quantized_formats(ok)
     for (model, prompt), rows in ok.groupby(["model", "prompt_len"]):
         speed = speedup_table(ok, model, prompt, "decode")

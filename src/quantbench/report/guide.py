@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .. import gate, history
-from ..errors import BadHistory
+from ..errors import BadHistory, State
 from ..history import (
     ceilings,
     record,
@@ -266,7 +266,7 @@ def _combined_line(payload: dict) -> list[str]:
 
 
 # what the History table lists of each run against the run before
-NEWS = ("regressed", "crashed", "too-slow", "requests-failed", "kernel-changed")
+NEWS = ("regressed", *gate.BROKEN, "kernel-changed")
 HISTORY_TABLE_ROWS = 40
 
 
@@ -361,8 +361,8 @@ class Signature:
         gen = gen_all[gen_all["file"] == gen_files[-1]] if gen_files else gen_all[:0]
         kern = kern_all[kern_all["file"] == kern_files[-1]] if kern_files else kern_all[:0]
         latest = payloads[gen_files[-1] if gen_files else kern_files[-1] if kern_files else paths[-1]]
-        _check_generation_records(gen[gen["state"] == "ok"])
-        ok = findings.unknown_weights(gen[gen["state"] == "ok"].copy())
+        _check_generation_records(gen[gen["state"] == State.OK])
+        ok = findings.unknown_weights(gen[gen["state"] == State.OK].copy())
         for column in ("batch", "prompt_len", "new_tokens"):  # NaN in kernel rows made them float
             if column in ok and not ok.empty:
                 ok[column] = ok[column].astype(int)
@@ -396,7 +396,7 @@ def _check_generation_records(ok: pd.DataFrame) -> None:
 
 
 def _timed_files(rows: pd.DataFrame) -> list[str]:
-    return [f for f in rows["file"].unique() if (rows[rows["file"] == f]["state"] == "ok").any()]
+    return [f for f in rows["file"].unique() if (rows[rows["file"] == f]["state"] == State.OK).any()]
 
 
 def render_signature(paths: list[Path], out_dir: Path, thresholds: gate.Thresholds) -> Path:
@@ -604,7 +604,7 @@ def _serving_section(sig: Signature, out_dir: Path) -> list[str]:
     rows = sig.serve
     if rows is None or rows.empty:
         return []
-    ok = rows[rows["state"] == "ok"]
+    ok = rows[rows["state"] == State.OK]
     slo = next((b["extra_info"].get("slo") for b in ok["_bench"] if isinstance(b, dict)), None)
     slo_words = " and ".join(f"{k.removesuffix('_ms').upper()} p99 <= {v:g} ms" for k, v in (slo or {}).items())
     lines = ["## Serving under load", "",
@@ -634,7 +634,7 @@ def _states_section(sig: Signature) -> list[str]:
     shown_files = set(sig.gen_files[-1:] + sig.kern_files[-1:] + [sig.paths[-1]])
     frame = sig.frame
     newest = frame[frame["file"].isin(shown_files)].drop_duplicates("name", keep="last")  # frame is in run order
-    states = newest[newest["state"].notna() & (newest["state"] != "ok")]
+    states = newest[newest["state"].notna() & (newest["state"] != State.OK)]
     if states.empty:
         return []
     why = states.groupby(["state", "reason"], dropna=False).size().rename("cases").reset_index()

@@ -8,12 +8,10 @@ selected are facts of the server; a server that exits, never becomes healthy, or
 
 from __future__ import annotations
 
-import atexit
 import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +20,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..child import ChildProcess
 from ..errors import Crashed, QuantbenchError, TooSlow, Unsupported
+from ..offline import child_env
 from .base import register
 from .vllm_engine import CPU_KV_CACHE_GIB, VLLM, build, memory_args
 
@@ -33,7 +33,6 @@ HOST = "127.0.0.1"
 HEALTH_POLL_S = 0.25
 FEW_CORES = 4  # worker, engine core, API server and client each want a core
 STOP_GRACE_S = 15.0
-LOG_TAIL_BYTES = 64_000
 # A traceback's last line ("ValueError: ...") is the reason vLLM gives; a log prefix "(APIServer pid=1) " goes.
 _ERROR_LINE = re.compile(r"^(?:\(\w+ pid=\d+\)\s*)?(?:\w+\.)*(\w*(?:Error|Exception)): (.+)$")
 _SELECTED = re.compile(r"(?:Selected|Using) (\w+Kernel\w*) for (\w+)")
@@ -157,11 +156,10 @@ class Server:
 
     def __init__(self, fmt, ckpt: Path, device, config: ServerConfig):
         self.fmt, self.ckpt, self.device, self.config = fmt, Path(ckpt), device, config
-        self.process: subprocess.Popen | None = None
+        self.child: ChildProcess | None = None
         self.port: int | None = None
         self.start_s: float | None = None
         self.in_process_model = False
-        self.watchdog: subprocess.Popen | None = None
         # On CUDA vLLM's share of the device sized from what is free when the server is made (its default 0.92 of
         # the whole device refuses to start beside anything resident); recorded with the server's facts.
         share = memory_args(device).get("gpu_memory_utilization")
@@ -197,39 +195,34 @@ class Server:
                     raise
 
     def _launch_and_wait(self) -> None:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               # a proxy set for the package registries must not capture loopback requests (aiohttp trust_env)
-               "NO_PROXY": f"{HOST},localhost", "no_proxy": f"{HOST},localhost"}
+        env = child_env()
         if self.device.type == "cpu":
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
             if few_cores():  # a value the user set is kept
                 env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.in_process_model = env.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
+        self.log_path.write_bytes(b"")  # a second attempt's log is its own
         start = time.perf_counter()
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen([*self.command(), "--port", str(self.port)], stdout=log,
-                                            stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                            preexec_fn=_term_with_parent)  # noqa: PLW1509 - a prctl call only
-        self.watchdog = _watch_group(self.process.pid)
-        _LIVE.add(self)
-        deadline = start + self.config.start_budget_s
-        while not self.healthy():
-            if self.process.poll() is not None:
-                self.stop()
-                self._raise_exit("while starting")
-            if time.perf_counter() > deadline:
-                self.stop()
-                raise TooSlow(f"vLLM's server for {self.fmt.name} was not healthy after "
-                              f"{self.config.start_budget_s:.0f} s, start budget {self.config.start_budget_s:.0f} s "
-                              f"(--qb-start-budget); last log line: {self.last_line()}")
-            time.sleep(HEALTH_POLL_S)
+        self.child = ChildProcess.command(f"vLLM's server for {self.fmt.name}",
+                                          [*self.command(), "--port", str(self.port)], self.log_path, env=env,
+                                          grace_s=STOP_GRACE_S, watchdog=True)
+        try:
+            up = self.child.wait_until(time.monotonic() + self.config.start_budget_s, self.healthy, HEALTH_POLL_S)
+        except TimeoutError:
+            self.stop()
+            raise TooSlow(f"vLLM's server for {self.fmt.name} was not healthy after "
+                          f"{self.config.start_budget_s:.0f} s, start budget {self.config.start_budget_s:.0f} s "
+                          f"(--qb-start-budget); last log line: {self.last_line()}") from None
+        if not up:
+            self.stop()
+            self._raise_exit("while starting")
         self.start_s = time.perf_counter() - start
 
     def _raise_exit(self, when: str):
         text = self.log_text()
         if _PORT_TAKEN.search(text):
             raise PortInUse(self.port)
-        code = self.process.returncode
+        code = self.child.exitcode()
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
         words = log_reason(text)
         if code < 0:
@@ -244,20 +237,15 @@ class Server:
             return False
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.child is not None and self.child.alive()
 
     def check_alive(self, when: str) -> None:
         """Raise Crashed with the log's reason when the server is gone (a crash under load is a state)."""
-        if self.process is not None and self.process.poll() is not None:
+        if self.child is not None and not self.child.alive():
             self._raise_exit(when)
 
     def log_text(self) -> str:
-        try:
-            with open(self.log_path, "rb") as log:
-                log.seek(max(0, log.seek(0, 2) - LOG_TAIL_BYTES))
-                return log.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return self.child.log_text() if self.child is not None else ""
 
     def logged_error(self) -> str | None:
         """The error the server's log names (its last exception line with its continuation), or None where the
@@ -316,7 +304,7 @@ class Server:
             "vllm_compilation": "eager" if self.config.enforce_eager else "vLLM's default (compiled)",
             "kernel": selected_kernels(text),
             "server_command": " ".join(self.command()[1:]), "server_start_s": self.start_s,
-            "server_rss_bytes": process_tree_rss(self.process.pid), "device_bytes_used": _device_bytes(self.device),
+            "server_rss_bytes": process_tree_rss(self.child.pid), "device_bytes_used": _device_bytes(self.device),
             "kv_cache_memory_bytes": _number(cache.get("kv_cache_memory_bytes")),
             "kv_cache_tokens": _number(cache.get("kv_cache_size_tokens")),
             "kv_cache_max_concurrency": _number(cache.get("kv_cache_max_concurrency")),
@@ -330,90 +318,11 @@ class Server:
         """SIGTERM to the server's process group (its engine core and workers), SIGKILL after a grace; returns
         once the whole group is gone, so the next server finds the device released (a process's device memory
         is freed when it exits, and a worker can outlive the API server by seconds)."""
-        _LIVE.discard(self)
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            for sig, wait_s in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5.0)):
-                try:
-                    os.killpg(self.process.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    self.process.wait(wait_s)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        try:  # workers left behind in the group once the server itself is gone
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if self.watchdog is not None:
-            self.watchdog.kill()
-            self.watchdog.wait()
-            self.watchdog = None
-        wait_group_gone(self.process.pid, GROUP_GONE_S)
+        if self.child is not None:
+            self.child.stop()
 
     def discard_log(self) -> None:
         self.log_path.unlink(missing_ok=True)
-
-
-# ----------------------------------------------------------------------------- a server never outlives pytest
-GROUP_GONE_S = 30.0
-_LIVE: set[Server] = set()
-# A watchdog in a session of its own, reading a pipe only pytest holds open: when pytest dies however it dies (a
-# runner's command limit sends SIGKILL, which runs no teardown or exit hook; a kill of pytest's own process group
-# does not reach it), the read ends and the server's group gets SIGTERM, then SIGKILL after the grace.
-_WATCHDOG = """import os, signal, sys, time
-sys.stdin.buffer.read()
-group = int(sys.argv[1])
-try:
-    os.killpg(group, signal.SIGTERM)
-    time.sleep(float(sys.argv[2]))
-    os.killpg(group, signal.SIGKILL)
-except ProcessLookupError:
-    pass
-"""
-
-
-def _term_with_parent() -> None:
-    """In the server's process: PR_SET_PDEATHSIG, SIGTERM when pytest goes (vLLM's API server then shuts its
-    engine down); the watchdog covers the group."""
-    try:
-        import ctypes
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-
-
-def _watch_group(group: int) -> subprocess.Popen:
-    """The watchdog that ends the server's process ``group`` when this process dies (see _WATCHDOG). Its stdin's
-    write end stays open in this process only (close_fds): EOF exactly when pytest is gone."""
-    return subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(group), str(STOP_GRACE_S)],
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-
-
-def wait_group_gone(group: int, limit_s: float) -> bool:
-    """Poll until no process of ``group`` is left (zombies reaped by their parents), at most ``limit_s``."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            pass
-        time.sleep(0.1)
-    return False
-
-
-@atexit.register
-def _stop_live_servers() -> None:
-    """A pytest that exits without its session teardown (sys.exit from a hook, an uncaught error) stops its
-    servers here; SIGKILL runs no exit hook: the watchdog handles that."""
-    for server in list(_LIVE):
-        server.stop()
 
 
 class PortInUse(QuantbenchError):
