@@ -39,7 +39,13 @@ def test_formats_and_runtimes_are_chosen_independently():
     assert parse_pairs("ct-w4a16,awq-gemm", "transformers,transformers+compile") == [
         ("ct-w4a16", "transformers"), ("ct-w4a16", "transformers+compile"),
         ("awq-gemm", "transformers"), ("awq-gemm", "transformers+compile")]
-    assert parse_pairs("bf16", "all") == [("bf16", name) for name in RUNTIMES]
+    from quantbench.bench.selection import runtime_axis
+    from quantbench.servers import SERVERS
+    # 'all' is every runtime, then every server; a server is on the axis but is no runtime (it cannot be opened)
+    assert parse_pairs("bf16", "all") == [("bf16", name) for name in [*RUNTIMES, *SERVERS]] == \
+        [("bf16", name) for name in runtime_axis()]
+    assert "vllm-serve" in SERVERS and "vllm-serve" not in RUNTIMES
+    assert parse_pairs("bf16@vllm-serve,bf16@vllm+eager") == [("bf16", "vllm-serve"), ("bf16", "vllm+eager")]
     with pytest.raises(QuantbenchError, match="unknown runtime 'nope'"):
         parse_pairs("bf16", "nope")
 

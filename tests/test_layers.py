@@ -20,7 +20,9 @@ ALLOWED = {
     "formats": set(),
     "runtimes": {"formats"},
     "kernels": {"formats"},
-    "bench": {"formats", "runtimes", "kernels", "history"},
+    # a server (measured under load, not opened as a model) loads a format's checkpoint as an engine would
+    "servers": {"formats", "runtimes"},
+    "bench": {"formats", "runtimes", "kernels", "history", "servers"},
     # a bisection names its case by the registered formats and runtimes, runs the suite, decides with the gate
     "bisect": {"formats", "runtimes", "gate"},
 }

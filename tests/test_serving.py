@@ -19,7 +19,7 @@ from quantbench.history import merge_runs
 from quantbench.history.frame import per_round_values
 from quantbench.paths import THRESHOLDS
 from quantbench.report import serving as report_serving
-from quantbench.runtimes.vllm_server import log_reason, selected_kernels
+from quantbench.servers.vllm import log_reason, selected_kernels
 
 from .conftest import run_cli, run_pytest
 
@@ -352,12 +352,12 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[-1])), Health).serve_forever()
 # pytest's part: start the stand-in through Server.start, report its log, then wait to be killed.
 _PARENT = """import sys, time, torch
 from pathlib import Path
-from quantbench.runtimes import vllm_server
-class Fake(vllm_server.Server):
+from quantbench.servers import ServerConfig, vllm
+class Fake(vllm.VLLMServer):
     def command(self):
         return [sys.executable, "-c", sys.argv[1]]
 fmt = type("F", (), {"name": "bf16", "dtype": torch.bfloat16})()
-server = Fake(fmt, Path("."), torch.device("cpu"), vllm_server.ServerConfig(1, 64, True, start_budget_s=60))
+server = Fake(fmt, Path("."), torch.device("cpu"), ServerConfig(1, 64, True, start_budget_s=60))
 server.start()
 print(server.log_path, flush=True)
 time.sleep(600)
@@ -418,7 +418,7 @@ def test_the_servers_peak_memory_is_sampled_under_load_not_after_it():
     import subprocess
     import sys
 
-    from quantbench.runtimes.vllm_server import PeakRss, process_tree_rss
+    from quantbench.servers import PeakRss, process_tree_rss
 
     serve = ("import sys, time\nsys.stdin.readline()\nheld = bytearray(200 * 2**20)\nfor i in range(0, len(held), 4096):"
              "\n    held[i] = 1\nprint('serving', flush=True)\ntime.sleep(0.6)\ndel held\nprint('done', flush=True)\n"

@@ -1,5 +1,5 @@
 """The one supervisor of every child process the suite starts: an isolated engine worker (bench.isolation), vLLM's
-server (runtimes.vllm_server) and vLLM's benchmark client (bench.serving).
+server (servers.vllm) and vLLM's benchmark client (bench.serving).
 
 Each child runs in its own process group (a stop takes the helpers it started: compile workers, vLLM's engine
 core), writes its output to a log file, dies with this process (a parent-death signal, and for a server a

@@ -48,8 +48,9 @@ def cmd_formats(args) -> int:
     print(f"{'format':<20} {'checkpoint':<16} {'bits':<4} {'library':<32} what")
     for fmt in FORMATS.values():
         print(f"{fmt.name:<20} {fmt.checkpoint:<16} {fmt.bits or 16:<4} {fmt.library:<32} {fmt.description}")
-    print("\nruntimes (--qb-runtimes):")
-    for runtime in RUNTIMES.values():
+    from .servers import SERVERS
+    print("\nruntimes (--qb-runtimes; the servers last, measured under load by benchmarks/test_serving.py):")
+    for runtime in [*RUNTIMES.values(), *SERVERS.values()]:
         also = f" (also: <format>{runtime.format_suffix})" if runtime.format_suffix else ""
         print(f"{runtime.name:<20} {runtime.description}{also}")
     return 0

@@ -194,7 +194,7 @@ def _prepare(case: KernelCase, kernel, device, cache: PreparedCache, llc: int):
         raise CaseStopped(State.OOM, str(exc)[:200]) from None
     if not err <= kernels.tolerance(kernel):
         raise CaseStopped(State.GUARD_FAILED, f"{case.kernel} output differs from fp32 reference: rel err {err:.4g} "
-                     f"(bound {kernels.tolerance(kernel)})")
+                          f"(bound {kernels.tolerance(kernel)})")
     return prepared, x, err
 
 

