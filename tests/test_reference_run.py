@@ -3,6 +3,7 @@ broken stage must show here, not on the lent machine."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -17,6 +18,11 @@ SCRIPT = REPO / "tools" / "reference_run.sh"
 
 
 def reference_run(tmp_path, *stages, **knobs):
+    # the tiny checkpoints the session built (tests/conftest.py: the build_fixtures the build stage runs, which asks
+    # for --device cuda), copied where the script keeps its own (QB_STATE/cache): building them again inside the
+    # sweep cost each run ~30 s of CI
+    from quantbench.formats.checkpoints import cache_root
+    shutil.copytree(cache_root() / "tiny", tmp_path / "state" / "cache" / "tiny", dirs_exist_ok=True)
     env = {**os.environ, "OUT": str(tmp_path / "out"), "QB_STATE": str(tmp_path / "state"),
            # the interpreter running the tests is the one the script's python3 must be
            "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -27,7 +33,7 @@ def reference_run(tmp_path, *stages, **knobs):
                           timeout=900)
 
 
-def test_the_reference_stages_run_and_write_what_the_guide_needs(tmp_path):
+def test_the_reference_stages_run_and_write_what_the_guide_needs(tiny_checkpoints, tmp_path):
     # setup is left out: it installs the offline wheel folder (.whl, built for the GPU machine's Python)
     result = reference_run(tmp_path, "gptq", "sweep", "hf", "kernels", "repeat", "report")
     out = tmp_path / "out"
@@ -51,7 +57,7 @@ def test_the_reference_stages_run_and_write_what_the_guide_needs(tmp_path):
     assert list((out / "history").glob("*/*.json"))  # every stage copies the history to OUT
 
 
-def test_a_stage_past_the_deadline_is_skipped_with_a_line(tmp_path):
+def test_a_stage_past_the_deadline_is_skipped_with_a_line(tiny_checkpoints, tmp_path):
     result = reference_run(tmp_path, "sweep", "gptq", QB_DEADLINE=str(int(time.time())))
     timings = (tmp_path / "out" / "timings.txt").read_text()
     assert result.returncode == 0
@@ -81,7 +87,7 @@ def test_the_plan_predicts_every_pytest_stage_within_a_slot_without_a_gpu(tmp_pa
     assert not (tmp_path / "out" / "sweep-current.json").exists()  # nothing ran
 
 
-def test_a_shard_of_a_stage_runs_its_part_of_the_cases(tmp_path):
+def test_a_shard_of_a_stage_runs_its_part_of_the_cases(tiny_checkpoints, tmp_path):
     result = reference_run(tmp_path, "sweep:2", QB_NO_SHARDS="", QB_SWEEP_FORMATS="bf16,ct-w4a16,awq-gemm")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run = json.loads((tmp_path / "out" / "sweep-current-s2.json").read_text())
