@@ -162,7 +162,7 @@ def _child_main(conn, counter, log_path: str, fault_path: str, request: OpenRequ
 
 def _failure(exc: BaseException) -> tuple:
     if isinstance(exc, CaseStopped):
-        return ("stated", exc.state.value, exc.reason, exc.kernel)
+        return ("stated", exc.state.value, exc.reason, exc.kernel, exc.fail)
     return ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
 
 

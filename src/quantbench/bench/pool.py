@@ -130,12 +130,13 @@ class ModelPool:
         shape no smaller is stated without running, the others get a new one. Every state that ends a process
         (oom too) drops the model."""
         key, state = (case.source, case.format, case.runtime), State(state)
-        if state is State.CRASHED and self.models.holds(key):
+        held = self.models.holds(key)  # fail() below releases it: the release here still frees its memory
+        if state is State.CRASHED and held:
             self.models.fail(key, Crashed(f"not run: the process running {case.format} on {case.runtime} died in "
                                           f"{case.id}: {reason}"))
         if state is State.TOO_SLOW:
             self.too_slow.setdefault((*key, case.phase), []).append(case)
-        if state.ends_process and self.models.holds(key):
+        if state.ends_process and held:
             self.release()
 
     def kernel_fields(self, case, prepared: Prepared):

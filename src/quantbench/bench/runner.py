@@ -55,7 +55,8 @@ def run_case(benchmark, case: Case, pool: ModelPool, options: RunOptions, states
             info = describe(case, prepared, options, peak, step_times, benchmark.stats.stats.median,
                             runtime_facts)
         except CaseStopped as exc:
-            raise stopped(exc.state, f"after its rounds, reading its facts: {exc.reason}", clock.kernel) from None
+            raise stopped(exc.state, f"after its rounds, reading its facts: {exc.reason}", clock.kernel,
+                          exc.fail) from None
     except CaseStopped as exc:
         pool.case_ended(case, exc.state, exc.reason)
         record_and_end(states, case, exc, nodeid)
@@ -125,7 +126,7 @@ def prepare(case: Case, pool: ModelPool, options: RunOptions):
     except torch.cuda.OutOfMemoryError as exc:
         raise CaseStopped(State.OOM, f"CUDA out of memory while compiling: {str(exc)[:200]}") from None
     except CaseStopped as exc:
-        raise stopped(exc.state, exc.reason, exc.kernel or kernel) from None
+        raise stopped(exc.state, exc.reason, exc.kernel or kernel, exc.fail) from None
     except CompileMismatch as exc:
         raise CaseStopped(State.GUARD_FAILED, str(exc)) from None
 
@@ -183,7 +184,7 @@ def time_case(benchmark, case: Case, prepared, ids, options: RunOptions,
     except BadCheckpoint as exc:
         raise CaseStopped(State.INVALID_INPUT, exc.line()) from None
     except CaseStopped as exc:  # what an engine finds it cannot do at this shape (vLLM: a prefill in two steps),
-        raise stopped(exc.state, exc.reason, exc.kernel or clock.kernel) from None  # a crash, a case past its budget
+        raise stopped(exc.state, exc.reason, exc.kernel or clock.kernel, exc.fail) from None  # a crash, past its budget
     return step_times, peak
 
 
