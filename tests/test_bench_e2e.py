@@ -161,6 +161,8 @@ def test_a_run_past_its_deadline_ends_cleanly_with_its_json_history_and_the_case
     assert any(s.get("suite") == "kernels" for s in states) and any(s.get("batch") == 2 for s in states)
     assert all(s["reason"].startswith("not reached: --qb-deadline 600 s passed") for s in states)
     assert f"{len(states)} case(s) not run, stated not-reached" in result.stdout
+    # the progress line counts the cases passed over at the deadline as done: the run ends at 100%
+    assert f"quantbench: {1 + len(states)}/{1 + len(states)} cases (100%)" in result.stdout
     assert len(list(root.glob("*/*.json"))) == 1 and "quantbench: history saved to" in result.stdout
 
 

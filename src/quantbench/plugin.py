@@ -10,6 +10,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,9 @@ def pytest_addoption(parser):
                     help="serving suite: the server's engine (auto: eager on CPU, compiled on GPU)")
     group.addoption("--qb-serve-keep", default=None, metavar="DIR",
                     help="serving suite: keep vLLM's client result JSON of every round here")
+    group.addoption("--qb-progress", type=float, default=30.0, metavar="S",
+                    help="print how far the run is (cases done, time so far, an estimate of what is left) at most "
+                         "every S seconds and after the last case; 0: never")
     group.addoption("--qb-history", default=None, metavar="DIR|URL",
                     help="store this run under DIR/<machine signature>/, or in a PostgreSQL database "
                          "(postgresql://...; credentials from the URL, PG* variables or ~/.pgpass)")
@@ -176,6 +180,10 @@ class RunState:
     journaled: tuple = (0, 0)                           # benchmarks and states already in the journal
     journal_left: Path | None = None                    # a journal kept because the run's JSON was not written
     case_ids: list = field(default_factory=list)        # node ids of the run's quantbench cases, as collected
+    progress: object = None                             # bench.progress.Progress: how far the run is
+    progress_started: float = 0.0                       # when the first case started (monotonic)
+    progress_said: float = 0.0                          # when the progress line was last printed (monotonic)
+    case_started: float = 0.0                           # when the running case started (monotonic)
     not_reached: int = 0                                # cases the deadline stated without running
 
 
@@ -504,6 +512,7 @@ def pytest_collection_finish(session):
     device = config.getoption("qb_plan")
     if not device:
         _open_journal(session)
+        _start_progress(session)
         return
     from .bench import plan
     from .bench.shards import deal, unit_of
@@ -529,6 +538,45 @@ def pytest_collection_finish(session):
     pytest.exit("quantbench plan printed; nothing was run", returncode=0)
 
 
+def _start_progress(session) -> None:
+    from .bench.progress import Progress
+    state = run_state(session.config)
+    kinds = [_progress_kind(item) for item in session.items if _case_of(item)[0] is not None]
+    state.progress = Progress(kinds) if kinds else None
+    state.progress_started = state.progress_said = time.monotonic()
+
+
+def _progress_kind(item) -> str:
+    """Cases of one kind cost about the same: a generation case by runtime and phase, a kernel case by kernel,
+    a serving case by server."""
+    case, kernel = _case_of(item)
+    what = case.kernel if kernel else f"{case.runtime}:{getattr(case, 'phase', 'serving')}"
+    return f"{item.module.__name__}:{what}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    run_state(item.config).case_started = time.monotonic()
+
+
+def _progress_case_ended(item, seconds: float | None) -> None:
+    """One case of the run ended (timed, stated, or passed over at the deadline): the progress line, at most every
+    --qb-progress seconds and after the last case."""
+    config = item.config
+    state = run_state(config)
+    progress = state.progress
+    if progress is None or _case_of(item)[0] is None:
+        return
+    progress.finish(_progress_kind(item), seconds)
+    every, now = config.getoption("qb_progress"), time.monotonic()
+    if every <= 0 or (now - state.progress_said < every and progress.done < progress.total):
+        return
+    state.progress_said = now
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(progress.line(now - state.progress_started))
+
+
 def _open_journal(session) -> None:
     """The run's journal beside its --benchmark-json (history.journal): a header now, each case as it ends."""
     from .history import journal
@@ -541,13 +589,14 @@ def _open_journal(session) -> None:
         return
     try:
         state.journal = journal.Journal(_journal_location(config, state))
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         import pytest_benchmark
+
         from .history import redact
         commit_info = config.hook.pytest_benchmark_generate_commit_info(config=config)
         config.hook.pytest_benchmark_update_commit_info(config=config, commit_info=commit_info)
-        state.journal.append({"kind": "header", "datetime": datetime.now(timezone.utc).isoformat(),
+        state.journal.append({"kind": "header", "datetime": datetime.now(UTC).isoformat(),
                               "version": pytest_benchmark.__version__,
                               "machine_info": bench_session.get_machine_info(), "commit_info": commit_info,
                               "args": [redact(arg) for arg in config.invocation_params.args], "cases": cases})
@@ -558,9 +607,10 @@ def _open_journal(session) -> None:
 
 @pytest.hookimpl(hookwrapper=True, trylast=True)
 def pytest_runtest_teardown(item, nextitem):
-    """After each case's teardown: the timed entries and stated records it added, into the journal."""
+    """After each case's teardown: the timed entries and stated records it added, into the journal; the progress."""
     yield
     _journal_new_entries(item.config)
+    _progress_case_ended(item, time.monotonic() - run_state(item.config).case_started)
 
 
 def _journal_location(config, state) -> Path:
@@ -619,6 +669,7 @@ def pytest_runtest_protocol(item, nextitem):
     if case is not None:
         (state.states.add_kernel if kernel else state.states.add)(case, "not-reached", reason, item.nodeid)
     state.not_reached += 1
+    _progress_case_ended(item, None)
     return True
 
 
