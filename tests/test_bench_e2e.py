@@ -65,6 +65,7 @@ def test_user_checkpoint_of_another_architecture_is_detected_and_benchmarked(tmp
 
 
 @pytest.mark.stack_independent  # the harness's own loop around the model
+@pytest.mark.timing
 def test_harness_overhead_is_small(tiny_checkpoints, tmp_path):
     # A busy neighbour can slow either side for a whole measurement (on 2026-11-23 this VM ran whole
     # seconds at 1.3-2x the time); a real harness overhead shows up in every attempt, so the best of

@@ -54,6 +54,7 @@ def fake_index(tmp_path_factory):
     return folder
 
 
+@pytest.mark.timing  # A/B pairs side by side, one core each
 def test_a_planted_slow_release_is_found_past_an_unbuildable_and_a_crashing_one(fake_index, tiny_checkpoints,
                                                                                 tmp_path):
     out = run_cli("bisect", "--package", "qbslow", "--good", "1.0.0", "--bad", VERSIONS[-1],

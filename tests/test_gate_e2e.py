@@ -23,7 +23,7 @@ from quantbench import history
 
 from .conftest import REPO, run_cli, run_pytest, run_pytest_side_by_side
 
-pytestmark = pytest.mark.stack_independent
+pytestmark = [pytest.mark.stack_independent, pytest.mark.timing]  # A/B pairs side by side, one core each
 
 # The decode cases only: the suite decision rests on their 16 decode throughputs, a prefill case is gated by the same
 # code on another metric, and each pair costs ~5 s less (14 pairs a CI run); fewer decisions also give an A/A run

@@ -254,6 +254,7 @@ def _known_run(tmp_path, *extra) -> dict:
 
 
 @pytest.mark.stack_independent
+@pytest.mark.timing  # a known answer within 2%
 def test_an_isolated_child_times_its_own_calls_and_a_slowdown_injected_there_reads_as_injected(tiny_checkpoints,
                                                                                               tmp_path):
     """3ae1c25 timed an isolated case in the parent less a global count of the pipe's share, so wall_vs_child_round

@@ -6,6 +6,7 @@ vocabulary built here, and calibration text is generated from a seeded RNG.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -81,9 +82,27 @@ def is_built(path: Path) -> bool:
     return (path / ".complete").is_file()
 
 
-def _build_into(final: Path, build, force: bool = False) -> dict:
-    """Build in a temp folder beside ``final`` and rename: a crash never leaves a half checkpoint."""
+class BuildingElsewhere(Exception):
+    """Another process holds this checkpoint's build (``ensure_checkpoint(..., wait=False)``)."""
+
+
+def _build_into(final: Path, build, force: bool = False, wait: bool = True) -> dict:
+    """Build in a temp folder beside ``final`` and rename: a crash never leaves a half checkpoint. One build of a
+    checkpoint at a time across processes (side-by-side benchmark runs, parallel test workers): a process that
+    finds another building it waits for that build and takes it instead of building its own copy, or with
+    ``wait=False`` raises BuildingElsewhere at once."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".{final.name}.lock", "a") as lock:
+        try:  # released when the file closes, or by the kernel when the process dies
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise BuildingElsewhere(final.name) from None
+        if is_built(final) and not force:
+            return json.loads((final / ".complete").read_text() or "{}")
+        return _build_unlocked(final, build, force)
+
+
+def _build_unlocked(final: Path, build, force: bool) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         facts = build(tmp) or {}
@@ -123,8 +142,9 @@ def build_dense(spec: ModelSpec, out: Path, device: torch.device) -> dict:
 
 
 def ensure_checkpoint(spec: ModelSpec, kind: str, device: torch.device | str = "cpu",
-                      force: bool = False) -> Path:
-    """Path of the built checkpoint of this kind for the spec, building it (and the dense base) if needed."""
+                      force: bool = False, wait: bool = True) -> Path:
+    """Path of the built checkpoint of this kind for the spec, building it (and the dense base) if needed.
+    ``wait=False``: BuildingElsewhere when another process is building this kind (never for the dense base)."""
     from .base import BUILDERS
 
     device = torch.device(device)
@@ -141,7 +161,7 @@ def ensure_checkpoint(spec: ModelSpec, kind: str, device: torch.device | str = "
         reference = torch.load(dense / REFERENCE_FILE)
         texts = calibration_texts(spec.vocab_size, seed=spec.seed)
         try:
-            _build_into(out, lambda tmp: BUILDERS[kind](spec, dense, tmp, device, reference, texts), force)
+            _build_into(out, lambda tmp: BUILDERS[kind](spec, dense, tmp, device, reference, texts), force, wait)
         except (QuantbenchError, Unsupported, torch.cuda.OutOfMemoryError, MemoryError):
             raise
         except Exception as exc:  # a library that fails inside its own quantizer
@@ -164,12 +184,20 @@ def build_fixtures(model: str, format_names: list[str], device: torch.device | s
     kinds = ["dense"] + sorted({get_format(f).checkpoint for f in format_names} - {"dense"})
     built = {}
     UNBUILDABLE.clear()
-    for kind in tqdm(kinds, desc=f"fixtures {spec.name}", disable=not progress, unit="ckpt"):
-        try:
-            built[kind] = ensure_checkpoint(spec, kind, device, force=force)
-        except Unsupported as exc:
-            UNBUILDABLE[kind] = str(exc)
-    return built
+    bar = tqdm(total=len(kinds), desc=f"fixtures {spec.name}", disable=not progress, unit="ckpt")
+    # Processes that need the same checkpoints share the work: a kind another process is building is left for later
+    # (a second pass waits for it), so two parallel test workers build half each instead of one waiting for all.
+    for wait in (False, True):
+        for kind in [kind for kind in kinds if kind not in built and kind not in UNBUILDABLE]:
+            try:
+                built[kind] = ensure_checkpoint(spec, kind, device, force=force, wait=wait)
+            except BuildingElsewhere:
+                continue
+            except Unsupported as exc:
+                UNBUILDABLE[kind] = str(exc)
+            bar.update()
+    bar.close()
+    return {kind: built[kind] for kind in kinds if kind in built}
 
 
 # kind -> why the last build_fixtures could not build it here
