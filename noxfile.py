@@ -197,16 +197,21 @@ def tests(session: nox.Session, stack: str) -> None:
     # Gate statistics and kernel timing do not depend on the transformers stack: run them once; the vllm
     # stack runs the tests of vLLM's engine only (the others skip them, saying vLLM is not installed).
     select = {"legacy": "not stack_independent and not vllm", "vllm": "vllm"}.get(stack)
+    # The tests start several hundred pytest and quantbench processes, each importing quantbench and rewriting the
+    # test modules' asserts: with PYTHONDONTWRITEBYTECODE set (some CI images set it) each compiles them again, ~1 s
+    # a process on a 2-core VM. Bytecode is written once here (__pycache__ is git-ignored).
+    env = {"PYTHONDONTWRITEBYTECODE": None}
     if stack == "vllm":  # one engine at a time: each takes both cores while it compiles and serves
-        session.run("pytest", "tests", "--durations=25", "-m", select, *session.posargs)  # the slowest, in every log
+        session.run("pytest", "tests", "--durations=25", "-m", select, *session.posargs, env=env)  # the slowest
         return
     # Most tests wait on a benchmark subprocess that runs on one core (single-threaded torch), so two run at a time;
     # the tests that assert on a measured speed (marked timing: the gate's A/B pairs side by side, the overhead and
     # known-answer bounds) run after them, alone on the machine. Exit 5: a -k that selects none of one part.
     both = f"({select}) and " if select else ""
     session.run("pytest", "tests", "--durations=25", "-m", f"{both}not timing", "-n", str(TEST_WORKERS),
-                "--dist", "loadfile", *session.posargs, success_codes=[0, 5])
-    session.run("pytest", "tests", "--durations=25", "-m", f"{both}timing", *session.posargs, success_codes=[0, 5])
+                "--dist", "loadfile", *session.posargs, success_codes=[0, 5], env=env)
+    session.run("pytest", "tests", "--durations=25", "-m", f"{both}timing", *session.posargs, success_codes=[0, 5],
+                env=env)
 
 
 @nox.session(venv_params=VENV_PARAMS)

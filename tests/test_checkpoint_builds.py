@@ -50,3 +50,20 @@ def test_kinds_another_process_is_building_are_left_for_last(monkeypatch):
     assert [kind for kind, _ in calls] == ["dense", "awq-gemm", "ct-w4a16", "gptq", "awq-gemm"]
     assert calls[-1] == ("awq-gemm", True)  # the second pass waits for the other process's build
     assert list(built) == ["dense", "awq-gemm", "ct-w4a16", "gptq"]  # in the usual order
+
+
+def test_a_kind_another_process_is_building_is_said_so_not_called_unbuildable(tiny_checkpoints, tmp_path, monkeypatch):
+    """ensure_checkpoint turns a builder's own exception into 'unsupported: building ... failed'; a build held by
+    another process is not that (the first parallel CI run stated awq-gemm unbuildable on one worker, and its tests
+    failed on the missing checkpoint)."""
+    import shutil
+
+    from quantbench.formats.checkpoints import checkpoint_dir, ensure_checkpoint
+    from quantbench.specs import load_spec
+    monkeypatch.setenv("QUANTBENCH_CACHE", str(tmp_path / "cache"))
+    spec = load_spec("tiny")
+    shutil.copytree(tiny_checkpoints["dense"], checkpoint_dir(spec, "dense"))  # the dense base, built
+    held = _hold_lock(checkpoint_dir(spec, "awq-gemm"))
+    with pytest.raises(BuildingElsewhere):
+        ensure_checkpoint(spec, "awq-gemm", "cpu", wait=False)
+    held.close()

@@ -162,7 +162,7 @@ def ensure_checkpoint(spec: ModelSpec, kind: str, device: torch.device | str = "
         texts = calibration_texts(spec.vocab_size, seed=spec.seed)
         try:
             _build_into(out, lambda tmp: BUILDERS[kind](spec, dense, tmp, device, reference, texts), force, wait)
-        except (QuantbenchError, Unsupported, torch.cuda.OutOfMemoryError, MemoryError):
+        except (QuantbenchError, Unsupported, BuildingElsewhere, torch.cuda.OutOfMemoryError, MemoryError):
             raise
         except Exception as exc:  # a library that fails inside its own quantizer
             # stated once, in the library's words, and cached by the pool: never rebuilt for every case
