@@ -181,6 +181,7 @@ class RunState:
     journal_left: Path | None = None                    # a journal kept because the run's JSON was not written
     case_ids: list = field(default_factory=list)        # node ids of the run's quantbench cases, as collected
     progress: object = None                             # bench.progress.Progress: how far the run is
+    progress_kinds: dict = field(default_factory=dict)  # node id -> its kind of case, for the progress line
     progress_started: float = 0.0                       # when the first case started (monotonic)
     progress_said: float = 0.0                          # when the progress line was last printed (monotonic)
     case_started: float = 0.0                           # when the running case started (monotonic)
@@ -540,10 +541,14 @@ def pytest_collection_finish(session):
 
 def _start_progress(session) -> None:
     from .bench.progress import Progress
-    state = run_state(session.config)
-    kinds = [_progress_kind(item) for item in session.items if _case_of(item)[0] is not None]
-    state.progress = Progress(kinds) if kinds else None
+    config = session.config
+    state = run_state(config)
+    state.progress_kinds = {item.nodeid: _progress_kind(item) for item in session.items
+                            if _case_of(item)[0] is not None}
+    state.progress = Progress(list(state.progress_kinds.values())) if state.progress_kinds else None
     state.progress_started = state.progress_said = time.monotonic()
+    if state.progress is not None and not config.pluginmanager.has_plugin("quantbench-progress"):
+        config.pluginmanager.register(ProgressLine(config), "quantbench-progress")
 
 
 def _progress_kind(item) -> str:
@@ -554,20 +559,29 @@ def _progress_kind(item) -> str:
     return f"{item.module.__name__}:{what}"
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item):
-    run_state(item.config).case_started = time.monotonic()
+class ProgressLine:
+    """Each case's time from pytest's log start to its log finish, and the progress line printed there: outside the
+    capture of the case's setup, call and teardown (a line written from a teardown went into the case's captured
+    output, shown only if it failed)."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def pytest_runtest_logstart(self, nodeid, location):
+        run_state(self.config).case_started = time.monotonic()
+
+    def pytest_runtest_logfinish(self, nodeid, location):
+        _progress_case_ended(self.config, nodeid, time.monotonic() - run_state(self.config).case_started)
 
 
-def _progress_case_ended(item, seconds: float | None) -> None:
+def _progress_case_ended(config, nodeid: str, seconds: float | None) -> None:
     """One case of the run ended (timed, stated, or passed over at the deadline): the progress line, at most every
     --qb-progress seconds and after the last case."""
-    config = item.config
     state = run_state(config)
-    progress = state.progress
-    if progress is None or _case_of(item)[0] is None:
+    progress, kind = state.progress, state.progress_kinds.get(nodeid)
+    if progress is None or kind is None:
         return
-    progress.finish(_progress_kind(item), seconds)
+    progress.finish(kind, seconds)
     every, now = config.getoption("qb_progress"), time.monotonic()
     if every <= 0 or (now - state.progress_said < every and progress.done < progress.total):
         return
@@ -607,10 +621,9 @@ def _open_journal(session) -> None:
 
 @pytest.hookimpl(hookwrapper=True, trylast=True)
 def pytest_runtest_teardown(item, nextitem):
-    """After each case's teardown: the timed entries and stated records it added, into the journal; the progress."""
+    """After each case's teardown: the timed entries and stated records it added, into the journal."""
     yield
     _journal_new_entries(item.config)
-    _progress_case_ended(item, time.monotonic() - run_state(item.config).case_started)
 
 
 def _journal_location(config, state) -> Path:
@@ -669,7 +682,7 @@ def pytest_runtest_protocol(item, nextitem):
     if case is not None:
         (state.states.add_kernel if kernel else state.states.add)(case, "not-reached", reason, item.nodeid)
     state.not_reached += 1
-    _progress_case_ended(item, None)
+    _progress_case_ended(item.config, item.nodeid, None)
     return True
 
 
