@@ -17,9 +17,9 @@ def pytest_configure(config):
         worker = config.workerinput["workerid"]
         for name in [name for name in os.environ if name.startswith("PYTEST_XDIST_")]:
             del os.environ[name]
-        # torch.compile's cache is one folder per user: two workers compiling the tiny model's decode step at once
-        # loaded each other's kernels (a compiled step read cosine 0.24 against eager; a kernel indexed out of
-        # bounds). Each worker, and the benchmark runs it starts, compiles into a folder of its own.
+        # torch.compile's cache is one folder per user: each worker, and the benchmark runs it starts, compiles into a
+        # folder of its own, so no two processes write one cache at once. (It did not cure test_compiled's wrong
+        # compiled step in a worker: that test runs in a process of its own, marked alone.)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"torchinductor-qb-{worker}")
 
 
